@@ -1,0 +1,243 @@
+"""Asyncio dynamic batcher: many awaiting callers, one owner thread running batches.
+
+Callers `await submit(item)`; a collector task on the event loop groups queued items into
+batches (closed when full, or when the oldest item has waited `max_wait_s`) and hands each
+batch to a single-thread executor that owns the batch function (and so the model). While a
+batch runs, the next one keeps filling, up to the maximum size, so a busy worker gets full
+batches without any extra wait.
+"""
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from batching.batcher_types import BatchOutcome, CloseReason
+from batching.errors import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
+from batching.metrics import BatchObserver
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    item: T
+    future: "asyncio.Future[BatchOutcome[R]]"
+    enqueued_at: float
+    deadline: float | None = field(default=None)
+
+
+class Batcher(Generic[T, R]):
+    """Groups concurrently submitted items into batches for one batch function.
+
+    Args:
+        run_batch: called on the owner thread with a list of items; returns one result per
+            item, in order. If it raises, every item of that batch fails with BatchFailed.
+        max_batch_size: most items in one call of run_batch.
+        max_wait_s: longest a batch waits for more items, counted from its first item.
+        max_queue: most items waiting for a batch; beyond it submit raises QueueFull.
+        observer: receives metrics; optional.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        observer: BatchObserver | None = None,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1, max_wait_s >= 0")
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_s
+        self._max_queue = max_queue
+        self._observer = observer
+        self._name = name
+        self._pending: deque[_Pending[T, R]] = deque()
+        self._wakeup = asyncio.Event()
+        self._accepting = False
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._owner: ThreadPoolExecutor | None = None
+        self._running_batch: list[_Pending[T, R]] = []
+        # Seconds per item of recent batches: turns queue depth into a Retry-After hint.
+        self._seconds_per_item = 0.0
+
+    @property
+    def running(self) -> bool:
+        return self._accepting and self._task is not None and not self._task.done()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError(f"{self._name} already started")
+        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._name}-owner")
+        self._accepting = True
+        self._task = asyncio.create_task(self._collect_and_run(), name=f"{self._name}-collector")
+
+    async def submit(self, item: T, *, timeout_s: float | None = None) -> BatchOutcome[R]:
+        """Queue one item and wait for its result.
+
+        Raises QueueFull, BatcherStopped, DeadlineExceeded (timeout_s passed) or BatchFailed.
+        Cancelling the awaiting task drops the item if its batch has not started.
+        """
+        if not self._accepting:
+            raise BatcherStopped(f"{self._name} is not accepting work")
+        if len(self._pending) >= self._max_queue:
+            if self._observer:
+                self._observer.item_rejected()
+            raise QueueFull(len(self._pending), self._retry_after_s())
+        now = time.monotonic()
+        future: asyncio.Future[BatchOutcome[R]] = asyncio.get_running_loop().create_future()
+        deadline = None if timeout_s is None else now + timeout_s
+        self._pending.append(_Pending(item, future, now, deadline))
+        self._report_depth()
+        self._wakeup.set()
+        try:
+            # A cancelled or timed-out wait cancels `future`, which the collector then skips.
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            if self._observer:
+                self._observer.item_expired()
+            raise DeadlineExceeded(f"no result within {timeout_s:.1f} s") from None
+
+    async def stop(self, *, drain_timeout_s: float = 30.0) -> None:
+        """Stop accepting work, run what is queued, and fail whatever is left after the timeout."""
+        self._accepting = False
+        self._closing = True
+        self._wakeup.set()
+        if self._task is None or self._task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
+        except TimeoutError:
+            stopped = BatcherStopped(f"{self._name} stopped before this item ran")
+            for pending in [*self._pending, *self._running_batch]:
+                if not pending.future.done():
+                    pending.future.set_exception(stopped)
+            self._pending.clear()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        finally:
+            if self._owner is not None:
+                # A batch still running after the timeout cannot be interrupted; don't wait.
+                self._owner.shutdown(wait=False, cancel_futures=True)
+
+    def _retry_after_s(self) -> float:
+        return max(1.0, math.ceil(len(self._pending) * self._seconds_per_item))
+
+    def _report_depth(self) -> None:
+        if self._observer:
+            self._observer.queue_depth(len(self._pending))
+
+    async def _collect_and_run(self) -> None:
+        running: asyncio.Task[None] | None = None
+        while True:
+            reason = await self._wait_for_batch(running)
+            if reason is None:
+                break
+            size = min(self._max_batch_size, len(self._pending))
+            batch = [self._pending.popleft() for _ in range(size)]
+            self._report_depth()
+            running = asyncio.create_task(self._run(batch, reason))
+        if running is not None:
+            await running
+
+    async def _wait_for_batch(self, running: "asyncio.Task[None] | None") -> CloseReason | None:
+        """Wait until a batch should start; None once stopping with nothing left to run."""
+        while True:
+            self._wakeup.clear()
+            self._discard_dead()
+            if not self._pending:
+                if self._closing:
+                    return None
+                await self._sleep(None, None)
+                continue
+            full = len(self._pending) >= self._max_batch_size
+            close_at = self._pending[0].enqueued_at + self._max_wait_s
+            remaining = close_at - time.monotonic()
+            if not (full or remaining <= 0 or self._closing):
+                await self._sleep(remaining, None)
+                continue
+            if running is not None and not running.done():
+                # Worker busy: let the batch keep filling until the worker is free.
+                await self._sleep(None, running)
+                continue
+            if full:
+                return CloseReason.FULL
+            return CloseReason.DRAIN if self._closing else CloseReason.TIMEOUT
+
+    async def _sleep(self, timeout_s: float | None, running: "asyncio.Task[None] | None") -> None:
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wakeup.wait())
+        waits: set[asyncio.Future[Any]] = {waiter} if running is None else {waiter, running}
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    def _discard_dead(self) -> None:
+        """Drop items whose caller gave up or whose deadline passed; they never reach a batch."""
+        if not self._pending:
+            return
+        now = time.monotonic()
+        live: deque[_Pending[T, R]] = deque()
+        for pending in self._pending:
+            if pending.future.done():
+                continue
+            if pending.deadline is not None and pending.deadline <= now:
+                pending.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                continue
+            live.append(pending)
+        if len(live) != len(self._pending):
+            self._pending = live
+            self._report_depth()
+
+    async def _run(self, batch: list[_Pending[T, R]], reason: CloseReason) -> None:
+        assert self._owner is not None
+        self._running_batch = batch
+        started = time.monotonic()
+        if self._observer:
+            for pending in batch:
+                self._observer.item_started(started - pending.enqueued_at)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._owner, self._run_batch, [pending.item for pending in batch]
+            )
+            if len(results) != len(batch):
+                raise BatchFailed(f"{len(results)} results for a batch of {len(batch)} items")
+        except Exception as exc:  # any batch error fails its own items only; the loop goes on
+            run_s = time.monotonic() - started
+            failure = exc if isinstance(exc, BatchFailed) else BatchFailed(f"batch failed: {exc!r}")
+            if failure is not exc:
+                failure.__cause__ = exc
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            if self._observer:
+                self._observer.batch_ran(len(batch), reason, run_s, ok=False)
+            return
+        finally:
+            self._running_batch = []
+        run_s = time.monotonic() - started
+        self._seconds_per_item = run_s / len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                queued_s = started - pending.enqueued_at
+                pending.future.set_result(BatchOutcome(result, queued_s, run_s, len(batch)))
+        if self._observer:
+            self._observer.batch_ran(len(batch), reason, run_s, ok=True)

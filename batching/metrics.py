@@ -1,0 +1,70 @@
+"""What the batcher reports about itself, and a Prometheus implementation of it."""
+
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from batching.batcher_types import CloseReason
+
+
+class BatchObserver(Protocol):
+    def batch_ran(self, size: int, reason: CloseReason, run_s: float, ok: bool) -> None: ...
+    def item_started(self, queued_s: float) -> None: ...
+    def item_rejected(self) -> None: ...
+    def item_expired(self) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+
+
+class PrometheusBatchObserver:
+    """Batch sizes, close reasons, queue depth and wait, run time; on a caller's registry."""
+
+    def __init__(self, registry: CollectorRegistry, max_batch_size: int) -> None:
+        size_buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
+        self._size = Histogram(
+            "batcher_batch_size",
+            "Items per batch run",
+            buckets=[b for b in size_buckets if b <= max_batch_size],
+            registry=registry,
+        )
+        self._closed = Counter(
+            "batcher_batches",
+            "Batches run, by why they closed and outcome",
+            ["reason", "outcome"],
+            registry=registry,
+        )
+        self._run = Histogram(
+            "batcher_run_seconds",
+            "Time the batch function took",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self._wait = Histogram(
+            "batcher_queue_wait_seconds",
+            "Time from submit to batch start",
+            registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self._depth = Gauge("batcher_queue_depth", "Items waiting for a batch", registry=registry)
+        self._rejected = Counter(
+            "batcher_rejected", "Items refused because the queue was full", registry=registry
+        )
+        self._expired = Counter(
+            "batcher_expired", "Items dropped because their deadline passed", registry=registry
+        )
+
+    def batch_ran(self, size: int, reason: CloseReason, run_s: float, ok: bool) -> None:
+        self._size.observe(size)
+        self._closed.labels(reason=reason.value, outcome="ok" if ok else "error").inc()
+        self._run.observe(run_s)
+
+    def item_started(self, queued_s: float) -> None:
+        self._wait.observe(queued_s)
+
+    def item_rejected(self) -> None:
+        self._rejected.inc()
+
+    def item_expired(self) -> None:
+        self._expired.inc()
+
+    def queue_depth(self, depth: int) -> None:
+        self._depth.set(depth)

@@ -1,0 +1,237 @@
+"""Batcher behaviour: batching, waiting, admission, deadlines, cancellation, failure, shutdown."""
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from batching import (
+    Batcher,
+    BatcherStopped,
+    BatchFailed,
+    CloseReason,
+    DeadlineExceeded,
+    PrometheusBatchObserver,
+    QueueFull,
+)
+
+
+class RecordingModel:
+    """Doubles its inputs; records every batch; can be held mid-batch with `gate`."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, items: list[int]) -> Sequence[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        if not self.gate.wait(timeout=10):
+            raise TimeoutError("test gate never opened")
+        return [2 * item for item in items]
+
+    @property
+    def seen(self) -> list[int]:
+        return [item for batch in self.batches for item in batch]
+
+
+@pytest.fixture
+def model() -> RecordingModel:
+    return RecordingModel()
+
+
+BatcherFactory = Callable[..., Batcher[int, int]]
+
+
+@pytest.fixture
+async def make_batcher(model: RecordingModel) -> AsyncIterator[BatcherFactory]:
+    made: list[Batcher[int, int]] = []
+
+    async def factory(
+        fn: Callable[[list[int]], Sequence[int]] | None = None, **options: float
+    ) -> Batcher[int, int]:
+        settings = {"max_batch_size": 8, "max_wait_s": 0.02, "max_queue": 64} | options
+        batcher: Batcher[int, int] = Batcher(fn or model, **settings)  # type: ignore[arg-type]
+        await batcher.start()
+        made.append(batcher)
+        return batcher
+
+    yield factory  # type: ignore[misc]
+    model.gate.set()
+    for batcher in made:
+        await batcher.stop(drain_timeout_s=5)
+
+
+async def wait_entered(model: RecordingModel) -> None:
+    """Wait until the model thread is inside a batch."""
+    assert await asyncio.to_thread(model.entered.wait, 5)
+
+
+async def test_concurrent_submits_form_batches_and_keep_order(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=8, max_wait_s=0.05)
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+    assert [o.value for o in outcomes] == [2 * i for i in range(20)]
+    assert max(len(b) for b in model.batches) > 1
+    assert all(len(b) <= 8 for b in model.batches)
+    assert sorted(model.seen) == list(range(20))
+
+
+async def test_a_lone_item_waits_for_max_wait_then_runs(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_wait_s=0.5)
+    task = asyncio.create_task(batcher.submit(1))
+    done, pending = await asyncio.wait({task}, timeout=0.1)
+    assert pending == {task} and not model.batches  # still waiting for company
+    outcome = await asyncio.wait_for(task, 5)
+    assert outcome.value == 2 and outcome.batch_size == 1
+
+
+async def test_a_full_batch_does_not_wait(model: RecordingModel, make_batcher: BatcherFactory) -> None:
+    batcher = await make_batcher(max_batch_size=4, max_wait_s=30)
+    outcomes = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(4))), 5)
+    assert [o.batch_size for o in outcomes] == [4, 4, 4, 4]
+
+
+async def test_next_batch_fills_while_the_worker_is_busy(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=8, max_wait_s=0)
+    model.gate.clear()
+    first = asyncio.create_task(batcher.submit(0))
+    await wait_entered(model)
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 11)]
+    await asyncio.sleep(0.05)
+    assert batcher.queue_depth == 10
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    assert [len(b) for b in model.batches] == [1, 8, 2]
+
+
+async def test_full_queue_refuses_with_retry_hint(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=1, max_wait_s=0, max_queue=2)
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_entered(model)
+    queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull) as refused:
+        await batcher.submit(3)
+    assert refused.value.retry_after_s >= 1
+    model.gate.set()
+    assert [o.value for o in await asyncio.gather(running, *queued)] == [0, 2, 4]
+    assert 3 not in model.seen
+
+
+async def test_expired_item_is_answered_and_never_runs(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=1, max_wait_s=0)
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_entered(model)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(7, timeout_s=0.1)
+    model.gate.set()
+    await running
+    assert (await batcher.submit(8, timeout_s=5)).value == 16
+    assert 7 not in model.seen
+
+
+async def test_cancelled_item_is_skipped(model: RecordingModel, make_batcher: BatcherFactory) -> None:
+    batcher = await make_batcher(max_batch_size=4, max_wait_s=0)
+    model.gate.clear()
+    running = asyncio.create_task(batcher.submit(0))
+    await wait_entered(model)
+    abandoned = asyncio.create_task(batcher.submit(5))
+    kept = asyncio.create_task(batcher.submit(6))
+    await asyncio.sleep(0.01)
+    abandoned.cancel()
+    model.gate.set()
+    assert (await kept).value == 12
+    await running
+    assert abandoned.cancelled()
+    assert 5 not in model.seen
+
+
+async def test_raising_batch_fails_its_items_and_the_loop_goes_on(
+    make_batcher: BatcherFactory,
+) -> None:
+    def fragile(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise RuntimeError("unlucky batch")
+        return items
+
+    batcher = await make_batcher(fragile, max_batch_size=4, max_wait_s=0.05)
+    results = await asyncio.gather(*(batcher.submit(i) for i in (11, 12, 13)), return_exceptions=True)
+    assert all(isinstance(r, BatchFailed) for r in results)
+    assert "unlucky batch" in str(results[0])
+    assert (await batcher.submit(14)).value == 14
+
+
+async def test_wrong_result_count_is_an_error(make_batcher: BatcherFactory) -> None:
+    batcher = await make_batcher(lambda items: items[:-1], max_batch_size=2, max_wait_s=0.05)
+    results = await asyncio.gather(batcher.submit(1), batcher.submit(2), return_exceptions=True)
+    assert all(isinstance(r, BatchFailed) for r in results)
+
+
+async def test_stop_finishes_queued_work_then_refuses(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=2, max_wait_s=0)
+    model.gate.clear()
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
+    await wait_entered(model)
+    stopping = asyncio.create_task(batcher.stop(drain_timeout_s=10))
+    await asyncio.sleep(0.01)
+    with pytest.raises(BatcherStopped):
+        await batcher.submit(99)
+    model.gate.set()
+    await stopping
+    assert [t.result().value for t in tasks] == [0, 2, 4, 6, 8]
+    assert not batcher.running
+
+
+async def test_stop_fails_stuck_work_instead_of_hanging(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=1, max_wait_s=0)
+    model.gate.clear()
+    tasks = [asyncio.create_task(batcher.submit(i)) for i in range(3)]
+    await wait_entered(model)
+    await asyncio.wait_for(batcher.stop(drain_timeout_s=0.2), 5)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, BatcherStopped) for r in results)
+
+
+async def test_metrics_record_sizes_and_close_reasons(model: RecordingModel) -> None:
+    registry = CollectorRegistry()
+    batcher: Batcher[int, int] = Batcher(
+        model,
+        max_batch_size=4,
+        max_wait_s=0.05,
+        max_queue=16,
+        observer=PrometheusBatchObserver(registry, max_batch_size=4),
+    )
+    await batcher.start()
+    await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+    await batcher.submit(9)
+    await batcher.stop()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("batcher_batch_size_count") == 2
+    assert sample("batcher_batch_size_sum") == 5
+    assert sample("batcher_batches_total", reason=CloseReason.FULL, outcome="ok") == 1
+    assert sample("batcher_batches_total", reason=CloseReason.TIMEOUT, outcome="ok") == 1
+    assert sample("batcher_queue_wait_seconds_count") == 5
+    assert sample("batcher_queue_depth") == 0
