@@ -87,13 +87,15 @@ async def test_a_lone_item_waits_for_max_wait_then_runs(
 ) -> None:
     batcher = await make_batcher(max_wait_s=0.5)
     task = asyncio.create_task(batcher.submit(1))
-    done, pending = await asyncio.wait({task}, timeout=0.1)
+    _, pending = await asyncio.wait({task}, timeout=0.1)
     assert pending == {task} and not model.batches  # still waiting for company
     outcome = await asyncio.wait_for(task, 5)
     assert outcome.value == 2 and outcome.batch_size == 1
 
 
-async def test_a_full_batch_does_not_wait(model: RecordingModel, make_batcher: BatcherFactory) -> None:
+async def test_a_full_batch_does_not_wait(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
     batcher = await make_batcher(max_batch_size=4, max_wait_s=30)
     outcomes = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(4))), 5)
     assert [o.batch_size for o in outcomes] == [4, 4, 4, 4]
@@ -146,7 +148,9 @@ async def test_expired_item_is_answered_and_never_runs(
     assert 7 not in model.seen
 
 
-async def test_cancelled_item_is_skipped(model: RecordingModel, make_batcher: BatcherFactory) -> None:
+async def test_cancelled_item_is_skipped(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
     batcher = await make_batcher(max_batch_size=4, max_wait_s=0)
     model.gate.clear()
     running = asyncio.create_task(batcher.submit(0))
@@ -171,7 +175,9 @@ async def test_raising_batch_fails_its_items_and_the_loop_goes_on(
         return items
 
     batcher = await make_batcher(fragile, max_batch_size=4, max_wait_s=0.05)
-    results = await asyncio.gather(*(batcher.submit(i) for i in (11, 12, 13)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(batcher.submit(i) for i in (11, 12, 13)), return_exceptions=True
+    )
     assert all(isinstance(r, BatchFailed) for r in results)
     assert "unlucky batch" in str(results[0])
     assert (await batcher.submit(14)).value == 14

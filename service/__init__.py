@@ -1,0 +1,1 @@
+"""resnet-serve: image classification and embeddings over HTTP."""

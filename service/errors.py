@@ -1,0 +1,110 @@
+"""One exception tree, one status map, one handler: every error is {"error": {code, message}}."""
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from batching import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of the errors the service answers on purpose."""
+
+
+class BadRequest(ServiceError):
+    """The request is malformed (not the image: the HTTP envelope)."""
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class PayloadTooLarge(ServiceError):
+    """Over the byte limit, or over the pixel limit (decompression bomb)."""
+
+
+class UnsupportedMediaType(ServiceError):
+    pass
+
+
+class InvalidInput(ServiceError):
+    """Well-formed request, unusable content: empty, corrupt, not an image, bad parameter."""
+
+
+class NotReady(ServiceError):
+    pass
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away; nobody reads this answer."""
+
+
+# status, code; looked up along the exception's MRO so subclasses inherit their parent's row.
+STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
+    BadRequest: (400, "bad_request"),
+    NotFound: (404, "not_found"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
+    InvalidInput: (422, "invalid_input"),
+    RequestValidationError: (422, "invalid_input"),
+    QueueFull: (429, "overloaded"),
+    ClientDisconnected: (499, "client_closed_request"),
+    NotReady: (503, "not_ready"),
+    BatcherStopped: (503, "not_ready"),
+    DeadlineExceeded: (504, "deadline_exceeded"),
+    BatchFailed: (500, "inference_failed"),
+}
+INTERNAL = "internal"
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    400: "bad_request",
+    413: "payload_too_large",
+}
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def describe_error(exc: Exception) -> tuple[int, str, str]:
+    """Status, code and message for any exception; unknown ones are a 500 "internal"."""
+    if isinstance(exc, HTTPException):
+        return exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail)
+    if isinstance(exc, RequestValidationError):
+        status, code = STATUS_MAP[RequestValidationError]
+        return status, code, "; ".join(_describe(e) for e in exc.errors())
+    for exc_type in type(exc).__mro__:
+        if exc_type in STATUS_MAP:
+            status, code = STATUS_MAP[exc_type]
+            return status, code, str(exc)
+    return 500, INTERNAL, "internal server error"
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    status, code, message = describe_error(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, QueueFull):
+        headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+    if status >= 500:
+        log.error("%s answered %d: %s", type(exc).__name__, status, exc, exc_info=code == INTERNAL)
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def _describe(error: dict[str, object]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")  # type: ignore[attr-defined]
+    return f"{location}: {error.get('msg')}" if location else str(error.get("msg"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    for exc_type in (*STATUS_MAP, HTTPException, Exception):
+        app.add_exception_handler(exc_type, handle)

@@ -1,0 +1,83 @@
+"""Safe image decoding and model preprocessing (runs in a thread pool, never on the event loop)."""
+
+import io
+import math
+import struct
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from timm.data import create_transform
+
+from service.errors import InvalidInput, PayloadTooLarge
+
+# Formats a user may upload. Keeping the list closed keeps Pillow's rarer (and riskier)
+# decoders, such as EPS through Ghostscript, out of reach.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_TRANSPARENT_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_side: int = 0) -> Image.Image:
+    """Decode upload bytes to an upright RGB image.
+
+    Args:
+        max_pixels: width x height above which the image is refused before decoding.
+        min_side: the smallest short side the caller needs; large JPEGs are decoded at a
+            reduced scale (JPEG draft) that still keeps at least this many pixels.
+    """
+    if not data:
+        raise InvalidInput("the upload is empty")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"image has too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidInput(
+            f"not a supported image; send one of {', '.join(ALLOWED_FORMATS)}"
+        ) from exc
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidInput("image has no pixels")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    if image.format == "JPEG" and min_side:
+        scale = min_side / min(width, height)
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise InvalidInput(f"image is corrupt or truncated: {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Pillow's own conversion clips 16-bit values at 255 (a white image); rescale instead.
+        wide = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in _TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels carry arbitrary colour; show them on white as viewers do.
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        background.alpha_composite(image.convert("RGBA"))
+        image = background
+    return image.convert("RGB")
+
+
+class Preprocessor:
+    """Bytes -> normalised (3, H, W) float32 array, as the model's pretrained config says."""
+
+    def __init__(self, data_config: dict[str, Any], *, max_pixels: int) -> None:
+        self._transform = create_transform(**data_config, is_training=False)
+        _, height, width = data_config["input_size"]
+        self.input_size: tuple[int, int] = (height, width)
+        crop_pct = data_config.get("crop_pct") or 1.0
+        self._min_side = math.ceil(min(height, width) / crop_pct)
+        self._max_pixels = max_pixels
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        image = decode_image(data, max_pixels=self._max_pixels, min_side=self._min_side)
+        return self._transform(image).numpy()

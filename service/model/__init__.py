@@ -1,0 +1,1 @@
+"""Model runtime: which weights, which preprocessing, which backend."""

@@ -1,0 +1,74 @@
+"""A ready-to-run model: spec + preprocessing + backend, loaded and warmed up."""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from service.images import Preprocessor
+from service.model.backend import ForwardOutput, InferenceBackend, TorchBackend, resolve_device
+from service.model.spec import ModelSpec
+from service.model.weights import load_model
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's share of a forward pass."""
+
+    probabilities: np.ndarray
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class ModelRuntime:
+    spec: ModelSpec
+    backend: InferenceBackend
+    preprocessor: Preprocessor
+    device: str
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Run on the batcher's owner thread: stack, forward once, split per image."""
+        output: ForwardOutput = self.backend.forward(np.stack(images))
+        return [
+            Prediction(probabilities, embedding)
+            for probabilities, embedding in zip(
+                output.probabilities, output.embeddings, strict=True
+            )
+        ]
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """First calls allocate and pick kernels; pay that before declaring ready."""
+        shape = (3, *self.preprocessor.input_size)
+        for size in batch_sizes:
+            started = time.perf_counter()
+            self.predict_batch([np.zeros(shape, dtype=np.float32)] * size)
+            log.info("warm-up batch %d took %.0f ms", size, 1000 * (time.perf_counter() - started))
+
+
+def load_runtime(settings: Settings) -> ModelRuntime:
+    """Load the configured model and backend; raises ModelLoadError with a way out."""
+    device = resolve_device(settings.device)
+    if device.type == "cpu":
+        torch.set_num_threads(settings.threads)
+    loaded = load_model(settings.model, settings.weights)
+    spec = ModelSpec.of(loaded)
+    runtime = ModelRuntime(
+        spec=spec,
+        backend=TorchBackend(loaded.module, device),
+        preprocessor=Preprocessor(spec.data_config, max_pixels=settings.max_image_pixels),
+        device=str(device),
+    )
+    log.info(
+        "model %s weights=%s dim=%d backend=%s fingerprint=%s",
+        spec.model_id,
+        spec.weights,
+        spec.embedding_dim,
+        runtime.backend.name,
+        spec.fingerprint,
+    )
+    return runtime

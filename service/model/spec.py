@@ -1,0 +1,56 @@
+"""What a loaded model is: id, weights, preprocessing, labels, embedding size, fingerprint."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_config
+
+from service.model.weights import LoadedModel
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_id: str
+    weights: str
+    data_config: dict[str, Any]
+    labels: tuple[str, ...]
+    embedding_dim: int
+    fingerprint: str  # changes whenever outputs could change: model, weights, preprocessing
+    warnings: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> "ModelSpec":
+        module = loaded.module
+        data_config = dict(resolve_model_data_config(module))
+        identity = {
+            "model": loaded.model_id,
+            "weights": loaded.weights_digest,
+            "data_config": data_config,
+        }
+        fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        return cls(
+            model_id=loaded.model_id,
+            weights=loaded.weights,
+            data_config=data_config,
+            labels=class_labels(module),
+            embedding_dim=int(module.num_features),
+            fingerprint=fingerprint[:16],
+            warnings=loaded.warnings,
+        )
+
+
+def class_labels(module: torch.nn.Module) -> tuple[str, ...]:
+    """Human-readable class names: ImageNet descriptions when the head is an ImageNet one."""
+    num_classes = int(module.num_classes)
+    subset = infer_imagenet_subset(module)
+    if subset:
+        info = ImageNetInfo(subset)
+        return tuple(info.index_to_description(i) for i in range(num_classes))
+    return tuple(f"class_{i}" for i in range(num_classes))

@@ -1,0 +1,101 @@
+"""POST /v1/classify and /v1/classify/batch."""
+
+import asyncio
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.disconnect import unless_disconnected
+from service.errors import INTERNAL, describe_error
+from service.model.spec import ModelSpec
+from service.pipeline import Inference, Pipeline
+from service.routes.deps import ERROR_RESPONSES, SINGLE_IMAGE_BODY, get_pipeline, get_settings
+from service.schemas import BatchClassifyResponse, BatchItem, ClassifyResponse, ErrorDetail
+from service.schemas import Prediction as PredictionOut
+from service.settings import Settings
+from service.uploads import read_many_images, read_one_image
+
+router = APIRouter(prefix="/v1", tags=["classify"])
+TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to return")]
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=SINGLE_IMAGE_BODY,
+)
+async def classify(
+    request: Request,
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    top_k: TopK = 5,
+) -> ClassifyResponse:
+    """Top-k ImageNet classes of one image."""
+    data = await read_one_image(request, settings)
+    inference = await unless_disconnected(request, pipeline.run(data))
+    spec = pipeline.runtime.spec
+    return ClassifyResponse(
+        **model_info(spec),
+        predictions=top_predictions(inference.probabilities, spec, top_k),
+        batch_size=inference.batch_size,
+        timings_ms=inference.timings_ms,
+    )
+
+
+@router.post("/classify/batch", response_model=BatchClassifyResponse, responses=ERROR_RESPONSES)
+async def classify_batch(
+    request: Request,
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    top_k: TopK = 5,
+) -> BatchClassifyResponse:
+    """Top-k classes for each of several images (multipart `files`); a bad file fails alone."""
+    started = time.perf_counter()
+    uploads = await read_many_images(request, settings)
+    outcomes = await unless_disconnected(
+        request,
+        asyncio.gather(*(pipeline.run(u.data) for u in uploads), return_exceptions=True),
+    )
+    spec = pipeline.runtime.spec
+    results = [
+        _batch_item(index, upload.filename, outcome, spec, top_k)
+        for index, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True))
+    ]
+    total_ms = round(1000 * (time.perf_counter() - started), 2)
+    return BatchClassifyResponse(
+        **model_info(spec), results=results, timings_ms={"total": total_ms}
+    )
+
+
+def _batch_item(
+    index: int, filename: str, outcome: Inference | BaseException, spec: ModelSpec, top_k: int
+) -> BatchItem:
+    if isinstance(outcome, Inference):
+        return BatchItem(
+            index=index,
+            filename=filename,
+            predictions=top_predictions(outcome.probabilities, spec, top_k),
+        )
+    if not isinstance(outcome, Exception):
+        raise outcome
+    _, code, message = describe_error(outcome)
+    if code == INTERNAL:
+        raise outcome  # a bug, not a bad item: the handler answers 500 for the whole request
+    return BatchItem(index=index, filename=filename, error=ErrorDetail(code=code, message=message))
+
+
+def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> list[PredictionOut]:
+    k = min(top_k, spec.num_classes)
+    best = np.argpartition(probabilities, -k)[-k:]
+    best = best[np.argsort(probabilities[best])[::-1]]
+    return [
+        PredictionOut(class_id=int(i), label=spec.labels[i], score=float(probabilities[i]))
+        for i in best
+    ]
+
+
+def model_info(spec: ModelSpec) -> dict[str, object]:
+    return {"model": spec.model_id, "weights": spec.weights, "warnings": list(spec.warnings)}

@@ -1,0 +1,57 @@
+"""Shared route dependencies and OpenAPI fragments."""
+
+from typing import Any
+
+from fastapi import Request
+
+from service.errors import NotReady
+from service.pipeline import Pipeline
+from service.schemas import ErrorResponse
+from service.settings import Settings
+
+
+def get_pipeline(request: Request) -> Pipeline:
+    pipeline: Pipeline | None = getattr(request.app.state, "pipeline", None)
+    if pipeline is None or not pipeline.ready:
+        raise NotReady("the model is not loaded or is shutting down")
+    return pipeline
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        413: "upload over the byte or pixel limit",
+        415: "not multipart/form-data or JSON, or a non-image part",
+        422: "empty, corrupt or non-image upload; bad parameter",
+        429: "queue full; see Retry-After",
+        503: "not ready",
+        504: "deadline passed",
+    }.items()
+}
+
+SINGLE_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "description": "base64 bytes"}},
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}

@@ -1,0 +1,39 @@
+"""POST /v1/embed."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from service.disconnect import unless_disconnected
+from service.pipeline import Pipeline
+from service.routes.classify import model_info
+from service.routes.deps import ERROR_RESPONSES, SINGLE_IMAGE_BODY, get_pipeline, get_settings
+from service.schemas import EmbedResponse
+from service.settings import Settings
+from service.uploads import read_one_image
+
+router = APIRouter(prefix="/v1", tags=["embed"])
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=SINGLE_IMAGE_BODY,
+)
+async def embed(
+    request: Request,
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> EmbedResponse:
+    """The image's L2-normalised embedding (the model's pooled features)."""
+    data = await read_one_image(request, settings)
+    inference = await unless_disconnected(request, pipeline.run(data))
+    spec = pipeline.runtime.spec
+    return EmbedResponse(
+        **model_info(spec),
+        dim=spec.embedding_dim,
+        embedding=inference.embedding.tolist(),
+        batch_size=inference.batch_size,
+        timings_ms=inference.timings_ms,
+    )

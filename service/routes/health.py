@@ -1,0 +1,42 @@
+"""GET /healthz, /readyz and /metrics."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from service.pipeline import Pipeline
+from service.routes.classify import model_info
+from service.routes.deps import ERROR_RESPONSES, get_pipeline
+from service.schemas import ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Alive: the process answers HTTP."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", response_model=ReadyResponse, responses={503: ERROR_RESPONSES[503]})
+async def readyz(pipeline: Annotated[Pipeline, Depends(get_pipeline)]) -> ReadyResponse:
+    """Ready: model loaded and warmed up, batcher running."""
+    spec = pipeline.runtime.spec
+    return ReadyResponse(
+        **model_info(spec),
+        status="ready",
+        device=pipeline.runtime.device,
+        backend=pipeline.runtime.backend.name,
+        fingerprint=spec.fingerprint,
+        embedding_dim=spec.embedding_dim,
+        max_batch_size=pipeline.settings.max_batch_size,
+        queue_depth=pipeline.batcher.queue_depth,
+    )
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    registry: CollectorRegistry = request.app.state.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,61 @@
+"""Request and response models (what /docs shows)."""
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_input"])
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelInfo(BaseModel):
+    model: str = Field(description="timm model id that produced the result")
+    weights: str = Field(description="pretrained, random, lite0-package or file:<name>")
+    warnings: list[str] = Field(
+        description="non-empty when results are not what a production model would give"
+    )
+
+
+class Prediction(BaseModel):
+    class_id: int
+    label: str
+    score: float = Field(ge=0, le=1)
+
+
+class ClassifyResponse(ModelInfo):
+    predictions: list[Prediction]
+    batch_size: int = Field(description="images in the model call that served this one")
+    timings_ms: dict[str, float]
+
+
+class BatchItem(BaseModel):
+    index: int
+    filename: str
+    predictions: list[Prediction] | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchClassifyResponse(ModelInfo):
+    results: list[BatchItem]
+    timings_ms: dict[str, float]
+
+
+class EmbedResponse(ModelInfo):
+    dim: int
+    embedding: list[float] = Field(description="L2-normalised pooled features")
+    batch_size: int = Field(description="images in the model call that served this one")
+    timings_ms: dict[str, float]
+
+
+class ReadyResponse(ModelInfo):
+    status: str
+    device: str
+    backend: str
+    fingerprint: str
+    embedding_dim: int
+    max_batch_size: int
+    queue_depth: int

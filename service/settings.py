@@ -1,0 +1,74 @@
+"""Typed service configuration: environment (RESNET_SERVE_*), then CLI flags on top."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "resnet50.fb_swsl_ig1b_ft_in1k"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset and container CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at start-up. Every field is also RESNET_SERVE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="RESNET_SERVE_", extra="forbid", frozen=True)
+
+    model: str = Field(DEFAULT_MODEL, description="timm model id")
+    weights: str | None = Field(
+        None,
+        description=(
+            "pretrained | random | lite0-package | a .safetensors/.pth path. Unset: pretrained, "
+            "falling back to the offline EfficientNet-Lite0 weights when they cannot be had."
+        ),
+    )
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int = Field(
+        default_factory=available_cores, ge=1, description="CPU threads for the model"
+    )
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="most images in one model call")
+    max_wait_ms: float = Field(
+        10.0, ge=0, le=1000, description="longest a batch waits for more images"
+    )
+    queue_size: int = Field(
+        64, ge=1, le=10_000, description="images waiting for a batch before 429"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="deadline from arrival to result before 504"
+    )
+
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="largest accepted image file"
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="largest accepted width x height (decompression bombs)"
+    )
+    max_batch_files: int = Field(32, ge=1, le=256, description="most files in one batch request")
+    decode_threads: int = Field(
+        default_factory=available_cores, ge=1, description="threads that decode images"
+    )
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    data_dir: Path = Field(Path("data"), description="where the index and other state live")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Body limit before parsing: the batch endpoint's files plus multipart overhead."""
+        return self.max_upload_bytes * self.max_batch_files + 1024 * 1024
