@@ -5,6 +5,7 @@ import logging
 from collections.abc import Sequence
 
 import uvicorn
+from pydantic import ValidationError
 
 from service.settings import Settings
 
@@ -47,13 +48,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        parser.error(f"invalid settings: {problems}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from service.app import create_app  # torch import is slow; keep --help fast
 
+    # Exits with status 3 when start-up fails (e.g. weights unavailable), after logging why.
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from timm.data import create_transform
+from timm.data.transforms_factory import create_transform
 
 from service.errors import InvalidInput, PayloadTooLarge
 
@@ -29,7 +29,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 0) -> Image.Im
     if not data:
         raise InvalidInput("the upload is empty")
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -80,4 +80,5 @@ class Preprocessor:
 
     def __call__(self, data: bytes) -> np.ndarray:
         image = decode_image(data, max_pixels=self._max_pixels, min_side=self._min_side)
-        return self._transform(image).numpy()
+        tensor = self._transform(image)
+        return np.asarray(tensor.numpy(), dtype=np.float32)

@@ -1,7 +1,7 @@
 """The model backend seam: a batch of preprocessed images in, probabilities and embeddings out."""
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ class TorchBackend:
     def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
         self.device = device
         self.name = f"torch-{device.type}-{'fp16' if device.type == 'cuda' else 'fp32'}"
-        self._module = module.eval().to(device, memory_format=torch.channels_last)
-        self._classifier = module.get_classifier()
+        # Any: timm adds forward_features/forward_head/get_classifier, unseen by nn.Module's types.
+        timm_model: Any = module
+        self._module: Any = timm_model.eval().to(device).to(memory_format=torch.channels_last)
+        self._classifier: torch.nn.Module = timm_model.get_classifier()
 
     @torch.inference_mode()
     def forward(self, batch: np.ndarray) -> ForwardOutput:

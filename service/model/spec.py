@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_config
+from timm.data.config import resolve_model_data_config
+from timm.data.imagenet_info import ImageNetInfo, infer_imagenet_subset
 
 from service.model.weights import LoadedModel
 
@@ -28,7 +29,7 @@ class ModelSpec:
     @classmethod
     def of(cls, loaded: LoadedModel) -> "ModelSpec":
         module = loaded.module
-        data_config = dict(resolve_model_data_config(module))
+        data_config = dict(resolve_model_data_config(module))  # type: ignore[no-untyped-call]
         identity = {
             "model": loaded.model_id,
             "weights": loaded.weights_digest,
@@ -40,7 +41,7 @@ class ModelSpec:
             weights=loaded.weights,
             data_config=data_config,
             labels=class_labels(module),
-            embedding_dim=int(module.num_features),
+            embedding_dim=_int_attribute(module, "num_features"),
             fingerprint=fingerprint[:16],
             warnings=loaded.warnings,
         )
@@ -48,9 +49,16 @@ class ModelSpec:
 
 def class_labels(module: torch.nn.Module) -> tuple[str, ...]:
     """Human-readable class names: ImageNet descriptions when the head is an ImageNet one."""
-    num_classes = int(module.num_classes)
+    num_classes = _int_attribute(module, "num_classes")
     subset = infer_imagenet_subset(module)
     if subset:
         info = ImageNetInfo(subset)
         return tuple(info.index_to_description(i) for i in range(num_classes))
     return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def _int_attribute(module: torch.nn.Module, name: str) -> int:
+    """timm models keep plain ints such as num_features as attributes nn.Module cannot type."""
+    value = module.__dict__[name]
+    assert isinstance(value, int), f"{name} is {value!r}"
+    return value

@@ -6,6 +6,7 @@ import pickle
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import huggingface_hub
@@ -78,12 +79,12 @@ def _load_pinned(model_id: str, weights: str) -> LoadedModel:
     return _load_file(model_id, Path(weights))
 
 
-def _create(model_id: str, **kwargs: object) -> torch.nn.Module:
+def _create(model_id: str, **kwargs: Any) -> torch.nn.Module:
     try:
         module = timm.create_model(model_id, **kwargs)
     except RuntimeError as exc:  # timm's "Unknown model"
         raise ModelLoadError(f"cannot create model {model_id!r}: {exc}") from exc
-    if getattr(module, "num_classes", 0) <= 0:
+    if module.__dict__.get("num_classes", 0) <= 0:
         raise ModelLoadError(f"{model_id} has no classifier head; a classification model is needed")
     return module.eval()
 
@@ -151,13 +152,13 @@ def _load_file(model_id: str, path: Path) -> LoadedModel:
     module = _create(model_id, pretrained=False)
     try:
         if path.suffix == ".safetensors":
-            state = safetensors.torch.load_file(str(path))
+            checkpoint: Any = safetensors.torch.load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         for wrapper in ("state_dict", "model"):  # common checkpoint layouts
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-        module.load_state_dict(state, strict=True)
+            if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
+                checkpoint = checkpoint[wrapper]
+        module.load_state_dict(checkpoint, strict=True)
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         raise ModelLoadError(f"weights file {path} does not fit {model_id}: {exc}") from exc
     return LoadedModel(module, model_id, f"file:{path.name}", _file_digest(path))

@@ -11,7 +11,13 @@ from service.disconnect import unless_disconnected
 from service.errors import INTERNAL, describe_error
 from service.model.spec import ModelSpec
 from service.pipeline import Inference, Pipeline
-from service.routes.deps import ERROR_RESPONSES, SINGLE_IMAGE_BODY, get_pipeline, get_settings
+from service.routes.deps import (
+    ERROR_RESPONSES,
+    SINGLE_IMAGE_BODY,
+    get_pipeline,
+    get_settings,
+    model_info,
+)
 from service.schemas import BatchClassifyResponse, BatchItem, ClassifyResponse, ErrorDetail
 from service.schemas import Prediction as PredictionOut
 from service.settings import Settings
@@ -95,7 +101,3 @@ def top_predictions(probabilities: np.ndarray, spec: ModelSpec, top_k: int) -> l
         PredictionOut(class_id=int(i), label=spec.labels[i], score=float(probabilities[i]))
         for i in best
     ]
-
-
-def model_info(spec: ModelSpec) -> dict[str, object]:
-    return {"model": spec.model_id, "weights": spec.weights, "warnings": list(spec.warnings)}

@@ -1,10 +1,11 @@
 """Shared route dependencies and OpenAPI fragments."""
 
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi import Request
 
 from service.errors import NotReady
+from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
 from service.schemas import ErrorResponse
 from service.settings import Settings
@@ -15,6 +16,17 @@ def get_pipeline(request: Request) -> Pipeline:
     if pipeline is None or not pipeline.ready:
         raise NotReady("the model is not loaded or is shutting down")
     return pipeline
+
+
+class ModelInfoFields(TypedDict):
+    model: str
+    weights: str
+    warnings: list[str]
+
+
+def model_info(spec: ModelSpec) -> ModelInfoFields:
+    """The fields every model response carries, warnings included."""
+    return {"model": spec.model_id, "weights": spec.weights, "warnings": list(spec.warnings)}
 
 
 def get_settings(request: Request) -> Settings:

@@ -6,8 +6,13 @@ from fastapi import APIRouter, Depends, Request
 
 from service.disconnect import unless_disconnected
 from service.pipeline import Pipeline
-from service.routes.classify import model_info
-from service.routes.deps import ERROR_RESPONSES, SINGLE_IMAGE_BODY, get_pipeline, get_settings
+from service.routes.deps import (
+    ERROR_RESPONSES,
+    SINGLE_IMAGE_BODY,
+    get_pipeline,
+    get_settings,
+    model_info,
+)
 from service.schemas import EmbedResponse
 from service.settings import Settings
 from service.uploads import read_one_image

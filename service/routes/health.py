@@ -6,8 +6,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from service.pipeline import Pipeline
-from service.routes.classify import model_info
-from service.routes.deps import ERROR_RESPONSES, get_pipeline
+from service.routes.deps import ERROR_RESPONSES, get_pipeline, model_info
 from service.schemas import ReadyResponse
 
 router = APIRouter(tags=["health"])

@@ -1,0 +1,1 @@
+"""Vector index and durable item store (filled in by the similarity-search issue)."""

@@ -1,0 +1,86 @@
+"""End to end: a real uvicorn process over TCP with concurrent clients."""
+
+import asyncio
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.server import Server, start_server
+from tests.photos import jpeg
+
+pytestmark = pytest.mark.e2e
+
+
+def unique_jpegs(count: int) -> list[bytes]:
+    # Trailing bytes after the JPEG end marker make each upload unique without changing pixels.
+    return [jpeg("coffee") + f"#{i}".encode() for i in range(count)]
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+async def post_all(url: str, images: list[bytes], timeout_s: float = 60) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as http:
+        return await asyncio.gather(
+            *(http.post("/v1/classify", files={"file": ("a.jpg", d, "image/jpeg")}) for d in images)
+        )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = start_server(tmp_path, {"RESNET_SERVE_MAX_BATCH_SIZE": "8"})
+    yield running
+    running.stop(signal.SIGKILL)
+
+
+def test_concurrent_clients_are_batched(server: Server) -> None:
+    responses = asyncio.run(post_all(server.url, unique_jpegs(32)))
+    assert [r.status_code for r in responses] == [200] * 32
+    assert all(r.json()["predictions"][0]["label"] == "espresso" for r in responses)
+    text = httpx.get(f"{server.url}/metrics").text
+    batches = metric(text, "batcher_batch_size_count")
+    assert metric(text, "batcher_batch_size_sum") == 32  # warm-up bypasses the batcher
+    assert batches < 32  # some batches held more than one image
+    assert metric(text, 'batcher_batch_size_bucket{le="1.0"}') < batches
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(server: Server) -> None:
+    async def scenario() -> list[httpx.Response]:
+        requests = asyncio.create_task(post_all(server.url, unique_jpegs(16)))
+        await asyncio.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        return await requests
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200] * 16
+    # uvicorn re-raises the signal once its graceful shutdown is done.
+    assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in server.log()
+
+
+def test_disconnected_client_is_dropped_before_the_model(tmp_path: Path) -> None:
+    slow = start_server(
+        tmp_path, {"RESNET_SERVE_MAX_BATCH_SIZE": "1", "RESNET_SERVE_MAX_WAIT_MS": "0"}
+    )
+    try:
+
+        async def scenario() -> list[httpx.Response]:
+            backlog = asyncio.create_task(post_all(slow.url, unique_jpegs(20)))
+            await asyncio.sleep(0.2)  # the backlog is queued; the next request waits behind it
+            with pytest.raises(httpx.ReadTimeout):
+                await post_all(slow.url, [jpeg("chelsea")], timeout_s=0.3)
+            return await backlog
+
+        assert [r.status_code for r in asyncio.run(scenario())] == [200] * 20
+        text = httpx.get(f"{slow.url}/metrics").text
+        assert metric(text, "batcher_batch_size_sum") == 20  # the abandoned image never ran
+        assert 'status="499"' in text
+    finally:
+        slow.stop(signal.SIGKILL)
