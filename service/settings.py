@@ -58,6 +58,21 @@ class Settings(BaseSettings):
         default_factory=available_cores, ge=1, description="threads that decode images"
     )
 
+    index_factory: str = Field(
+        "Flat", description="FAISS factory string: Flat (exact), HNSW32, IVF1024,Flat, ..."
+    )
+    index_nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
+    index_ef_search: int = Field(64, ge=1, description="HNSW candidates per query")
+    index_snapshot_every: int = Field(
+        1000, ge=1, description="changes between index snapshots (restart speed)"
+    )
+    index_keep_images: bool = Field(
+        True, description="keep uploaded item images so `index reindex` can re-embed them"
+    )
+    max_metadata_bytes: int = Field(
+        16 * 1024, ge=2, le=1024 * 1024, description="largest item metadata JSON"
+    )
+
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     data_dir: Path = Field(Path("data"), description="where the index and other state live")
@@ -67,6 +82,10 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
 
     @property
     def max_request_bytes(self) -> int:

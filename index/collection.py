@@ -1,0 +1,292 @@
+"""A searchable collection: the durable store plus the FAISS index derived from it.
+
+Threading contract: `put`, `delete`, `snapshot`, `rebuild` and `close` come from ONE writer
+thread (the service gives the collection a single-thread executor); `search`, `similar`,
+`get` and `stats` may come from any number of threads at once.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from index.rwlock import ReadWriteLock
+from index.store import ItemStore, StoredItem
+from index.vector_index import FLAT, VectorIndex
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"RSIDX1\n"
+TRAIN_SAMPLE = 100_000
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    count: int
+    d: int
+    kind: str
+    factory: str
+    fingerprint: str
+    model: str
+    tombstones: int
+    changes_since_snapshot: int
+
+
+class Collection:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        d: int,
+        fingerprint: str,
+        model: str,
+        factory: str = FLAT,
+        snapshot_every: int = 1000,
+        nprobe: int = 16,
+        ef_search: int = 64,
+        adopt_model: bool = False,
+    ) -> None:
+        """Open (or create) the collection in `directory`.
+
+        Raises IndexInUse when another process has it open, and ModelMismatch when it holds
+        vectors of another model (unless `adopt_model`, which only `reindex` should use).
+        """
+        self.directory = directory
+        self.fingerprint = fingerprint
+        self.model = model
+        self.factory = factory
+        self._snapshot_every = snapshot_every
+        self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
+        self._snapshot_path = directory / "index.snapshot"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._process_lock = hold_process_lock(directory / "LOCK")
+        try:
+            self.store = ItemStore(
+                directory / "items.sqlite3", d, fingerprint, model, adopt_model=adopt_model
+            )
+        except BaseException:
+            self._process_lock.close()
+            raise
+        self._lock = ReadWriteLock()
+        self._index, snapshot_seq = self._load_snapshot() or (self._build(), self.store.last_seq())
+        self._changes = self._catch_up(snapshot_seq)
+        self._maybe_restructure()
+
+    @property
+    def d(self) -> int:
+        return self.store.d
+
+    # --- writes (one writer thread) ---------------------------------------------------------
+
+    def put(
+        self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None
+    ) -> bool:
+        """Add or replace; durable when it returns. True if the id was new."""
+        label, replaced = self.store.put(item_id, vector, metadata, image)
+        with self._lock.writing():
+            if replaced is not None:
+                self._index.remove(np.array([replaced], np.int64))
+            self._index.add(np.array([label], np.int64), vector.reshape(1, -1))
+        self._after_write()
+        return replaced is None
+
+    def delete(self, item_id: str) -> bool:
+        """Remove; durable when it returns. False if the id was unknown."""
+        label = self.store.delete(item_id)
+        if label is None:
+            return False
+        with self._lock.writing():
+            self._index.remove(np.array([label], np.int64))
+        self._after_write()
+        return True
+
+    def _after_write(self) -> None:
+        self._changes += 1
+        self._maybe_restructure()
+        if self._changes >= self._snapshot_every:
+            self.snapshot()
+
+    def _maybe_restructure(self) -> None:
+        if self._index.needs_training or self._index.needs_compaction():
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        """Build a fresh index from the store (training IVF, dropping tombstones), then swap.
+
+        Searches keep using the old index while the new one is built.
+        """
+        fresh = self._build()
+        with self._lock.writing():
+            self._index = fresh
+        self.snapshot()
+
+    def _build(self) -> VectorIndex:
+        index = VectorIndex(self.d, self.factory, **self._search_params)
+        count = self.store.count()
+        if index.is_ivf and count >= index.train_min:
+            index.train(self._training_sample(count))
+        for labels, vectors in self.store.vectors():
+            index.add(labels, vectors)
+        log.info("built %s index over %d vectors", index.kind, index.ntotal)
+        return index
+
+    def _training_sample(self, count: int) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        keep = min(1.0, TRAIN_SAMPLE / count)
+        chunks = [vectors[rng.random(len(vectors)) < keep] for _, vectors in self.store.vectors()]
+        return np.concatenate(chunks)
+
+    def snapshot(self) -> None:
+        """Write the index to disk atomically; the change log before it is then dropped."""
+        seq = self.store.last_seq()  # the writer thread is here, so the index matches seq
+        with self._lock.reading():
+            data = self._index.serialize()
+            tombstones = sorted(self._index.tombstone_labels())
+        header = json.dumps(
+            {
+                "seq": seq,
+                "d": self.d,
+                "factory": self.factory,
+                "fingerprint": self.fingerprint,
+                "tombstones": tombstones,
+            }
+        ).encode()
+        temporary = self._snapshot_path.with_suffix(".tmp")
+        with temporary.open("wb") as handle:
+            handle.write(_MAGIC + struct.pack("<Q", len(header)) + header)
+            handle.write(data.tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self._snapshot_path)
+        _fsync_directory(self.directory)
+        self.store.forget_changes(seq)
+        self._changes = 0
+
+    def close(self) -> None:
+        """Snapshot if anything changed, then release the files. Safe to call twice."""
+        if self._process_lock.closed:
+            return
+        if self._changes:
+            self.snapshot()
+        self.store.close()
+        self._process_lock.close()  # releases the flock
+
+    # --- reads (any thread) -----------------------------------------------------------------
+
+    def get(self, item_id: str) -> StoredItem | None:
+        return self.store.get(item_id)
+
+    def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[SearchHit]:
+        with self._lock.reading():
+            D, I = self._index.search(vector.reshape(1, -1), k + (exclude is not None))
+        found = self.store.by_labels([int(i) for i in I[0] if i >= 0])
+        hits = [
+            SearchHit(found[int(i)].id, float(score), found[int(i)].metadata)
+            for score, i in zip(D[0], I[0], strict=True)
+            # A label can vanish between search and lookup when a delete lands in between.
+            if int(i) in found and found[int(i)].id != exclude
+        ]
+        return hits[:k]
+
+    def similar(self, item_id: str, k: int) -> list[SearchHit] | None:
+        """Nearest items to a stored item (itself excluded); None if the id is unknown."""
+        vector = self.store.vector(item_id)
+        return None if vector is None else self.search(vector, k, exclude=item_id)
+
+    def stats(self) -> CollectionStats:
+        with self._lock.reading():
+            kind, tombstones, count = self._index.kind, self._index.tombstones, self._index.ntotal
+        return CollectionStats(
+            count=count,
+            d=self.d,
+            kind=kind,
+            factory=self.factory,
+            fingerprint=self.fingerprint,
+            model=self.model,
+            tombstones=tombstones,
+            changes_since_snapshot=self._changes,
+        )
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def _load_snapshot(self) -> tuple[VectorIndex, int] | None:
+        if not self._snapshot_path.exists():
+            return None
+        raw = self._snapshot_path.read_bytes()
+        try:
+            if not raw.startswith(_MAGIC):
+                raise ValueError("not a resnet-serve index snapshot")
+            (length,) = struct.unpack_from("<Q", raw, len(_MAGIC))
+            start = len(_MAGIC) + 8
+            header = json.loads(raw[start : start + length])
+            wanted = {"d": self.d, "factory": self.factory, "fingerprint": self.fingerprint}
+            if {key: header[key] for key in wanted} != wanted:
+                log.info("index snapshot is for other settings %s; rebuilding", header)
+                return None
+            data = np.frombuffer(raw, np.uint8, offset=start + length)
+            index = VectorIndex.deserialize(
+                self.d, self.factory, data, set(header["tombstones"]), **self._search_params
+            )
+        except (ValueError, KeyError, RuntimeError) as exc:  # FAISS raises RuntimeError
+            log.warning("index snapshot %s unreadable (%s); rebuilding", self._snapshot_path, exc)
+            return None
+        return index, int(header["seq"])
+
+    def _catch_up(self, seq: int) -> int:
+        """Apply changes logged after the snapshot; returns how many there were."""
+        changes = list(self.store.changes_since(seq))
+        added_after = {change.label for change in changes if change.op == "add"}
+        for change in changes:
+            if change.op == "add" and change.vector is not None:
+                self._index.add(np.array([change.label], np.int64), change.vector.reshape(1, -1))
+            elif change.op == "del" and change.label not in added_after:
+                # Only labels the snapshot holds; later adds that were deleted were skipped.
+                self._index.remove(np.array([change.label], np.int64))
+        if changes:
+            log.info("index caught up on %d changes since its snapshot", len(changes))
+        return len(changes)
+
+
+class IndexInUse(RuntimeError):
+    """Another process has this collection open; two writers would diverge."""
+
+
+def hold_process_lock(path: Path) -> IO[str]:
+    """An exclusive flock for this process's lifetime (released by the OS even on kill -9)."""
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise IndexInUse(
+            f"the index in {path.parent} is open in {holder}; stop it first (the index has "
+            "one writer), or add items over HTTP"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

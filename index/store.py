@@ -1,0 +1,243 @@
+"""Durable item store: SQLite in WAL mode, the source of truth the FAISS index derives from.
+
+Each write commits with synchronous=FULL before it is acknowledged, so an acknowledged add
+or delete survives kill -9 and power loss. Every change is also appended to a change log
+that lets a FAISS snapshot catch up on start-up instead of being rebuilt.
+"""
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    label INTEGER PRIMARY KEY AUTOINCREMENT,  -- the FAISS id; never reused
+    id TEXT NOT NULL UNIQUE,
+    vector BLOB NOT NULL,
+    metadata TEXT NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    label INTEGER NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('add', 'del'))
+);
+"""
+
+
+class ModelMismatch(RuntimeError):
+    """The store holds vectors of another model; mixing them would give nonsense results."""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    id: str
+    label: int
+    metadata: dict[str, Any]
+    added_at: float
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    label: int
+    op: str
+    vector: np.ndarray | None  # None when the item was deleted later
+
+
+class ItemStore:
+    """Items (id, vector, metadata, optional source image) and the change log.
+
+    One connection guarded by a lock: SQLite point lookups take microseconds, and a single
+    connection keeps write ordering trivially correct.
+    """
+
+    def __init__(
+        self, path: Path, d: int, fingerprint: str, model: str, *, adopt_model: bool = False
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.d = d
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self.stored_model = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not adopt_model:
+            try:
+                self._refuse_other_model(fingerprint, model)
+            except ModelMismatch:
+                self._db.close()
+                raise
+            self.set_model(fingerprint, model)
+
+    def _refuse_other_model(self, fingerprint: str, model: str) -> None:
+        stored = self.stored_model
+        if stored and self.count() and stored.get("fingerprint") != fingerprint:
+            raise ModelMismatch(
+                f"the index at {self.path} holds {self.count()} vectors of model "
+                f"{stored.get('model')} (fingerprint {stored.get('fingerprint')}), but the "
+                f"service runs {model} (fingerprint {fingerprint}). Re-embed the stored images "
+                "with `resnet-serve index reindex`, or point RESNET_SERVE_DATA_DIR elsewhere."
+            )
+
+    def set_model(self, fingerprint: str, model: str) -> None:
+        """Record which model the stored vectors come from."""
+        meta = {"fingerprint": fingerprint, "model": model, "d": str(self.d)}
+        with self._lock, self._transaction():
+            for key, value in meta.items():
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def replace_vector(self, item_id: str, vector: np.ndarray) -> None:
+        """Overwrite one item's vector in place (re-embedding); its label stays."""
+        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        with self._lock, self._transaction():
+            self._db.execute("UPDATE items SET vector = ? WHERE id = ?", (blob, item_id))
+
+    def ids_without_image(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM items WHERE id NOT IN (SELECT id FROM images) ORDER BY id"
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def _transaction(self) -> "_Transaction":
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def put(
+        self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None
+    ) -> tuple[int, int | None]:
+        """Insert or replace; returns (new label, replaced label or None). Durable on return."""
+        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        with self._lock, self._transaction():
+            old = self._db.execute("SELECT label FROM items WHERE id = ?", (item_id,)).fetchone()
+            if old:
+                self._db.execute("DELETE FROM items WHERE label = ?", (old[0],))
+                self._db.execute("INSERT INTO changes (label, op) VALUES (?, 'del')", (old[0],))
+            cursor = self._db.execute(
+                "INSERT INTO items (id, vector, metadata, added_at) VALUES (?, ?, ?, ?)",
+                (item_id, blob, json.dumps(metadata), time.time()),
+            )
+            label = int(cursor.lastrowid or 0)
+            self._db.execute("INSERT INTO changes (label, op) VALUES (?, 'add')", (label,))
+            if image is not None:
+                self._db.execute("INSERT OR REPLACE INTO images VALUES (?, ?)", (item_id, image))
+        return label, (int(old[0]) if old else None)
+
+    def delete(self, item_id: str) -> int | None:
+        """Remove an item; returns its label, or None if it did not exist. Durable on return."""
+        with self._lock, self._transaction():
+            row = self._db.execute("SELECT label FROM items WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                return None
+            self._db.execute("DELETE FROM items WHERE label = ?", (row[0],))
+            self._db.execute("DELETE FROM images WHERE id = ?", (item_id,))
+            self._db.execute("INSERT INTO changes (label, op) VALUES (?, 'del')", (row[0],))
+        return int(row[0])
+
+    def get(self, item_id: str) -> StoredItem | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, label, metadata, added_at FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+        return _item(row) if row else None
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        with self._lock:
+            row = self._db.execute("SELECT vector FROM items WHERE id = ?", (item_id,)).fetchone()
+        return np.frombuffer(row[0], dtype=np.float32) if row else None
+
+    def by_labels(self, labels: list[int]) -> dict[int, StoredItem]:
+        if not labels:
+            return {}
+        marks = ",".join("?" * len(labels))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id, label, metadata, added_at FROM items WHERE label IN ({marks})", labels
+            ).fetchall()
+        return {int(row[1]): _item(row) for row in rows}
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def last_seq(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT MAX(seq) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+    def vectors(self, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (labels, vectors) in label order, a chunk at a time (for rebuilds)."""
+        after = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT label, vector FROM items WHERE label > ? ORDER BY label LIMIT ?",
+                    (after, chunk),
+                ).fetchall()
+            if not rows:
+                return
+            labels = np.array([row[0] for row in rows], dtype=np.int64)
+            yield (
+                labels,
+                np.frombuffer(b"".join(row[1] for row in rows), np.float32).reshape(
+                    len(rows), self.d
+                ),
+            )
+            after = int(labels[-1])
+
+    def changes_since(self, seq: int) -> Iterator[Change]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.seq, c.label, c.op, i.vector FROM changes c "
+                "LEFT JOIN items i ON i.label = c.label WHERE c.seq > ? ORDER BY c.seq",
+                (seq,),
+            ).fetchall()
+        for row_seq, label, op, blob in rows:
+            vector = np.frombuffer(blob, np.float32) if blob is not None else None
+            yield Change(int(row_seq), int(label), str(op), vector)
+
+    def forget_changes(self, upto_seq: int) -> None:
+        """Drop change-log entries a durable snapshot already contains."""
+        with self._lock:
+            self._db.execute("DELETE FROM changes WHERE seq <= ?", (upto_seq,))
+
+    def image_ids(self) -> list[str]:
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT id FROM images ORDER BY id")]
+
+    def image(self, item_id: str) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM images WHERE id = ?", (item_id,)).fetchone()
+        return bytes(row[0]) if row else None
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _item(row: tuple[Any, ...]) -> StoredItem:
+    return StoredItem(id=row[0], label=int(row[1]), metadata=json.loads(row[2]), added_at=row[3])
