@@ -13,7 +13,8 @@ from service.http_metrics import HttpMetrics
 from service.limits import BodyLimit
 from service.model.runtime import load_runtime
 from service.pipeline import Pipeline
-from service.routes import classify, embed, health
+from service.routes import classify, embed, health, items, search
+from service.search_index import SearchIndex, open_collection
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,13 @@ def create_app(settings: Settings) -> FastAPI:
         # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
         runtime = await asyncio.to_thread(load_runtime, settings)
         await asyncio.to_thread(runtime.warm_up, (1, settings.max_batch_size))
+        # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
+        collection = await asyncio.to_thread(open_collection, settings, runtime.spec)
+        index = SearchIndex(collection, search_threads=settings.decode_threads)
         pipeline = Pipeline(runtime, settings, registry)
         await pipeline.start()
         app.state.pipeline = pipeline
+        app.state.index = index
         for warning in runtime.spec.warnings:
             log.warning(warning)
         log.info("ready: %s on %s", runtime.spec.model_id, runtime.device)
@@ -37,17 +42,18 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await pipeline.stop()
+            await index.close()
 
     app = FastAPI(
         title="resnet-serve",
         version="0.1.0",
-        description="Image classification and embeddings with a dynamic batcher.",
+        description="Image classification, embeddings and similarity search, dynamically batched.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.registry = registry
     install_error_handlers(app)
-    for router in (classify.router, embed.router, health.router):
+    for router in (classify.router, embed.router, search.router, items.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(HttpMetrics, registry=registry)

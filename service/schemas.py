@@ -1,5 +1,8 @@
 """Request and response models (what /docs shows)."""
 
+from datetime import datetime
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -59,3 +62,35 @@ class ReadyResponse(ModelInfo):
     embedding_dim: int
     max_batch_size: int
     queue_depth: int
+
+
+class ItemResponse(BaseModel):
+    id: str
+    metadata: dict[str, Any]
+    added_at: datetime
+    created: bool | None = Field(None, description="on PUT: true if new, false if replaced")
+
+
+class SearchResult(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity, 1 is identical")
+    metadata: dict[str, Any]
+
+
+class SearchResponse(ModelInfo):
+    results: list[SearchResult]
+    timings_ms: dict[str, float]
+
+
+class SimilarityResponse(ModelInfo):
+    score: float = Field(description="cosine similarity of the two images' embeddings")
+    timings_ms: dict[str, float]
+
+
+class IndexResponse(BaseModel):
+    count: int
+    dimension: int
+    kind: str
+    factory: str
+    model: str
+    fingerprint: str

@@ -1,9 +1,10 @@
-"""Read image bytes out of a request: multipart `file`/`files`, or JSON base64."""
+"""Read image bytes out of a request: multipart file fields, or base64 strings in JSON."""
 
 import base64
 import binascii
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -20,16 +21,46 @@ class Upload:
     data: bytes
 
 
-async def read_one_image(request: Request, settings: Settings) -> bytes:
-    """The image of a single-image request: multipart field `file` or JSON {"image": base64}."""
-    kind = _body_kind(request)
-    if kind == "json":
-        return _decode_base64(await _json_field(request, "image"), settings, "image")
-    async with request.form(max_files=1, max_fields=8) as form:  # closes spooled files
-        part = form.get("file")
-        if not isinstance(part, UploadFile):
-            raise InvalidInput("multipart field 'file' with an image is required")
-        return (await _read_part(part, settings)).data
+@dataclass(frozen=True)
+class ImageField:
+    """Where one image travels: a multipart file field, or a base64 string in a JSON body."""
+
+    multipart: str
+    json: str
+
+
+SINGLE_IMAGE = (ImageField("file", "image"),)
+
+
+@dataclass(frozen=True)
+class ImageForm:
+    images: list[bytes]  # in the order of the fields asked for
+    metadata: str | None  # the optional `metadata` field as JSON text
+
+
+async def read_images(
+    request: Request, settings: Settings, fields: tuple[ImageField, ...] = SINGLE_IMAGE
+) -> ImageForm:
+    """The images named by `fields` (all required) and an optional `metadata` field."""
+    if _body_kind(request) == "json":
+        body = await _json_object(request)
+        images = [
+            _decode_base64(_string_field(body, field.json), settings, field.json)
+            for field in fields
+        ]
+        metadata = body.get("metadata")
+        return ImageForm(images, None if metadata is None else json.dumps(metadata))
+    async with request.form(max_files=len(fields), max_fields=8) as form:  # closes spooled files
+        images = []
+        for field in fields:
+            part = form.get(field.multipart)
+            if not isinstance(part, UploadFile):
+                raise InvalidInput(f"multipart field {field.multipart!r} with an image is required")
+            images.append((await _read_part(part, settings)).data)
+        text = form.get("metadata")
+        if text is not None and not isinstance(text, str):
+            raise InvalidInput("multipart field 'metadata' must be text (a JSON object)")
+        return ImageForm(images, text)
 
 
 async def read_many_images(request: Request, settings: Settings) -> list[Upload]:
@@ -66,12 +97,18 @@ async def _read_part(part: UploadFile, settings: Settings) -> Upload:
     return Upload(part.filename or "", await part.read())
 
 
-async def _json_field(request: Request, field: str) -> str:
+async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
-    value = body.get(field) if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise InvalidInput("the JSON body must be an object")
+    return body
+
+
+def _string_field(body: dict[str, Any], field: str) -> str:
+    value = body.get(field)
     if not isinstance(value, str):
         raise InvalidInput(f"JSON body needs a string field {field!r} holding base64 image bytes")
     return value

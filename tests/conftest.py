@@ -3,6 +3,7 @@
 import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,9 +15,10 @@ from service.settings import Settings
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-def lite0_settings(**overrides: object) -> Settings:
+def lite0_settings(data_dir: Path, **overrides: object) -> Settings:
     """The real offline ImageNet weights: fast (0.4 GFLOP) and correct predictions."""
     base: dict[str, object] = {
+        "data_dir": data_dir,
         "model": "tf_efficientnet_lite0",
         "weights": "lite0-package",
         "max_upload_bytes": 1_000_000,
@@ -29,9 +31,10 @@ def lite0_settings(**overrides: object) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def client() -> Iterator[TestClient]:
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """One app with real weights for the API tests (loading it once keeps the suite fast)."""
-    with TestClient(create_app(lite0_settings())) as test_client:
+    data_dir = tmp_path_factory.mktemp("data")
+    with TestClient(create_app(lite0_settings(data_dir))) as test_client:
         yield test_client
 
 

@@ -21,7 +21,7 @@ from service.routes.deps import (
 from service.schemas import BatchClassifyResponse, BatchItem, ClassifyResponse, ErrorDetail
 from service.schemas import Prediction as PredictionOut
 from service.settings import Settings
-from service.uploads import read_many_images, read_one_image
+from service.uploads import read_images, read_many_images
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to return")]
@@ -40,7 +40,7 @@ async def classify(
     top_k: TopK = 5,
 ) -> ClassifyResponse:
     """Top-k ImageNet classes of one image."""
-    data = await read_one_image(request, settings)
+    (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     spec = pipeline.runtime.spec
     return ClassifyResponse(

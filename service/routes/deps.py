@@ -8,6 +8,7 @@ from service.errors import NotReady
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
 from service.schemas import ErrorResponse
+from service.search_index import SearchIndex
 from service.settings import Settings
 
 
@@ -27,6 +28,13 @@ class ModelInfoFields(TypedDict):
 def model_info(spec: ModelSpec) -> ModelInfoFields:
     """The fields every model response carries, warnings included."""
     return {"model": spec.model_id, "weights": spec.weights, "warnings": list(spec.warnings)}
+
+
+def get_index(request: Request) -> SearchIndex:
+    index: SearchIndex | None = getattr(request.app.state, "index", None)
+    if index is None:
+        raise NotReady("the similarity index is not open")
+    return index
 
 
 def get_settings(request: Request) -> Settings:

@@ -15,7 +15,7 @@ from service.routes.deps import (
 )
 from service.schemas import EmbedResponse
 from service.settings import Settings
-from service.uploads import read_one_image
+from service.uploads import read_images
 
 router = APIRouter(prefix="/v1", tags=["embed"])
 
@@ -32,7 +32,7 @@ async def embed(
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> EmbedResponse:
     """The image's L2-normalised embedding (the model's pooled features)."""
-    data = await read_one_image(request, settings)
+    (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     spec = pipeline.runtime.spec
     return EmbedResponse(

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -129,8 +130,8 @@ def test_openapi_documents_both_body_kinds(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
 
 
-def test_random_weights_are_flagged_in_every_response() -> None:
-    settings = lite0_settings(weights="random")
+def test_random_weights_are_flagged_in_every_response(tmp_path: Path) -> None:
+    settings = lite0_settings(tmp_path, weights="random")
     with TestClient(create_app(settings)) as random_client:
         response = classify(random_client, jpeg("coffee"))
         assert response.json()["weights"] == "random"
@@ -242,8 +243,8 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 # --- admission control ----------------------------------------------------------------------
 
 
-async def test_full_queue_answers_429_with_retry_after() -> None:
-    app = create_app(lite0_settings(queue_size=1, max_batch_size=1, max_wait_ms=0))
+async def test_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
+    app = create_app(lite0_settings(tmp_path, queue_size=1, max_batch_size=1, max_wait_ms=0))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
@@ -258,8 +259,8 @@ async def test_full_queue_answers_429_with_retry_after() -> None:
     assert int(refused.headers["retry-after"]) >= 1
 
 
-def test_expired_deadline_answers_504() -> None:
+def test_expired_deadline_answers_504(tmp_path: Path) -> None:
     # 1 ms deadline, 10 ms batching wait: the request expires in the queue, before the model.
-    with TestClient(create_app(lite0_settings(request_timeout_s=0.001))) as hurried:
+    with TestClient(create_app(lite0_settings(tmp_path, request_timeout_s=0.001))) as hurried:
         assert_error(classify(hurried, jpeg("coffee")), 504, "deadline_exceeded")
         assert "batcher_expired_total 1.0" in hurried.get("/metrics").text

@@ -1,0 +1,22 @@
+"""What an item id may be: 1..256 characters of a URL-safe set, path-like segments allowed."""
+
+import re
+
+from service.errors import InvalidInput
+
+MAX_ID_LENGTH = 256
+_ALLOWED = re.compile(r"[A-Za-z0-9._~:@+=/-]+")
+
+
+def validate_item_id(item_id: str) -> str:
+    """Return the id, or raise InvalidInput saying what is wrong with it."""
+    if not 1 <= len(item_id) <= MAX_ID_LENGTH:
+        raise InvalidInput(f"item id must be 1 to {MAX_ID_LENGTH} characters, not {len(item_id)}")
+    if not _ALLOWED.fullmatch(item_id):
+        raise InvalidInput("item id may contain only letters, digits and . _ ~ : @ + = / -")
+    segments = item_id.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise InvalidInput("item id segments between '/' must be non-empty and not '.' or '..'")
+    if segments[-1] == "similar" and len(segments) > 1:
+        raise InvalidInput("item id must not end in '/similar' (reserved for the similar route)")
+    return item_id

@@ -1,0 +1,145 @@
+"""Items of the similarity index: PUT, GET, DELETE /v1/items/{id}, GET .../similar, /v1/index."""
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from index.collection import SearchHit
+from index.store import StoredItem
+from service.disconnect import unless_disconnected
+from service.errors import InvalidInput, NotFound
+from service.item_ids import MAX_ID_LENGTH, validate_item_id
+from service.pipeline import Pipeline
+from service.routes.deps import (
+    ERROR_RESPONSES,
+    SINGLE_IMAGE_BODY,
+    get_index,
+    get_pipeline,
+    get_settings,
+    model_info,
+)
+from service.schemas import IndexResponse, ItemResponse, SearchResponse, SearchResult
+from service.search_index import SearchIndex
+from service.settings import Settings
+from service.uploads import read_images
+
+router = APIRouter(prefix="/v1", tags=["index"])
+
+ItemId = Annotated[str, Path(description=f"1..{MAX_ID_LENGTH} characters; '/' allowed")]
+K = Annotated[int, Query(ge=1, le=1000, description="how many results")]
+
+
+@router.get(
+    "/items/{item_id:path}/similar", response_model=SearchResponse, responses=ERROR_RESPONSES
+)
+async def similar_items(
+    item_id: ItemId,
+    index: Annotated[SearchIndex, Depends(get_index)],
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    k: K = 10,
+) -> SearchResponse:
+    """Items nearest to a stored item's vector, the item itself left out."""
+    started = time.perf_counter()
+    hits = await index.similar(validate_item_id(item_id), k)
+    if hits is None:
+        raise NotFound(f"no item {item_id!r}")
+    return SearchResponse(
+        **model_info(pipeline.runtime.spec),
+        results=search_results(hits),
+        timings_ms={"search": round(1000 * (time.perf_counter() - started), 2)},
+    )
+
+
+@router.put(
+    "/items/{item_id:path}",
+    status_code=201,
+    response_model=ItemResponse,
+    responses={200: {"model": ItemResponse, "description": "replaced"}, **ERROR_RESPONSES},
+    openapi_extra=SINGLE_IMAGE_BODY,
+)
+async def put_item(
+    item_id: ItemId,
+    request: Request,
+    response: Response,
+    index: Annotated[SearchIndex, Depends(get_index)],
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> ItemResponse:
+    """Add or replace an item: an image (`file`) and optional `metadata` (a JSON object).
+
+    Answered once the item is durable: 201 when new, 200 when it replaced one.
+    """
+    validate_item_id(item_id)
+    form = await read_images(request, settings)
+    metadata = parse_metadata(form.metadata, settings.max_metadata_bytes)
+    (data,) = form.images
+    inference = await unless_disconnected(request, pipeline.run(data))
+    image = data if settings.index_keep_images else None
+    created = await index.put(item_id, inference.embedding, metadata, image)
+    response.status_code = 201 if created else 200
+    stored = await index.get(item_id)
+    if stored is None:  # deleted by another request in between
+        raise NotFound(f"item {item_id!r} was deleted while it was being added")
+    return item_response(stored, created)
+
+
+@router.get("/items/{item_id:path}", response_model=ItemResponse, responses=ERROR_RESPONSES)
+async def get_item(
+    item_id: ItemId, index: Annotated[SearchIndex, Depends(get_index)]
+) -> ItemResponse:
+    """An item's metadata and when it was added."""
+    stored = await index.get(validate_item_id(item_id))
+    if stored is None:
+        raise NotFound(f"no item {item_id!r}")
+    return item_response(stored)
+
+
+@router.delete("/items/{item_id:path}", status_code=204, responses=ERROR_RESPONSES)
+async def delete_item(
+    item_id: ItemId, index: Annotated[SearchIndex, Depends(get_index)]
+) -> Response:
+    """Remove an item; answered once the removal is durable."""
+    if not await index.delete(validate_item_id(item_id)):
+        raise NotFound(f"no item {item_id!r}")
+    return Response(status_code=204)
+
+
+@router.get("/index", response_model=IndexResponse)
+async def index_info(index: Annotated[SearchIndex, Depends(get_index)]) -> IndexResponse:
+    """Size, dimension, index kind and the model fingerprint of the stored vectors."""
+    stats = await index.stats()
+    return IndexResponse(
+        count=stats.count,
+        dimension=stats.d,
+        kind=stats.kind,
+        factory=stats.factory,
+        model=stats.model,
+        fingerprint=stats.fingerprint,
+    )
+
+
+def parse_metadata(text: str | None, limit: int) -> dict[str, Any]:
+    if text is None:
+        return {}
+    size = len(text.encode())
+    if size > limit:
+        raise InvalidInput(f"metadata is {size} bytes; the limit is {limit} bytes")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"metadata is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata must be a JSON object")
+    return value
+
+
+def item_response(stored: StoredItem, created: bool | None = None) -> ItemResponse:
+    added_at = datetime.fromtimestamp(stored.added_at, UTC)
+    return ItemResponse(id=stored.id, metadata=stored.metadata, added_at=added_at, created=created)
+
+
+def search_results(hits: list[SearchHit]) -> list[SearchResult]:
+    return [SearchResult(id=hit.id, score=hit.score, metadata=hit.metadata) for hit in hits]

@@ -1,0 +1,71 @@
+"""POST /v1/search (image query) and POST /v1/similarity (two images)."""
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.disconnect import unless_disconnected
+from service.pipeline import Pipeline
+from service.routes.deps import (
+    ERROR_RESPONSES,
+    SINGLE_IMAGE_BODY,
+    get_index,
+    get_pipeline,
+    get_settings,
+    model_info,
+)
+from service.routes.items import search_results
+from service.schemas import SearchResponse, SimilarityResponse
+from service.search_index import SearchIndex
+from service.settings import Settings
+from service.uploads import ImageField, read_images
+
+router = APIRouter(prefix="/v1", tags=["index"])
+PAIR = (ImageField("a", "a"), ImageField("b", "b"))
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=SINGLE_IMAGE_BODY,
+)
+async def search(
+    request: Request,
+    index: Annotated[SearchIndex, Depends(get_index)],
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    k: Annotated[int, Query(ge=1, le=1000, description="how many results")] = 10,
+) -> SearchResponse:
+    """Items most similar to an image (cosine similarity of embeddings)."""
+    (data,) = (await read_images(request, settings)).images
+    inference = await unless_disconnected(request, pipeline.run(data))
+    started = time.perf_counter()
+    hits = await index.search(inference.embedding, k)
+    return SearchResponse(
+        **model_info(pipeline.runtime.spec),
+        results=search_results(hits),
+        timings_ms=inference.timings_ms
+        | {"search": round(1000 * (time.perf_counter() - started), 2)},
+    )
+
+
+@router.post("/similarity", response_model=SimilarityResponse, responses=ERROR_RESPONSES)
+async def similarity(
+    request: Request,
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> SimilarityResponse:
+    """Cosine similarity of two images: multipart files `a` and `b`, or JSON base64 `a`, `b`."""
+    started = time.perf_counter()
+    first, second = (await read_images(request, settings, PAIR)).images
+    a, b = await unless_disconnected(
+        request, asyncio.gather(pipeline.run(first), pipeline.run(second))
+    )
+    return SimilarityResponse(
+        **model_info(pipeline.runtime.spec),
+        score=float(a.embedding @ b.embedding),
+        timings_ms={"total": round(1000 * (time.perf_counter() - started), 2)},
+    )

@@ -1,0 +1,75 @@
+"""The collection as the async service sees it: one writer thread, a pool for searches."""
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from index.collection import Collection, CollectionStats, SearchHit
+from index.store import StoredItem
+from service.model.spec import ModelSpec
+from service.settings import Settings
+
+T = TypeVar("T")
+
+
+def open_collection(
+    settings: Settings, spec: ModelSpec, *, adopt_model: bool = False
+) -> Collection:
+    """The service's collection in RESNET_SERVE_DATA_DIR/index; raises ModelMismatch/IndexInUse."""
+    return Collection(
+        settings.index_dir,
+        d=spec.embedding_dim,
+        fingerprint=spec.fingerprint,
+        model=spec.model_id,
+        factory=settings.index_factory,
+        snapshot_every=settings.index_snapshot_every,
+        nprobe=settings.index_nprobe,
+        ef_search=settings.index_ef_search,
+        adopt_model=adopt_model,
+    )
+
+
+class SearchIndex:
+    """Keeps FAISS and SQLite work off the event loop, with the collection's one writer."""
+
+    def __init__(self, collection: Collection, search_threads: int) -> None:
+        self.collection = collection
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="index-writer")
+        self._readers = ThreadPoolExecutor(search_threads, thread_name_prefix="index-search")
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+
+    async def put(
+        self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None
+    ) -> bool:
+        # Shielded: once the write has started, a client disconnect must not hide its outcome.
+        return await asyncio.shield(
+            self._write(self.collection.put, item_id, vector, metadata, image)
+        )
+
+    async def delete(self, item_id: str) -> bool:
+        return await asyncio.shield(self._write(self.collection.delete, item_id))
+
+    async def get(self, item_id: str) -> StoredItem | None:
+        return await self._read(self.collection.get, item_id)
+
+    async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+        return await self._read(self.collection.search, vector, k)
+
+    async def similar(self, item_id: str, k: int) -> list[SearchHit] | None:
+        return await self._read(self.collection.similar, item_id, k)
+
+    async def stats(self) -> CollectionStats:
+        return await self._read(self.collection.stats)
+
+    async def close(self) -> None:
+        self._readers.shutdown(wait=True)
+        await self._write(self.collection.close)
+        self._writer.shutdown(wait=True)
