@@ -81,6 +81,15 @@ class ItemStore:
                 raise
             self.set_model(fingerprint, model)
 
+    @staticmethod
+    def recorded_model(path: Path) -> dict[str, str]:
+        """The model, fingerprint and dimension a store's vectors were made with."""
+        db = sqlite3.connect(path)
+        try:
+            return dict(db.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            db.close()
+
     def _refuse_other_model(self, fingerprint: str, model: str) -> None:
         stored = self.stored_model
         if stored and self.count() and stored.get("fingerprint") != fingerprint:

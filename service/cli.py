@@ -3,6 +3,7 @@
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
@@ -26,24 +27,46 @@ SERVE_FLAGS = {
 }
 
 
+# The index commands need only these; they read the rest from the environment too.
+INDEX_FLAGS = {
+    flag: SERVE_FLAGS[flag] for flag in ("--model", "--weights", "--device", "--data-dir")
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP service")
-    for flag, field in SERVE_FLAGS.items():
+    _add_setting_flags(commands.add_parser("serve", help="run the HTTP service"), SERVE_FLAGS)
+    index = commands.add_parser("index", help="bulk work on the similarity index (service stopped)")
+    actions = index.add_subparsers(dest="action", required=True)
+    add_folder = actions.add_parser(
+        "add-folder", help="embed every image under DIR (ids = relative paths); resumable"
+    )
+    add_folder.add_argument("folder", type=Path)
+    add_folder.add_argument("--no-progress", action="store_true", help="no progress bar")
+    reindex = actions.add_parser("reindex", help="re-embed stored images with the current model")
+    reindex.add_argument("--no-progress", action="store_true", help="no progress bar")
+    actions.add_parser("rebuild", help="rebuild the FAISS index from the item store")
+    actions.add_parser("stats", help="print index statistics as JSON")
+    for action in (add_folder, reindex, actions.choices["rebuild"], actions.choices["stats"]):
+        _add_setting_flags(action, INDEX_FLAGS)
+    return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
+    for flag, field in flags.items():
         info = Settings.model_fields[field]
-        serve.add_argument(
+        parser.add_argument(
             flag,
             dest=field,
             default=None,
             help=f"{info.description or field} (env RESNET_SERVE_{field.upper()})",
         )
-    return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Environment first, flags on top; pydantic validates and converts both."""
-    overrides = {field: getattr(args, field) for field in SERVE_FLAGS.values()}
+    overrides = {field: getattr(args, field, None) for field in SERVE_FLAGS.values()}
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -60,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
+    if args.command == "index":
+        from service.index_commands import run_index_command  # torch import is slow
+
+        raise SystemExit(run_index_command(args, settings))
     from service.app import create_app  # torch import is slow; keep --help fast
 
     # Exits with status 3 when start-up fails (e.g. weights unavailable), after logging why.

@@ -1,0 +1,69 @@
+"""`resnet-serve index ...`: add-folder, reindex, rebuild, stats."""
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from index.collection import Collection, IndexInUse
+from index.store import ItemStore, ModelMismatch
+from service.bulk import add_folder, reindex
+from service.model.runtime import load_runtime
+from service.model.weights import ModelLoadError
+from service.search_index import open_collection
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one index action; returns the process exit status."""
+    try:
+        if args.action == "add-folder":
+            if not args.folder.is_dir():
+                print(f"{args.folder} is not a folder", file=sys.stderr)
+                return 2
+            runtime = load_runtime(settings)
+            collection = open_collection(settings, runtime.spec)
+            try:
+                report = add_folder(
+                    runtime, collection, args.folder, settings, not args.no_progress
+                )
+            finally:
+                collection.close()
+        elif args.action == "reindex":
+            report = reindex(load_runtime(settings), settings, not args.no_progress)
+        else:
+            return _stats_or_rebuild(args.action, settings)
+    except (IndexInUse, ModelMismatch, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    # Skipped files are reported, not fatal; fail only when nothing at all could be indexed.
+    return 1 if report.failed and not (report.added or report.already_present) else 0
+
+
+def _stats_or_rebuild(action: str, settings: Settings) -> int:
+    """Both work from what the store recorded, so they need no model."""
+    path = settings.index_dir / "items.sqlite3"
+    if not path.exists():
+        print(f"no index in {settings.index_dir}", file=sys.stderr)
+        return 1
+    meta = ItemStore.recorded_model(path)
+    collection = Collection(
+        settings.index_dir,
+        d=int(meta["d"]),
+        fingerprint=meta["fingerprint"],
+        model=meta["model"],
+        factory=settings.index_factory,
+        nprobe=settings.index_nprobe,
+        ef_search=settings.index_ef_search,
+    )
+    try:
+        if action == "rebuild":
+            collection.rebuild()
+        print(json.dumps(dataclasses.asdict(collection.stats()), indent=2))
+    finally:
+        collection.close()
+    return 0
