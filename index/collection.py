@@ -57,12 +57,11 @@ class Collection:
         snapshot_every: int = 1000,
         nprobe: int = 16,
         ef_search: int = 64,
-        adopt_model: bool = False,
     ) -> None:
         """Open (or create) the collection in `directory`.
 
         Raises IndexInUse when another process has it open, and ModelMismatch when it holds
-        vectors of another model (unless `adopt_model`, which only `reindex` should use).
+        vectors of another model.
         """
         self.directory = directory
         self.fingerprint = fingerprint
@@ -74,9 +73,7 @@ class Collection:
         directory.mkdir(parents=True, exist_ok=True)
         self._process_lock = hold_process_lock(directory / "LOCK")
         try:
-            self.store = ItemStore(
-                directory / "items.sqlite3", d, fingerprint, model, adopt_model=adopt_model
-            )
+            self.store = ItemStore(directory / "items.sqlite3", d, fingerprint, model)
         except BaseException:
             self._process_lock.close()
             raise

@@ -14,7 +14,7 @@ from service.limits import BodyLimit
 from service.model.runtime import load_runtime
 from service.pipeline import Pipeline
 from service.routes import classify, embed, health, items, search
-from service.search_index import SearchIndex, open_collection
+from service.search_index import SearchIndex, open_collection_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
         runtime = await asyncio.to_thread(load_runtime, settings)
         await asyncio.to_thread(runtime.warm_up, (1, settings.max_batch_size))
         # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
-        collection = await asyncio.to_thread(open_collection, settings, runtime.spec)
+        collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
         index = SearchIndex(collection, search_threads=settings.decode_threads)
         pipeline = Pipeline(runtime, settings, registry)
         await pipeline.start()

@@ -6,12 +6,12 @@ import json
 import logging
 import sys
 
-from index.collection import Collection, IndexInUse
+from index.collection import IndexInUse
 from index.store import ItemStore, ModelMismatch
 from service.bulk import add_folder, reindex
 from service.model.runtime import load_runtime
 from service.model.weights import ModelLoadError
-from service.search_index import open_collection
+from service.search_index import open_collection, open_collection_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{args.folder} is not a folder", file=sys.stderr)
                 return 2
             runtime = load_runtime(settings)
-            collection = open_collection(settings, runtime.spec)
+            collection = open_collection_for(settings, runtime.spec)
             try:
                 report = add_folder(
                     runtime, collection, args.folder, settings, not args.no_progress
@@ -51,14 +51,8 @@ def _stats_or_rebuild(action: str, settings: Settings) -> int:
         print(f"no index in {settings.index_dir}", file=sys.stderr)
         return 1
     meta = ItemStore.recorded_model(path)
-    collection = Collection(
-        settings.index_dir,
-        d=int(meta["d"]),
-        fingerprint=meta["fingerprint"],
-        model=meta["model"],
-        factory=settings.index_factory,
-        nprobe=settings.index_nprobe,
-        ef_search=settings.index_ef_search,
+    collection = open_collection(
+        settings, d=int(meta["d"]), fingerprint=meta["fingerprint"], model=meta["model"]
     )
     try:
         if action == "rebuild":

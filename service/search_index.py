@@ -15,20 +15,24 @@ from service.settings import Settings
 T = TypeVar("T")
 
 
-def open_collection(
-    settings: Settings, spec: ModelSpec, *, adopt_model: bool = False
-) -> Collection:
-    """The service's collection in RESNET_SERVE_DATA_DIR/index; raises ModelMismatch/IndexInUse."""
+def open_collection(settings: Settings, *, d: int, fingerprint: str, model: str) -> Collection:
+    """The collection in RESNET_SERVE_DATA_DIR/index; raises ModelMismatch or IndexInUse."""
     return Collection(
         settings.index_dir,
-        d=spec.embedding_dim,
-        fingerprint=spec.fingerprint,
-        model=spec.model_id,
+        d=d,
+        fingerprint=fingerprint,
+        model=model,
         factory=settings.index_factory,
         snapshot_every=settings.index_snapshot_every,
         nprobe=settings.index_nprobe,
         ef_search=settings.index_ef_search,
-        adopt_model=adopt_model,
+    )
+
+
+def open_collection_for(settings: Settings, spec: ModelSpec) -> Collection:
+    """The collection for vectors of this model."""
+    return open_collection(
+        settings, d=spec.embedding_dim, fingerprint=spec.fingerprint, model=spec.model_id
     )
 
 
