@@ -1,7 +1,7 @@
 """Request and response models (what /docs shows)."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +23,10 @@ class ModelInfo(BaseModel):
     )
 
 
+CacheStatus = Literal["hit", "miss"]
+CACHE_FIELD = Field(description="hit: answered without running the model (also the X-Cache header)")
+
+
 class Prediction(BaseModel):
     class_id: int
     label: str
@@ -31,6 +35,7 @@ class Prediction(BaseModel):
 
 class ClassifyResponse(ModelInfo):
     predictions: list[Prediction]
+    cache: CacheStatus = CACHE_FIELD
     batch_size: int = Field(description="images in the model call that served this one")
     timings_ms: dict[str, float]
 
@@ -39,6 +44,7 @@ class BatchItem(BaseModel):
     index: int
     filename: str
     predictions: list[Prediction] | None = None
+    cache: CacheStatus | None = None
     error: ErrorDetail | None = None
 
 
@@ -50,6 +56,7 @@ class BatchClassifyResponse(ModelInfo):
 class EmbedResponse(ModelInfo):
     dim: int
     embedding: list[float] = Field(description="L2-normalised pooled features")
+    cache: CacheStatus = CACHE_FIELD
     batch_size: int = Field(description="images in the model call that served this one")
     timings_ms: dict[str, float]
 
@@ -79,6 +86,9 @@ class SearchResult(BaseModel):
 
 class SearchResponse(ModelInfo):
     results: list[SearchResult]
+    cache: CacheStatus | None = Field(
+        default=None, description="for an image query: as on classify"
+    )
     timings_ms: dict[str, float]
 
 

@@ -73,10 +73,28 @@ class Settings(BaseSettings):
         16 * 1024, ge=2, le=1024 * 1024, description="largest item metadata JSON"
     )
 
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db for the result cache; unset: in-process cache"
+    )
+    cache_ttl_s: float = Field(86_400, gt=0, description="how long a cached result lives")
+    cache_memory_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="in-process cache size when no Redis (0: off)"
+    )
+    cache_timeout_ms: float = Field(
+        50, gt=0, le=10_000, description="longest a Redis call may take before it counts as a miss"
+    )
+
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     data_dir: Path = Field(Path("data"), description="where the index and other state live")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -4,12 +4,16 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 # Both cores for the model; tests run one at a time.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -36,6 +40,16 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     data_dir = tmp_path_factory.mktemp("data")
     with TestClient(create_app(lite0_settings(data_dir))) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator["RedisServer"]:
+    """A real redis-server on a free loopback port, killed after the test."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    yield server
+    server.kill()
 
 
 def free_port() -> int:

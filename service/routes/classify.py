@@ -5,7 +5,7 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.disconnect import unless_disconnected
 from service.errors import INTERNAL, describe_error
@@ -35,6 +35,7 @@ TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to retu
 )
 async def classify(
     request: Request,
+    response: Response,
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
     top_k: TopK = 5,
@@ -43,9 +44,11 @@ async def classify(
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     spec = pipeline.runtime.spec
+    response.headers["X-Cache"] = inference.cache
     return ClassifyResponse(
         **model_info(spec),
         predictions=top_predictions(inference.probabilities, spec, top_k),
+        cache=inference.cache,
         batch_size=inference.batch_size,
         timings_ms=inference.timings_ms,
     )
@@ -84,6 +87,7 @@ def _batch_item(
             index=index,
             filename=filename,
             predictions=top_predictions(outcome.probabilities, spec, top_k),
+            cache=outcome.cache,
         )
     if not isinstance(outcome, Exception):
         raise outcome

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 
 from service.disconnect import unless_disconnected
 from service.pipeline import Pipeline
@@ -28,6 +28,7 @@ router = APIRouter(prefix="/v1", tags=["embed"])
 )
 async def embed(
     request: Request,
+    response: Response,
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> EmbedResponse:
@@ -35,10 +36,12 @@ async def embed(
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     spec = pipeline.runtime.spec
+    response.headers["X-Cache"] = inference.cache
     return EmbedResponse(
         **model_info(spec),
         dim=spec.embedding_dim,
         embedding=inference.embedding.tolist(),
+        cache=inference.cache,
         batch_size=inference.batch_size,
         timings_ms=inference.timings_ms,
     )

@@ -4,7 +4,7 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.disconnect import unless_disconnected
 from service.pipeline import Pipeline
@@ -34,6 +34,7 @@ PAIR = (ImageField("a", "a"), ImageField("b", "b"))
 )
 async def search(
     request: Request,
+    response: Response,
     index: Annotated[SearchIndex, Depends(get_index)],
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
@@ -44,9 +45,11 @@ async def search(
     inference = await unless_disconnected(request, pipeline.run(data))
     started = time.perf_counter()
     hits = await index.search(inference.embedding, k)
+    response.headers["X-Cache"] = inference.cache
     return SearchResponse(
         **model_info(pipeline.runtime.spec),
         results=search_results(hits),
+        cache=inference.cache,
         timings_ms=inference.timings_ms
         | {"search": round(1000 * (time.perf_counter() - started), 2)},
     )

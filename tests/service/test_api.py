@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,10 +48,16 @@ def still_serving(client: TestClient) -> Iterator[None]:
 # --- correctness with the real EfficientNet-Lite0 weights -------------------------------
 
 
+def unique(data: bytes) -> bytes:
+    """Bytes no earlier request sent (trailing bytes after the JPEG end marker are ignored)."""
+    return data + uuid.uuid4().bytes
+
+
 def test_coffee_is_espresso(client: TestClient) -> None:
-    response = classify(client, jpeg("coffee"), top_k=3)
+    response = classify(client, unique(jpeg("coffee")), top_k=3)
     assert response.status_code == 200
     body = response.json()
+    assert body["cache"] == "miss" and response.headers["x-cache"] == "miss"
     assert body["model"] == "tf_efficientnet_lite0" and body["weights"] == "lite0-package"
     assert body["warnings"] == []
     assert body["predictions"][0]["label"] == "espresso"
