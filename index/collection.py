@@ -9,7 +9,6 @@ import fcntl
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,7 +21,6 @@ from index.vector_index import FLAT, VectorIndex
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"RSIDX1\n"
 TRAIN_SAMPLE = 100_000
 
 
@@ -69,7 +67,7 @@ class Collection:
         self.factory = factory
         self._snapshot_every = snapshot_every
         self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
-        self._snapshot_path = directory / "index.snapshot"
+        self._header_path = directory / "snapshot.json"
         directory.mkdir(parents=True, exist_ok=True)
         self._process_lock = hold_process_lock(directory / "LOCK")
         try:
@@ -147,28 +145,34 @@ class Collection:
         return np.concatenate(chunks)
 
     def snapshot(self) -> None:
-        """Write the index to disk atomically; the change log before it is then dropped."""
+        """Write the index to disk atomically; the change log before it is then dropped.
+
+        The FAISS file is written under a new name first; the small JSON header that names
+        it is the commit point, replaced atomically. A crash at any moment leaves either the
+        old snapshot or the new one.
+        """
         seq = self.store.last_seq()  # the writer thread is here, so the index matches seq
+        data_name = f"index-{seq}.faiss"
         with self._lock.reading():
-            data = self._index.serialize()
+            self._index.write(self.directory / data_name)
             tombstones = sorted(self._index.tombstone_labels())
-        header = json.dumps(
-            {
-                "seq": seq,
-                "d": self.d,
-                "factory": self.factory,
-                "fingerprint": self.fingerprint,
-                "tombstones": tombstones,
-            }
-        ).encode()
-        temporary = self._snapshot_path.with_suffix(".tmp")
-        with temporary.open("wb") as handle:
-            handle.write(_MAGIC + struct.pack("<Q", len(header)) + header)
-            handle.write(data.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._snapshot_path)
+        _fsync_file(self.directory / data_name)
+        header = {
+            "seq": seq,
+            "d": self.d,
+            "factory": self.factory,
+            "fingerprint": self.fingerprint,
+            "tombstones": tombstones,
+            "data": data_name,
+        }
+        temporary = self._header_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(header))
+        _fsync_file(temporary)
+        os.replace(temporary, self._header_path)
         _fsync_directory(self.directory)
+        for old in self.directory.glob("index-*.faiss"):
+            if old.name != data_name:
+                old.unlink()
         self.store.forget_changes(seq)
         self._changes = 0
 
@@ -220,25 +224,24 @@ class Collection:
     # --- start-up ---------------------------------------------------------------------------
 
     def _load_snapshot(self) -> tuple[VectorIndex, int] | None:
-        if not self._snapshot_path.exists():
+        if not self._header_path.exists():
             return None
-        raw = self._snapshot_path.read_bytes()
         try:
-            if not raw.startswith(_MAGIC):
-                raise ValueError("not a resnet-serve index snapshot")
-            (length,) = struct.unpack_from("<Q", raw, len(_MAGIC))
-            start = len(_MAGIC) + 8
-            header = json.loads(raw[start : start + length])
+            header = json.loads(self._header_path.read_text())
             wanted = {"d": self.d, "factory": self.factory, "fingerprint": self.fingerprint}
-            if {key: header[key] for key in wanted} != wanted:
+            if {key: header.get(key) for key in wanted} != wanted:
                 log.info("index snapshot is for other settings %s; rebuilding", header)
                 return None
-            data = np.frombuffer(raw, np.uint8, offset=start + length)
-            index = VectorIndex.deserialize(
-                self.d, self.factory, data, set(header["tombstones"]), **self._search_params
+            index = VectorIndex.read(
+                self.directory / header["data"],
+                self.d,
+                self.factory,
+                set(header["tombstones"]),
+                **self._search_params,
             )
-        except (ValueError, KeyError, RuntimeError) as exc:  # FAISS raises RuntimeError
-            log.warning("index snapshot %s unreadable (%s); rebuilding", self._snapshot_path, exc)
+        except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
+            # FAISS raises RuntimeError for a damaged file; json raises ValueError.
+            log.warning("index snapshot in %s unreadable (%s); rebuilding", self.directory, exc)
             return None
         return index, int(header["seq"])
 
@@ -279,6 +282,11 @@ def hold_process_lock(path: Path) -> IO[str]:
     handle.write(f"pid {os.getpid()}")
     handle.flush()
     return handle
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -3,6 +3,8 @@
 Not thread-safe by itself: the Collection serialises writes against searches.
 """
 
+from pathlib import Path
+
 import faiss
 import numpy as np
 
@@ -84,15 +86,16 @@ class VectorIndex:
             D, I = _drop(D, I, self._tombstones, k)
         return D[:, :k], I[:, :k]
 
-    def serialize(self) -> np.ndarray:
-        return faiss.serialize_index(self._index)
+    def write(self, path: Path) -> None:
+        """Write the FAISS index to a file (streamed: no in-memory copy)."""
+        faiss.write_index(self._index, str(path))
 
     @classmethod
-    def deserialize(
-        cls, d: int, factory: str, data: np.ndarray, tombstones: set[int], **search: int
+    def read(
+        cls, path: Path, d: int, factory: str, tombstones: set[int], **search: int
     ) -> "VectorIndex":
         index = cls(d, factory, **search)
-        loaded = faiss.deserialize_index(data)
+        loaded = faiss.read_index(str(path))
         if loaded.d != d:
             raise ValueError(f"snapshot has dimension {loaded.d}, expected {d}")
         index._index = loaded

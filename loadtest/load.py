@@ -8,6 +8,7 @@ successful responses, latency percentiles and every status seen. Only loopback U
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from loadtest.images import unique_jpegs
+from loadtest.images import base_jpegs, unique_jpegs
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,10 @@ class LoadResult:
 
 
 async def run_load(
-    url: str, path: str, concurrency: int, seconds: float, warmup_s: float
+    url: str, path: str, concurrency: int, seconds: float, warmup_s: float, repeat: bool = False
 ) -> LoadResult:
-    images = unique_jpegs()
+    """Closed-loop load; `repeat` sends one image again and again (cache hits), else unique ones."""
+    images = itertools.repeat(base_jpegs()[0]) if repeat else unique_jpegs()
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -70,13 +72,16 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
+    parser.add_argument("--repeat", action="store_true", help="the same image every request")
     args = parser.parse_args()
     host = urlparse(args.url).hostname or ""
     if not (host == "localhost" or host.startswith("127.") or host == "::1"):
         parser.error("load is only sent to loopback addresses")
     print("| clients | ok rps | p50 ms | p99 ms | statuses |\n|---|---|---|---|---|")
     for concurrency in args.concurrency:
-        result = asyncio.run(run_load(args.url, args.path, concurrency, args.seconds, args.warmup))
+        result = asyncio.run(
+            run_load(args.url, args.path, concurrency, args.seconds, args.warmup, args.repeat)
+        )
         print(
             f"| {concurrency} | {result.ok_rps:.2f} | {result.p50_ms:.0f} | "
             f"{result.p99_ms:.0f} | {result.statuses} |",

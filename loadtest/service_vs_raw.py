@@ -13,11 +13,9 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
-
-import httpx
 
 from loadtest.load import run_load
+from loadtest.processes import free_port, start_service, stop
 
 
 def raw_images_per_second(env: dict[str, str], batch_size: int, seconds: float) -> float:
@@ -39,22 +37,6 @@ def raw_images_per_second(env: dict[str, str], batch_size: int, seconds: float) 
     return float(finished.stdout.strip().splitlines()[-1].split("|")[2])
 
 
-def start_service(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("service did not become ready")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -63,7 +45,6 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--port", type=int, default=8799)
     args = parser.parse_args()
     env = os.environ | {"RESNET_SERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
     if args.weights:
@@ -71,16 +52,13 @@ def main() -> None:
     raw_seconds = args.seconds / 2
     before = raw_images_per_second(env, args.max_batch_size, raw_seconds)
     print(f"raw batch {args.max_batch_size} before: {before:.2f} img/s", flush=True)
-    service = start_service(env, args.port)
+    port = free_port()
+    service = start_service(env, port)
     try:
-        result = asyncio.run(
-            run_load(
-                f"http://127.0.0.1:{args.port}", "/v1/classify", args.concurrency, args.seconds, 5.0
-            )
-        )
+        url = f"http://127.0.0.1:{port}"
+        result = asyncio.run(run_load(url, "/v1/classify", args.concurrency, args.seconds, 5.0))
     finally:
-        service.terminate()
-        service.wait(timeout=60)
+        stop(service)
     print(
         f"service, {args.concurrency} clients: {result.ok_rps:.2f} rps, "
         f"p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms, {result.statuses}",

@@ -59,7 +59,7 @@ def test_snapshot_then_changes_are_caught_up_after_a_crash(tmp_path: Path) -> No
     # is added and deleted, all only in the change log.
     ops += [["delete", "item-2"], ["put", "late", 25, {}], ["delete", "late"]]
     run_then_die(tmp_path, "Flat", 10, ops)
-    assert (tmp_path / "index.snapshot").exists()
+    assert (tmp_path / "snapshot.json").exists()
     xb = clustered(ROWS, D_TEST)
     reopened = open_collection(tmp_path, snapshot_every=10)
     assert reopened.stats().changes_since_snapshot == 8
@@ -81,7 +81,8 @@ def test_corrupt_snapshot_is_rebuilt_from_the_store(tmp_path: Path) -> None:
     for i in range(10):
         first.put(f"item-{i}", xb[i], {}, None)
     first.close()
-    (tmp_path / "index.snapshot").write_bytes(b"RSIDX1\n garbage")
+    (data_file,) = tmp_path.glob("index-*.faiss")
+    data_file.write_bytes(b"not a faiss index")
     reopened = open_collection(tmp_path)
     assert reopened.stats().count == 10
     assert ids_of(reopened.search(xb[6], 1)) == ["item-6"]
