@@ -15,8 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import httpx
-
+from loadtest.http_client import Connection, multipart_request
 from loadtest.images import base_jpegs, unique_jpegs
 
 
@@ -36,26 +35,27 @@ async def run_load(
     images = itertools.repeat(base_jpegs()[0]) if repeat else unique_jpegs()
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        measure_from = time.perf_counter() + warmup_s
-        stop_at = measure_from + seconds
+    measure_from = time.perf_counter() + warmup_s
+    stop_at = measure_from + seconds
 
-        async def client() -> None:
+    async def client() -> None:
+        connection = Connection(url)
+        try:
             while (sent := time.perf_counter()) < stop_at:
+                request = multipart_request(connection.host, path, "file", "x.jpg", next(images))
                 try:
-                    response = await http.post(
-                        path, files={"file": ("x.jpg", next(images), "image/jpeg")}
-                    )
-                    status = str(response.status_code)
-                except httpx.TransportError as exc:
+                    code, _ = await connection.send(request)
+                    status = str(code)
+                except (OSError, asyncio.IncompleteReadError) as exc:
                     status = type(exc).__name__
                 if sent >= measure_from:  # only requests started inside the window count
                     statuses[status] += 1
                     if status == "200":
                         latencies.append(time.perf_counter() - sent)
+        finally:
+            await connection.close()
 
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(client() for _ in range(concurrency)))
     ok = len(latencies)
     quantiles = statistics.quantiles(latencies, n=100) if ok > 1 else [float("nan")] * 99
     return LoadResult(

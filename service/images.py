@@ -80,5 +80,8 @@ class Preprocessor:
 
     def __call__(self, data: bytes) -> np.ndarray:
         image = decode_image(data, max_pixels=self._max_pixels, min_side=self._min_side)
-        tensor = self._transform(image)
-        return np.asarray(tensor.numpy(), dtype=np.float32)
+        return self.transform(image)
+
+    def transform(self, image: Image.Image) -> np.ndarray:
+        """A decoded RGB image -> the model's input array."""
+        return np.asarray(self._transform(image).numpy(), dtype=np.float32)

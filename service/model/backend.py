@@ -34,12 +34,17 @@ def resolve_device(requested: str) -> torch.device:
 
 
 class TorchBackend:
-    """Reference backend: eager PyTorch, channels_last; fp16 autocast on CUDA."""
+    """Reference backend: eager PyTorch, channels_last.
 
-    def __init__(self, module: torch.nn.Module, device: torch.device) -> None:
+    precision: fp32 (the reference), bf16 (CPU autocast) or fp16 (CUDA autocast).
+    """
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, precision: str = "fp32"):
+        if precision not in _AUTOCAST:
+            raise ValueError(f"torch backend precision must be one of {sorted(_AUTOCAST)}")
         self.device = device
-        self.name = f"torch-{device.type}-{'fp16' if device.type == 'cuda' else 'fp32'}"
-        # Any: timm adds forward_features/forward_head/get_classifier, unseen by nn.Module's types.
+        self.precision = precision
+        self.name = f"torch-{device.type}-{precision}"
         timm_model: Any = module
         self._module: Any = timm_model.eval().to(device).to(memory_format=torch.channels_last)
         self._classifier: torch.nn.Module = timm_model.get_classifier()
@@ -50,8 +55,9 @@ class TorchBackend:
         if self.device.type == "cuda":
             images = images.pin_memory().to(self.device, non_blocking=True)
         images = images.contiguous(memory_format=torch.channels_last)
+        dtype = _AUTOCAST[self.precision]
         with torch.autocast(
-            self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"
+            self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
         ):
             pooled = self._module.forward_head(
                 self._module.forward_features(images), pre_logits=True
@@ -60,3 +66,10 @@ class TorchBackend:
         probabilities = logits.float().softmax(dim=-1)
         embeddings = F.normalize(pooled.float(), dim=-1)
         return ForwardOutput(probabilities.cpu().numpy(), embeddings.cpu().numpy())
+
+
+_AUTOCAST: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}

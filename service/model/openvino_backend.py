@@ -1,0 +1,119 @@
+"""OpenVINO backend: fp32 and bf16 by inference precision hint, int8 by NNCF quantization.
+
+Converted (and quantized) models are cached on disk under a key of the model fingerprint,
+the OpenVINO version and the precision, so a restart reads IR files instead of converting.
+"""
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import torch
+import torch.nn.functional as F
+
+from service.model.backend import ForwardOutput
+
+log = logging.getLogger(__name__)
+
+_HINTS = {"fp32": "f32", "bf16": "bf16"}  # int8 layers run int8; the rest as OpenVINO decides
+
+
+class _BothOutputs(torch.nn.Module):
+    """The traced graph: probabilities and the unit embedding from one forward."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model: Any = model  # timm's forward_features/forward_head are untyped
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        logits = self.model.get_classifier()(pooled)
+        return logits.softmax(dim=-1), F.normalize(pooled, dim=-1)
+
+
+class OpenVinoBackend:
+    def __init__(self, compiled: ov.CompiledModel, precision: str) -> None:
+        self.name = f"openvino-cpu-{precision}"
+        self.precision = precision
+        # One request, used only from the batcher's owner thread.
+        self._request = compiled.create_infer_request()
+
+    def forward(self, batch: np.ndarray) -> ForwardOutput:
+        results = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        probabilities, embeddings = (np.asarray(results[i], dtype=np.float32) for i in range(2))
+        return ForwardOutput(probabilities, embeddings)
+
+
+def artefact_dir(cache_root: Path, fingerprint: str, precision: str, calibration: str) -> Path:
+    key = hashlib.sha256(f"{fingerprint}|{ov.__version__}|{precision}|{calibration}".encode())
+    return cache_root / f"openvino-{precision}-{key.hexdigest()[:16]}"
+
+
+def load_openvino(
+    module: torch.nn.Module,
+    input_size: tuple[int, int],
+    precision: str,
+    *,
+    threads: int,
+    cache_dir: Path,
+    calibration: list[np.ndarray] | None = None,
+) -> OpenVinoBackend:
+    """Compile the model for the CPU, converting/quantizing only when no cached IR exists."""
+    xml = cache_dir / "model.xml"
+    if not xml.exists():
+        started = time.perf_counter()
+        model = _convert(module, input_size)
+        if precision == "int8":
+            if not calibration:
+                raise ValueError("int8 needs calibration images")
+            model = _quantize(model, calibration)
+        _save_atomically(model, cache_dir)
+        log.info(
+            "built OpenVINO %s model in %.1f s (%s)",
+            precision,
+            time.perf_counter() - started,
+            cache_dir,
+        )
+    core = ov.Core()
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",  # one batch at a time from one thread: all cores on it
+        "INFERENCE_NUM_THREADS": threads,
+    }
+    if precision in _HINTS:
+        config["INFERENCE_PRECISION_HINT"] = _HINTS[precision]
+    return OpenVinoBackend(core.compile_model(core.read_model(xml), "CPU", config), precision)
+
+
+def cpu_supports_bf16() -> bool:
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in capabilities
+
+
+def _convert(module: torch.nn.Module, input_size: tuple[int, int]) -> ov.Model:
+    height, width = input_size
+    example = torch.zeros(1, 3, height, width)
+    with torch.no_grad():
+        return ov.convert_model(
+            _BothOutputs(module).eval(), example_input=example, input=[(-1, 3, height, width)]
+        )
+
+
+def _quantize(model: ov.Model, calibration: list[np.ndarray]) -> ov.Model:
+    import nncf  # imported here: slow, and only int8 needs it
+
+    dataset = nncf.Dataset(calibration, lambda image: image[None])
+    return nncf.quantize(model, dataset, subset_size=len(calibration), fast_bias_correction=True)
+
+
+def _save_atomically(model: ov.Model, target: Path) -> None:
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
