@@ -1,30 +1,27 @@
-"""Raw in-process throughput of the configured model backend (no HTTP, no batcher).
+"""Raw in-process throughput per backend x precision x batch size (no HTTP, no batcher).
 
-    python -m loadtest.bench_model --batch-sizes 1 8 --seconds 20
+    python -m loadtest.bench_model --weights random --batch-sizes 1 8
+    python -m loadtest.bench_model --weights random --backends torch --precisions fp32
 
-Settings come from RESNET_SERVE_* like the service (default: ResNet50; pass --weights random
-on a machine without the pretrained weights: the compute is identical).
+Settings come from RESNET_SERVE_* like the service (default model ResNet50; use --weights
+random where the pretrained weights cannot be had: the compute is identical). The share of
+the compute roof uses --gflop-per-image (ResNet50 at 224 px: 8.2) and the machine's peak
+GFLOP/s per precision (defaults: this 2-core Zen 4, see DESIGN.md: 26/51/102 img/s).
 """
 
 import argparse
 import logging
-import time
 
-import numpy as np
+import torch
 
-from service.model.runtime import ModelRuntime, load_runtime
+from service.images import Preprocessor
+from service.model.backend import InferenceBackend, resolve_device
+from service.model.selection import Candidate, build, candidates, images_per_second
+from service.model.spec import ModelSpec
+from service.model.weights import load_model
 from service.settings import Settings
 
-
-def images_per_second(runtime: ModelRuntime, batch_size: int, seconds: float) -> float:
-    shape = (3, *runtime.preprocessor.input_size)
-    batch = [np.random.default_rng(0).standard_normal(shape, dtype=np.float32)] * batch_size
-    runtime.predict_batch(batch)  # warm-up
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        runtime.predict_batch(batch)
-        done += batch_size
-    return done / (time.perf_counter() - started)
+PEAK_GFLOPS = {"fp32": 26 * 8.2, "bf16": 51 * 8.2, "fp16": 51 * 8.2, "int8": 102 * 8.2}
 
 
 def main() -> None:
@@ -33,21 +30,46 @@ def main() -> None:
     )
     parser.add_argument("--model")
     parser.add_argument("--weights")
+    parser.add_argument("--backends", nargs="+", default=["torch", "openvino"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16", "int8"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--seconds", type=float, default=20.0, help="per batch size")
+    parser.add_argument("--gflop-per-image", type=float, default=8.2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = {k: v for k, v in {"model": args.model, "weights": args.weights}.items() if v}
     settings = Settings(**overrides)
-    runtime = load_runtime(settings)
+    device = resolve_device(settings.device)
+    torch.set_num_threads(settings.threads)
+    loaded = load_model(settings.model, settings.weights)
+    spec = ModelSpec.of(loaded)
+    preprocessor = Preprocessor(spec.data_config, max_pixels=settings.max_image_pixels)
+    options = [
+        c
+        for c in candidates(settings, device)
+        if c.backend in args.backends and c.precision in args.precisions
+    ]
     print(
-        f"model={runtime.spec.model_id} weights={runtime.spec.weights} "
-        f"backend={runtime.backend.name} threads={settings.threads}"
+        f"model={spec.model_id} weights={spec.weights} device={device} threads={settings.threads}"
     )
-    print("| batch | img/s |\n|---|---|")
-    for batch_size in args.batch_sizes:
+    print("| backend | precision | batch | img/s | share of roof |\n|---|---|---|---|---|")
+    for option in options:
+        report(
+            option,
+            build(option, loaded.module, spec, settings, device, preprocessor.transform),
+            spec,
+            args.batch_sizes,
+            args.gflop_per_image,
+        )
+
+
+def report(
+    option: Candidate, backend: InferenceBackend, spec: ModelSpec, sizes: list[int], gflop: float
+) -> None:
+    for size in sizes:
+        speed = images_per_second(backend, spec, size)
+        share = speed * gflop / PEAK_GFLOPS[option.precision]
         print(
-            f"| {batch_size} | {images_per_second(runtime, batch_size, args.seconds):.1f} |",
+            f"| {option.backend} | {option.precision} | {size} | {speed:.1f} | {share:.0%} |",
             flush=True,
         )
 

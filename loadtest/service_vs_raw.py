@@ -34,7 +34,8 @@ def raw_images_per_second(env: dict[str, str], batch_size: int, seconds: float) 
         text=True,
         check=True,
     )
-    return float(finished.stdout.strip().splitlines()[-1].split("|")[2])
+    # last table row: | backend | precision | batch | img/s | share |
+    return float(finished.stdout.strip().splitlines()[-1].split("|")[4])
 
 
 def main() -> None:
@@ -42,11 +43,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--weights", help="RESNET_SERVE_WEIGHTS for both runs")
+    parser.add_argument("--backend", default="torch", help="RESNET_SERVE_BACKEND for both runs")
+    parser.add_argument("--precision", default="fp32", help="RESNET_SERVE_PRECISION for both")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
-    env = os.environ | {"RESNET_SERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
+    env = os.environ | {
+        "RESNET_SERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "RESNET_SERVE_BACKEND": args.backend,
+        "RESNET_SERVE_PRECISION": args.precision,
+    }
     if args.weights:
         env["RESNET_SERVE_WEIGHTS"] = args.weights
     raw_seconds = args.seconds / 2

@@ -27,7 +27,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
         runtime = await asyncio.to_thread(load_runtime, settings)
-        await asyncio.to_thread(runtime.warm_up, (1, settings.max_batch_size))
+        await asyncio.to_thread(runtime.warm_up, (1, runtime.batch_size))
         # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
         collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
         index = SearchIndex(collection, search_threads=settings.decode_threads)

@@ -73,7 +73,7 @@ def add_folder(
             todo.append((item_id, path))
     bar = tqdm(total=len(files), initial=len(files) - len(todo), disable=not progress, unit="img")
     with bar, ThreadPoolExecutor(settings.decode_threads) as pool:
-        for chunk in _chunks(todo, settings.max_batch_size):
+        for chunk in _chunks(todo, runtime.batch_size):
             datas = list(pool.map(_read_bytes, [path for _, path in chunk]))
             ids = [item_id for item_id, _ in chunk]
             vectors = _embed(runtime, pool, datas, ids, report)
@@ -113,7 +113,7 @@ def reindex(runtime: ModelRuntime, settings: Settings, progress: bool) -> BulkRe
                 tqdm(total=len(ids), disable=not progress, unit="img") as bar,
                 ThreadPoolExecutor(settings.decode_threads) as pool,
             ):
-                for chunk in _chunks(ids, settings.max_batch_size):
+                for chunk in _chunks(ids, runtime.batch_size):
                     datas = [store.image(item_id) for item_id in chunk]
                     vectors = _embed(runtime, pool, datas, chunk, report)
                     for item_id, vector in zip(chunk, vectors, strict=True):

@@ -62,10 +62,10 @@ class Pipeline:
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
             runtime.predict_batch,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=runtime.batch_size,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.queue_size,
-            observer=PrometheusBatchObserver(registry, settings.max_batch_size),
+            observer=PrometheusBatchObserver(registry, runtime.batch_size),
             name="model",
         )
         self._cache_metrics = CacheMetrics(registry)

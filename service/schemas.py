@@ -68,6 +68,7 @@ class ReadyResponse(ModelInfo):
     fingerprint: str
     embedding_dim: int
     max_batch_size: int
+    backend_choice: str = Field(description="why this backend and precision were chosen")
     queue_depth: int
 
 

@@ -36,7 +36,15 @@ class Settings(BaseSettings):
         default_factory=available_cores, ge=1, description="CPU threads for the model"
     )
 
-    max_batch_size: int = Field(8, ge=1, le=256, description="most images in one model call")
+    backend: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="inference backend; auto: the fastest that passes the accuracy gate"
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="numeric precision; fp16 is CUDA only, int8 OpenVINO only"
+    )
+    max_batch_size: int | None = Field(
+        None, ge=1, le=256, description="most images in one model call; unset: measured"
+    )
     max_wait_ms: float = Field(
         10.0, ge=0, le=1000, description="longest a batch waits for more images"
     )
@@ -96,6 +104,11 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("backend", "precision", mode="before")
+    @classmethod
+    def _lowercase_choice(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lowercase(cls, value: object) -> object:
@@ -109,3 +122,8 @@ class Settings(BaseSettings):
     def max_request_bytes(self) -> int:
         """Body limit before parsing: the batch endpoint's files plus multipart overhead."""
         return self.max_upload_bytes * self.max_batch_files + 1024 * 1024
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Converted models, calibration results and backend choices, keyed by fingerprint."""
+        return self.data_dir / "models"

@@ -19,19 +19,26 @@ if TYPE_CHECKING:
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+# The reference backend and a fixed batch: no backend search outside the backend tests.
+PINNED_BACKEND = {"backend": "torch", "precision": "fp32", "max_batch_size": 8}
+
+
+def pinned_settings(data_dir: Path, **overrides: object) -> Settings:
+    """Settings for tests: the data directory given, both cores, the reference backend."""
+    base: dict[str, object] = {"data_dir": data_dir, "threads": 2, "decode_threads": 2}
+    return Settings(**(base | PINNED_BACKEND | overrides))  # type: ignore[arg-type]
+
+
 def lite0_settings(data_dir: Path, **overrides: object) -> Settings:
     """The real offline ImageNet weights: fast (0.4 GFLOP) and correct predictions."""
     base: dict[str, object] = {
-        "data_dir": data_dir,
         "model": "tf_efficientnet_lite0",
         "weights": "lite0-package",
         "max_upload_bytes": 1_000_000,
         "max_image_pixels": 4_000_000,
         "max_batch_files": 4,
-        "threads": 2,
-        "decode_threads": 2,
     }
-    return Settings(**(base | overrides))  # type: ignore[arg-type]
+    return pinned_settings(data_dir, **(base | overrides))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ class OpenVinoBackend:
     def forward(self, batch: np.ndarray) -> ForwardOutput:
         results = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         probabilities, embeddings = (np.asarray(results[i], dtype=np.float32) for i in range(2))
+        # Quantized graphs drift off unit length (cosine 1.01 seen with int8); restore it.
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         return ForwardOutput(probabilities, embeddings)
 
 
@@ -97,7 +100,10 @@ def cpu_supports_bf16() -> bool:
 def _convert(module: torch.nn.Module, input_size: tuple[int, int]) -> ov.Model:
     height, width = input_size
     example = torch.zeros(1, 3, height, width)
-    with torch.no_grad():
+    # convert_model traces with torch.jit, which torch now flags as deprecated on every call;
+    # the warning is about OpenVINO's internals, not ours.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
         return ov.convert_model(
             _BothOutputs(module).eval(), example_input=example, input=[(-1, 3, height, width)]
         )

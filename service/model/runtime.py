@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from service.images import Preprocessor
-from service.model.backend import ForwardOutput, InferenceBackend, TorchBackend, resolve_device
+from service.model.backend import ForwardOutput, InferenceBackend, resolve_device
+from service.model.selection import Choice, choose
 from service.model.spec import ModelSpec
-from service.model.weights import load_model
+from service.model.weights import RANDOM, load_model
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class ModelRuntime:
     backend: InferenceBackend
     preprocessor: Preprocessor
     device: str
+    batch_size: int  # the batcher's max batch size: configured, or measured for this backend
+    choice: Choice
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Run on the batcher's owner thread: stack, forward once, split per image."""
@@ -57,18 +60,31 @@ def load_runtime(settings: Settings) -> ModelRuntime:
         torch.set_num_threads(settings.threads)
     loaded = load_model(settings.model, settings.weights)
     spec = ModelSpec.of(loaded)
+    preprocessor = Preprocessor(spec.data_config, max_pixels=settings.max_image_pixels)
+    choice, backend = choose(
+        loaded.module,
+        spec,
+        settings,
+        device,
+        preprocessor.transform,
+        real_weights=loaded.weights != RANDOM,
+    )
     runtime = ModelRuntime(
         spec=spec,
-        backend=TorchBackend(loaded.module, device),
-        preprocessor=Preprocessor(spec.data_config, max_pixels=settings.max_image_pixels),
+        backend=backend,
+        preprocessor=preprocessor,
         device=str(device),
+        batch_size=choice.batch_size,
+        choice=choice,
     )
     log.info(
-        "model %s weights=%s dim=%d backend=%s fingerprint=%s",
+        "model %s weights=%s dim=%d backend=%s batch=%d fingerprint=%s (%s)",
         spec.model_id,
         spec.weights,
         spec.embedding_dim,
-        runtime.backend.name,
+        backend.name,
+        choice.batch_size,
         spec.fingerprint,
+        choice.reason,
     )
     return runtime

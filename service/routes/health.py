@@ -29,7 +29,8 @@ async def readyz(pipeline: Annotated[Pipeline, Depends(get_pipeline)]) -> ReadyR
         backend=pipeline.runtime.backend.name,
         fingerprint=spec.fingerprint,
         embedding_dim=spec.embedding_dim,
-        max_batch_size=pipeline.settings.max_batch_size,
+        max_batch_size=pipeline.runtime.batch_size,
+        backend_choice=pipeline.runtime.choice.reason,
         queue_depth=pipeline.batcher.queue_depth,
     )
 

@@ -8,6 +8,7 @@ from PIL import Image
 
 from index.collection import Collection
 from service.cli import main
+from tests.conftest import PINNED_BACKEND
 from tests.photos import encode, jpeg, photo
 
 
@@ -30,6 +31,8 @@ def lite0_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("RESNET_SERVE_MODEL", "tf_efficientnet_lite0")
     monkeypatch.setenv("RESNET_SERVE_WEIGHTS", "lite0-package")
     monkeypatch.setenv("RESNET_SERVE_DATA_DIR", str(data_dir))
+    for name, value in PINNED_BACKEND.items():
+        monkeypatch.setenv(f"RESNET_SERVE_{name.upper()}", str(value))
     return data_dir
 
 

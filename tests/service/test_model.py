@@ -14,7 +14,8 @@ from service.model.weights import (
     WeightsUnavailable,
     load_model,
 )
-from service.settings import DEFAULT_MODEL, Settings
+from service.settings import DEFAULT_MODEL
+from tests.conftest import lite0_settings, pinned_settings
 from tests.photos import jpeg
 
 
@@ -26,8 +27,8 @@ def offline_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def resnet50() -> ModelRuntime:
-    return load_runtime(Settings(weights="random", threads=2))
+def resnet50(tmp_path_factory: pytest.TempPathFactory) -> ModelRuntime:
+    return load_runtime(pinned_settings(tmp_path_factory.mktemp("data"), weights="random"))
 
 
 def test_unpinned_weights_fall_back_to_offline_lite0_loudly(offline_hub: None) -> None:
@@ -102,7 +103,7 @@ def test_batch_and_single_results_agree(resnet50: ModelRuntime) -> None:
         np.testing.assert_allclose(alone.embedding, in_batch.embedding, atol=1e-4)
 
 
-def test_fingerprint_changes_with_weights(resnet50: ModelRuntime) -> None:
-    lite0 = load_runtime(Settings(model=LITE0_MODEL, weights="lite0-package", threads=2))
+def test_fingerprint_changes_with_weights(resnet50: ModelRuntime, tmp_path: Path) -> None:
+    lite0 = load_runtime(lite0_settings(tmp_path))
     assert lite0.spec.fingerprint != resnet50.spec.fingerprint
     assert lite0.spec.embedding_dim == 1280  # from the model, never a constant

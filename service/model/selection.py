@@ -1,0 +1,223 @@
+"""Choose the backend, precision and batch size, on the machine the service runs on.
+
+`auto` tries every candidate the hardware supports, drops those that fail the accuracy gate
+against the fp32 torch reference, and keeps the fastest. The decision, with its measurements,
+is cached on disk next to the converted models, keyed by the model fingerprint, the
+candidate set, the library versions and the CPU, so a restart skips the work.
+"""
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import torch
+from PIL import Image
+
+from service.model.backend import InferenceBackend, TorchBackend
+from service.model.gate import GATE_IMAGES, GateResult, check, reference_outputs
+from service.model.openvino_backend import artefact_dir, cpu_supports_bf16, load_openvino
+from service.model.samples import sample_images
+from service.model.spec import ModelSpec
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# PIL image -> model input: the service's own preprocessing.
+Preprocess = Callable[[Image.Image], np.ndarray]
+CALIBRATION_IMAGES = 300
+BATCH_SIZES = (1, 2, 4, 8, 16)
+_SPEED_SECONDS = 1.5
+
+
+@dataclass(frozen=True)
+class Candidate:
+    backend: str  # torch | openvino
+    precision: str  # fp32 | bf16 | fp16 | int8
+
+    def __str__(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+
+@dataclass
+class Choice:
+    candidate: Candidate
+    batch_size: int
+    reason: str
+    measurements: list[dict[str, object]] = field(default_factory=list)
+
+
+def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
+    """What `backend` x `precision` allow here; the reference torch/fp32 always comes first."""
+    if device.type == "cuda":
+        possible = [Candidate("torch", "fp32"), Candidate("torch", "fp16")]
+    else:
+        possible = [Candidate("torch", "fp32"), Candidate("openvino", "fp32")]
+        if cpu_supports_bf16():
+            possible += [Candidate("torch", "bf16"), Candidate("openvino", "bf16")]
+        possible.append(Candidate("openvino", "int8"))
+    chosen = [
+        c
+        for c in possible
+        if settings.backend in ("auto", c.backend) and settings.precision in ("auto", c.precision)
+    ]
+    if not chosen:
+        raise ValueError(
+            f"RESNET_SERVE_BACKEND={settings.backend} with RESNET_SERVE_PRECISION="
+            f"{settings.precision} is not available on {device.type}; "
+            f"available: {', '.join(map(str, possible))}"
+        )
+    return chosen
+
+
+def build(
+    candidate: Candidate,
+    module: torch.nn.Module,
+    spec: ModelSpec,
+    settings: Settings,
+    device: torch.device,
+    preprocess: Preprocess,
+) -> InferenceBackend:
+    if candidate.backend == "torch":
+        return TorchBackend(module, device, candidate.precision)
+    calibration = None
+    if candidate.precision == "int8":
+        calibration = [preprocess(image) for image in sample_images(CALIBRATION_IMAGES, seed=1)]
+    cache_dir = artefact_dir(
+        settings.model_cache_dir,
+        spec.fingerprint,
+        candidate.precision,
+        f"samples-{CALIBRATION_IMAGES}-seed-1" if calibration else "",
+    )
+    height, width = spec.data_config["input_size"][1:]
+    return load_openvino(
+        module,
+        (height, width),
+        candidate.precision,
+        threads=settings.threads,
+        cache_dir=cache_dir,
+        calibration=calibration,
+    )
+
+
+def choose(
+    module: torch.nn.Module,
+    spec: ModelSpec,
+    settings: Settings,
+    device: torch.device,
+    preprocess: Preprocess,
+    real_weights: bool,
+) -> tuple[Choice, InferenceBackend]:
+    """The backend to serve with; measured once per machine and model, then read from disk."""
+    options = candidates(settings, device)
+    record = _decision_path(settings, spec, options, device)
+    cached = _read_decision(record)
+    if cached is not None:
+        log.info("backend choice from %s: %s (%s)", record, cached.candidate, cached.reason)
+        return cached, build(cached.candidate, module, spec, settings, device, preprocess)
+    if len(options) == 1:
+        (only,) = options
+        backend = build(only, module, spec, settings, device, preprocess)
+        batch = settings.max_batch_size or preferred_batch_size(backend, spec)
+        choice = Choice(only, batch, "pinned by RESNET_SERVE_BACKEND/PRECISION")
+        _write_decision(record, choice)
+        return choice, backend
+    images = np.stack([preprocess(image) for image in sample_images(GATE_IMAGES, seed=2)])
+    reference_backend = TorchBackend(module, device, "fp32")
+    reference = reference_outputs(reference_backend, images)
+    passing: list[tuple[float, Candidate, InferenceBackend]] = []
+    measurements: list[dict[str, object]] = []
+    for option in options:
+        started = time.perf_counter()
+        backend = build(option, module, spec, settings, device, preprocess)
+        gate: GateResult = check(
+            backend, option.precision, images, reference, real_weights=real_weights
+        )
+        speed = images_per_second(backend, spec, settings.max_batch_size or 8)
+        measurements.append(
+            {
+                "candidate": str(option),
+                "img_per_s": round(speed, 2),
+                **gate.as_dict(),
+                "build_and_check_s": round(time.perf_counter() - started, 1),
+            }
+        )
+        log.info("candidate %s: %.1f img/s, gate %s (%s)", option, speed, gate.passed, gate.reason)
+        if gate.passed:
+            passing.append((speed, option, backend))
+    if not passing:
+        raise RuntimeError(f"no backend passed the accuracy gate: {measurements}")
+    speed, best, backend = max(passing, key=lambda entry: entry[0])
+    batch = settings.max_batch_size or preferred_batch_size(backend, spec)
+    reason = f"fastest passing the accuracy gate: {speed:.1f} img/s of {len(options)} candidates"
+    choice = Choice(best, batch, reason, measurements)
+    _write_decision(record, choice)
+    return choice, backend
+
+
+def images_per_second(backend: InferenceBackend, spec: ModelSpec, batch_size: int) -> float:
+    _, height, width = spec.data_config["input_size"]
+    batch = np.random.default_rng(0).standard_normal(
+        (batch_size, 3, height, width), dtype=np.float32
+    )
+    backend.forward(batch)  # warm-up
+    done, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < _SPEED_SECONDS or done < 2 * batch_size:
+        backend.forward(batch)
+        done += batch_size
+    return done / elapsed
+
+
+def preferred_batch_size(backend: InferenceBackend, spec: ModelSpec) -> int:
+    """The smallest batch within 5% of the best measured throughput: bigger only adds latency."""
+    speeds = {size: images_per_second(backend, spec, size) for size in BATCH_SIZES}
+    best = max(speeds.values())
+    chosen = min(size for size, speed in speeds.items() if speed >= 0.95 * best)
+    log.info(
+        "batch size %d (img/s by batch size: %s)",
+        chosen,
+        {k: round(v, 1) for k, v in speeds.items()},
+    )
+    return chosen
+
+
+def _decision_path(
+    settings: Settings, spec: ModelSpec, options: list[Candidate], device: torch.device
+) -> Path:
+    identity = {
+        "fingerprint": spec.fingerprint,
+        "candidates": [str(c) for c in options],
+        "max_batch_size": settings.max_batch_size,
+        "threads": settings.threads,
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "versions": [torch.__version__, ov.__version__],
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return settings.model_cache_dir / f"choice-{key}.json"
+
+
+def _read_decision(path: Path) -> Choice | None:
+    try:
+        raw = json.loads(path.read_text())
+        return Choice(
+            Candidate(**raw["candidate"]),
+            int(raw["batch_size"]),
+            str(raw["reason"]),
+            raw["measurements"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_decision(path: Path, choice: Choice) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(asdict(choice), indent=2))
+    temporary.replace(path)
