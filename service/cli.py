@@ -15,6 +15,8 @@ SERVE_FLAGS = {
     "--model": "model",
     "--weights": "weights",
     "--device": "device",
+    "--backend": "backend",
+    "--precision": "precision",
     "--host": "host",
     "--port": "port",
     "--data-dir": "data_dir",
@@ -31,12 +33,17 @@ SERVE_FLAGS = {
 INDEX_FLAGS = {
     flag: SERVE_FLAGS[flag] for flag in ("--model", "--weights", "--device", "--data-dir")
 }
+GATE_FLAGS = INDEX_FLAGS | {flag: SERVE_FLAGS[flag] for flag in ("--backend", "--precision")}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_setting_flags(commands.add_parser("serve", help="run the HTTP service"), SERVE_FLAGS)
+    _add_setting_flags(
+        commands.add_parser("gate", help="accuracy gate and speed of each backend candidate"),
+        GATE_FLAGS,
+    )
     index = commands.add_parser("index", help="bulk work on the similarity index (service stopped)")
     actions = index.add_subparsers(dest="action", required=True)
     add_folder = actions.add_parser(
@@ -84,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
+    if args.command == "gate":
+        from service.gate_command import run_gate_command  # torch import is slow
+
+        raise SystemExit(run_gate_command(settings))
     if args.command == "index":
         from service.index_commands import run_index_command  # torch import is slow
 

@@ -128,37 +128,64 @@ def choose(
         choice = Choice(only, batch, "pinned by RESNET_SERVE_BACKEND/PRECISION")
         _write_decision(record, choice)
         return choice, backend
+    evaluated = evaluate(options, module, spec, settings, device, preprocess, real_weights)
+    measurements = [e.as_dict() for e in evaluated]
+    passing = [e for e in evaluated if e.gate.passed]
+    if not passing:
+        raise RuntimeError(f"no backend passed the accuracy gate: {measurements}")
+    best = max(passing, key=lambda e: e.images_per_s)
+    batch = settings.max_batch_size or preferred_batch_size(best.backend, spec)
+    reason = (
+        f"fastest of {len(options)} candidates passing the accuracy gate "
+        f"({best.images_per_s:.1f} img/s); rejected: "
+        + (
+            ", ".join(f"{e.candidate} ({e.gate.reason})" for e in evaluated if not e.gate.passed)
+            or "none"
+        )
+    )
+    choice = Choice(best.candidate, batch, reason, measurements)
+    _write_decision(record, choice)
+    return choice, best.backend
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    candidate: Candidate
+    backend: InferenceBackend
+    gate: GateResult
+    images_per_s: float
+    seconds: float  # to build (convert, quantize) and check
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "candidate": str(self.candidate),
+            "img_per_s": round(self.images_per_s, 2),
+            "build_and_check_s": round(self.seconds, 1),
+            **self.gate.as_dict(),
+        }
+
+
+def evaluate(
+    options: list[Candidate],
+    module: torch.nn.Module,
+    spec: ModelSpec,
+    settings: Settings,
+    device: torch.device,
+    preprocess: Preprocess,
+    real_weights: bool,
+) -> list[Evaluation]:
+    """Gate (against torch fp32 on real sample images) and speed of every candidate."""
     images = np.stack([preprocess(image) for image in sample_images(GATE_IMAGES, seed=2)])
-    reference_backend = TorchBackend(module, device, "fp32")
-    reference = reference_outputs(reference_backend, images)
-    passing: list[tuple[float, Candidate, InferenceBackend]] = []
-    measurements: list[dict[str, object]] = []
+    reference = reference_outputs(TorchBackend(module, device, "fp32"), images)
+    evaluated = []
     for option in options:
         started = time.perf_counter()
         backend = build(option, module, spec, settings, device, preprocess)
-        gate: GateResult = check(
-            backend, option.precision, images, reference, real_weights=real_weights
-        )
+        gate = check(backend, option.precision, images, reference, real_weights=real_weights)
         speed = images_per_second(backend, spec, settings.max_batch_size or 8)
-        measurements.append(
-            {
-                "candidate": str(option),
-                "img_per_s": round(speed, 2),
-                **gate.as_dict(),
-                "build_and_check_s": round(time.perf_counter() - started, 1),
-            }
-        )
+        evaluated.append(Evaluation(option, backend, gate, speed, time.perf_counter() - started))
         log.info("candidate %s: %.1f img/s, gate %s (%s)", option, speed, gate.passed, gate.reason)
-        if gate.passed:
-            passing.append((speed, option, backend))
-    if not passing:
-        raise RuntimeError(f"no backend passed the accuracy gate: {measurements}")
-    speed, best, backend = max(passing, key=lambda entry: entry[0])
-    batch = settings.max_batch_size or preferred_batch_size(backend, spec)
-    reason = f"fastest passing the accuracy gate: {speed:.1f} img/s of {len(options)} candidates"
-    choice = Choice(best, batch, reason, measurements)
-    _write_decision(record, choice)
-    return choice, backend
+    return evaluated
 
 
 def images_per_second(backend: InferenceBackend, spec: ModelSpec, batch_size: int) -> float:

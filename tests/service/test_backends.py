@@ -1,0 +1,152 @@
+"""Backends: OpenVINO against the torch reference, the accuracy gate, cached choices and IR."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.images import Preprocessor
+from service.model import selection
+from service.model.backend import ForwardOutput, InferenceBackend, TorchBackend
+from service.model.gate import GATE_IMAGES, check, reference_outputs
+from service.model.runtime import load_runtime
+from service.model.samples import sample_images
+from service.model.selection import Candidate, build, candidates
+from service.model.spec import ModelSpec
+from service.model.weights import LITE0_MODEL, load_model
+from service.settings import Settings
+from tests.conftest import lite0_settings
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def lite0() -> tuple[torch.nn.Module, ModelSpec, Preprocessor]:
+    loaded = load_model(LITE0_MODEL, "lite0-package")
+    spec = ModelSpec.of(loaded)
+    return loaded.module, spec, Preprocessor(spec.data_config, max_pixels=10**8)
+
+
+@pytest.fixture(scope="module")
+def gate_images(lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor]) -> np.ndarray:
+    _, _, preprocessor = lite0
+    images = np.stack([preprocessor.transform(i) for i in sample_images(GATE_IMAGES, seed=2)])
+    assert len(images) >= 200
+    return images
+
+
+class Noisy:
+    """A backend that is off by a little: the gate must notice."""
+
+    name = "noisy"
+
+    def __init__(self, inner: InferenceBackend) -> None:
+        self._inner = inner
+
+    def forward(self, batch: np.ndarray) -> ForwardOutput:
+        out = self._inner.forward(batch)
+        rng = np.random.default_rng(0)
+        embeddings = out.embeddings + 0.1 * rng.standard_normal(out.embeddings.shape).astype(
+            np.float32
+        )
+        embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+        probabilities = np.roll(out.probabilities, 1, axis=1)  # every top-1 moves
+        return ForwardOutput(probabilities, embeddings)
+
+
+def test_openvino_fp32_passes_the_gate_with_real_weights(
+    lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor], gate_images: np.ndarray, tmp_path: Path
+) -> None:
+    module, spec, preprocessor = lite0
+    reference = reference_outputs(TorchBackend(module, CPU), gate_images)
+    settings = lite0_settings(tmp_path)
+    backend = build(
+        Candidate("openvino", "fp32"), module, spec, settings, CPU, preprocessor.transform
+    )
+    result = check(backend, "fp32", gate_images, reference, real_weights=True)
+    assert result.passed, result.reason
+    assert result.top1_agreement is not None and result.top1_agreement >= 0.99
+    assert result.median_embedding_cosine >= 0.99
+
+
+def test_the_gate_rejects_a_backend_that_drifts(
+    lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor], gate_images: np.ndarray
+) -> None:
+    module, _, _ = lite0
+    torch_backend = TorchBackend(module, CPU)
+    reference = reference_outputs(torch_backend, gate_images)
+    result = check(Noisy(torch_backend), "bf16", gate_images, reference, real_weights=True)
+    assert not result.passed
+    assert "top-1 agreement" in result.reason and "embedding cosine" in result.reason
+    random_weights = check(Noisy(torch_backend), "bf16", gate_images, reference, real_weights=False)
+    assert random_weights.top1_agreement is None and "embedding cosine" in random_weights.reason
+
+
+def test_openvino_on_resnet50_random_weights_has_the_right_shapes(tmp_path: Path) -> None:
+    loaded = load_model("resnet50.fb_swsl_ig1b_ft_in1k", "random")
+    spec = ModelSpec.of(loaded)
+    preprocessor = Preprocessor(spec.data_config, max_pixels=10**8)
+    images = np.stack([preprocessor.transform(i) for i in sample_images(16, seed=5)])
+    settings = lite0_settings(tmp_path)
+    backend = build(
+        Candidate("openvino", "fp32"), loaded.module, spec, settings, CPU, preprocessor.transform
+    )
+    out = backend.forward(images)
+    assert out.probabilities.shape == (16, 1000) and out.embeddings.shape == (16, 2048)
+    assert np.allclose(np.linalg.norm(out.embeddings, axis=1), 1, atol=1e-4)
+    reference = reference_outputs(TorchBackend(loaded.module, CPU), images)
+    assert check(backend, "fp32", images, reference, real_weights=False).passed
+
+
+def test_auto_choice_is_gated_measured_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = lite0_settings(tmp_path, backend="auto", precision="fp32", max_batch_size=None)
+    first = load_runtime(settings)
+    choice = first.choice
+    assert {m["candidate"] for m in choice.measurements} == {"torch/fp32", "openvino/fp32"}
+    fastest = max(choice.measurements, key=lambda m: float(m["img_per_s"]))  # type: ignore[arg-type]
+    assert str(choice.candidate) == fastest["candidate"]
+    assert choice.batch_size in selection.BATCH_SIZES
+    assert list((tmp_path / "models").glob("choice-*.json"))
+
+    def no_second_search(*_: object, **__: object) -> None:
+        raise AssertionError("the cached choice should have been used")
+
+    monkeypatch.setattr(selection, "evaluate", no_second_search)
+    monkeypatch.setattr(selection, "preferred_batch_size", no_second_search)
+    again = load_runtime(settings)
+    assert again.choice.candidate == choice.candidate and again.batch_size == choice.batch_size
+
+
+def test_int8_ir_is_cached_on_disk(
+    lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module, spec, preprocessor = lite0
+    settings = lite0_settings(tmp_path)
+    build(Candidate("openvino", "int8"), module, spec, settings, CPU, preprocessor.transform)
+    (artefacts,) = (tmp_path / "models").glob("openvino-int8-*")
+    assert (artefacts / "model.xml").exists() and (artefacts / "model.bin").exists()
+
+    def no_quantization(*_: object) -> None:
+        raise AssertionError("a cached IR must not be quantized again")
+
+    from service.model import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "_quantize", no_quantization)
+    again = build(
+        Candidate("openvino", "int8"), module, spec, settings, CPU, preprocessor.transform
+    )
+    assert again.name == "openvino-cpu-int8"
+
+
+def test_unavailable_combinations_are_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"fp16.*not available on cpu"):
+        candidates(Settings(data_dir=tmp_path, precision="fp16"), CPU)
+    with pytest.raises(ValueError, match="available"):
+        candidates(Settings(data_dir=tmp_path, backend="torch", precision="int8"), CPU)
+    pinned = candidates(Settings(data_dir=tmp_path, backend="openvino", precision="fp32"), CPU)
+    assert pinned == [Candidate("openvino", "fp32")]
