@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "fp16", "int8"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--gflop-per-image", type=float, default=8.2)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = {k: v for k, v in {"model": args.model, "weights": args.weights}.items() if v}
@@ -59,14 +60,20 @@ def main() -> None:
             spec,
             args.batch_sizes,
             args.gflop_per_image,
+            args.seconds,
         )
 
 
 def report(
-    option: Candidate, backend: InferenceBackend, spec: ModelSpec, sizes: list[int], gflop: float
+    option: Candidate,
+    backend: InferenceBackend,
+    spec: ModelSpec,
+    sizes: list[int],
+    gflop: float,
+    seconds: float,
 ) -> None:
     for size in sizes:
-        speed = images_per_second(backend, spec, size)
+        speed = images_per_second(backend, spec, size, seconds)
         share = speed * gflop / PEAK_GFLOPS[option.precision]
         print(
             f"| {option.backend} | {option.precision} | {size} | {speed:.1f} | {share:.0%} |",

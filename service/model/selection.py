@@ -188,14 +188,16 @@ def evaluate(
     return evaluated
 
 
-def images_per_second(backend: InferenceBackend, spec: ModelSpec, batch_size: int) -> float:
+def images_per_second(
+    backend: InferenceBackend, spec: ModelSpec, batch_size: int, seconds: float = _SPEED_SECONDS
+) -> float:
     _, height, width = spec.data_config["input_size"]
     batch = np.random.default_rng(0).standard_normal(
         (batch_size, 3, height, width), dtype=np.float32
     )
     backend.forward(batch)  # warm-up
     done, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < _SPEED_SECONDS or done < 2 * batch_size:
+    while (elapsed := time.perf_counter() - started) < seconds or done < 2 * batch_size:
         backend.forward(batch)
         done += batch_size
     return done / elapsed
