@@ -12,13 +12,10 @@ GFLOP/s per precision (defaults: this 2-core Zen 4, see DESIGN.md: 26/51/102 img
 import argparse
 import logging
 
-import torch
-
-from service.images import Preprocessor
-from service.model.backend import InferenceBackend, resolve_device
+from service.model.backend import InferenceBackend
+from service.model.runtime import load_parts
 from service.model.selection import Candidate, build, candidates, images_per_second
 from service.model.spec import ModelSpec
-from service.model.weights import load_model
 from service.settings import Settings
 
 PEAK_GFLOPS = {"fp32": 26 * 8.2, "bf16": 51 * 8.2, "fp16": 51 * 8.2, "int8": 102 * 8.2}
@@ -39,24 +36,22 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     overrides = {k: v for k, v in {"model": args.model, "weights": args.weights}.items() if v}
     settings = Settings(**overrides)
-    device = resolve_device(settings.device)
-    torch.set_num_threads(settings.threads)
-    loaded = load_model(settings.model, settings.weights)
-    spec = ModelSpec.of(loaded)
-    preprocessor = Preprocessor(spec.data_config, max_pixels=settings.max_image_pixels)
+    parts = load_parts(settings)
+    spec = parts.spec
     options = [
         c
-        for c in candidates(settings, device)
+        for c in candidates(settings, parts.device)
         if c.backend in args.backends and c.precision in args.precisions
     ]
     print(
-        f"model={spec.model_id} weights={spec.weights} device={device} threads={settings.threads}"
+        f"model={spec.model_id} weights={spec.weights} device={parts.device} "
+        f"threads={settings.threads}"
     )
     print("| backend | precision | batch | img/s | share of roof |\n|---|---|---|---|---|")
     for option in options:
         report(
             option,
-            build(option, loaded.module, spec, settings, device, preprocessor.transform),
+            build(option, parts, settings),
             spec,
             args.batch_sizes,
             args.gflop_per_image,

@@ -9,7 +9,7 @@ import torch
 
 from service.images import Preprocessor
 from service.model.backend import ForwardOutput, InferenceBackend, resolve_device
-from service.model.selection import Choice, choose
+from service.model.selection import Choice, ModelParts, choose
 from service.model.spec import ModelSpec
 from service.model.weights import RANDOM, load_model
 from service.settings import Settings
@@ -53,30 +53,22 @@ class ModelRuntime:
             log.info("warm-up batch %d took %.0f ms", size, 1000 * (time.perf_counter() - started))
 
 
-def load_runtime(settings: Settings) -> ModelRuntime:
-    """Load the configured model and backend; raises ModelLoadError with a way out."""
+def load_parts(settings: Settings) -> ModelParts:
+    """Device, model with weights, spec and preprocessing: what every backend is built from."""
     device = resolve_device(settings.device)
     if device.type == "cpu":
         torch.set_num_threads(settings.threads)
     loaded = load_model(settings.model, settings.weights)
     spec = ModelSpec.of(loaded)
     preprocessor = Preprocessor(spec.data_config, max_pixels=settings.max_image_pixels)
-    choice, backend = choose(
-        loaded.module,
-        spec,
-        settings,
-        device,
-        preprocessor.transform,
-        real_weights=loaded.weights != RANDOM,
-    )
-    runtime = ModelRuntime(
-        spec=spec,
-        backend=backend,
-        preprocessor=preprocessor,
-        device=str(device),
-        batch_size=choice.batch_size,
-        choice=choice,
-    )
+    return ModelParts(device, loaded.module, spec, preprocessor, loaded.weights != RANDOM)
+
+
+def load_runtime(settings: Settings) -> ModelRuntime:
+    """Load the configured model and backend; raises ModelLoadError with a way out."""
+    parts = load_parts(settings)
+    choice, backend = choose(parts, settings)
+    spec = parts.spec
     log.info(
         "model %s weights=%s dim=%d backend=%s batch=%d fingerprint=%s (%s)",
         spec.model_id,
@@ -87,4 +79,11 @@ def load_runtime(settings: Settings) -> ModelRuntime:
         spec.fingerprint,
         choice.reason,
     )
-    return runtime
+    return ModelRuntime(
+        spec=spec,
+        backend=backend,
+        preprocessor=parts.preprocessor,
+        device=str(parts.device),
+        batch_size=choice.batch_size,
+        choice=choice,
+    )

@@ -11,15 +11,14 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 import torch
-from PIL import Image
 
+from service.images import Preprocessor
 from service.model.backend import InferenceBackend, TorchBackend
 from service.model.gate import GATE_IMAGES, GateResult, check, reference_outputs
 from service.model.openvino_backend import artefact_dir, cpu_supports_bf16, load_openvino
@@ -29,8 +28,6 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# PIL image -> model input: the service's own preprocessing.
-Preprocess = Callable[[Image.Image], np.ndarray]
 CALIBRATION_IMAGES = 300
 BATCH_SIZES = (1, 2, 4, 8, 16)
 _SPEED_SECONDS = 1.5
@@ -43,6 +40,17 @@ class Candidate:
 
     def __str__(self) -> str:
         return f"{self.backend}/{self.precision}"
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """A loaded model and what goes with it; every backend candidate is built from these."""
+
+    device: torch.device
+    module: torch.nn.Module
+    spec: ModelSpec
+    preprocessor: Preprocessor
+    real_weights: bool  # False for random weights: top-1 agreement then means nothing
 
 
 @dataclass
@@ -76,19 +84,14 @@ def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
     return chosen
 
 
-def build(
-    candidate: Candidate,
-    module: torch.nn.Module,
-    spec: ModelSpec,
-    settings: Settings,
-    device: torch.device,
-    preprocess: Preprocess,
-) -> InferenceBackend:
+def build(candidate: Candidate, parts: ModelParts, settings: Settings) -> InferenceBackend:
     if candidate.backend == "torch":
-        return TorchBackend(module, device, candidate.precision)
+        return TorchBackend(parts.module, parts.device, candidate.precision)
+    spec = parts.spec
     calibration = None
     if candidate.precision == "int8":
-        calibration = [preprocess(image) for image in sample_images(CALIBRATION_IMAGES, seed=1)]
+        samples = sample_images(CALIBRATION_IMAGES, seed=1)
+        calibration = [parts.preprocessor.transform(image) for image in samples]
     cache_dir = artefact_dir(
         settings.model_cache_dir,
         spec.fingerprint,
@@ -97,7 +100,7 @@ def build(
     )
     height, width = spec.data_config["input_size"][1:]
     return load_openvino(
-        module,
+        parts.module,
         (height, width),
         candidate.precision,
         threads=settings.threads,
@@ -106,29 +109,23 @@ def build(
     )
 
 
-def choose(
-    module: torch.nn.Module,
-    spec: ModelSpec,
-    settings: Settings,
-    device: torch.device,
-    preprocess: Preprocess,
-    real_weights: bool,
-) -> tuple[Choice, InferenceBackend]:
+def choose(parts: ModelParts, settings: Settings) -> tuple[Choice, InferenceBackend]:
     """The backend to serve with; measured once per machine and model, then read from disk."""
-    options = candidates(settings, device)
-    record = _decision_path(settings, spec, options, device)
+    spec = parts.spec
+    options = candidates(settings, parts.device)
+    record = _decision_path(settings, spec, options, parts.device)
     cached = _read_decision(record)
     if cached is not None:
         log.info("backend choice from %s: %s (%s)", record, cached.candidate, cached.reason)
-        return cached, build(cached.candidate, module, spec, settings, device, preprocess)
+        return cached, build(cached.candidate, parts, settings)
     if len(options) == 1:
         (only,) = options
-        backend = build(only, module, spec, settings, device, preprocess)
+        backend = build(only, parts, settings)
         batch = settings.max_batch_size or preferred_batch_size(backend, spec)
         choice = Choice(only, batch, "pinned by RESNET_SERVE_BACKEND/PRECISION")
         _write_decision(record, choice)
         return choice, backend
-    evaluated = evaluate(options, module, spec, settings, device, preprocess, real_weights)
+    evaluated = evaluate(options, parts, settings)
     measurements = [e.as_dict() for e in evaluated]
     passing = [e for e in evaluated if e.gate.passed]
     if not passing:
@@ -165,24 +162,17 @@ class Evaluation:
         }
 
 
-def evaluate(
-    options: list[Candidate],
-    module: torch.nn.Module,
-    spec: ModelSpec,
-    settings: Settings,
-    device: torch.device,
-    preprocess: Preprocess,
-    real_weights: bool,
-) -> list[Evaluation]:
+def evaluate(options: list[Candidate], parts: ModelParts, settings: Settings) -> list[Evaluation]:
     """Gate (against torch fp32 on real sample images) and speed of every candidate."""
-    images = np.stack([preprocess(image) for image in sample_images(GATE_IMAGES, seed=2)])
-    reference = reference_outputs(TorchBackend(module, device, "fp32"), images)
+    samples = sample_images(GATE_IMAGES, seed=2)
+    images = np.stack([parts.preprocessor.transform(image) for image in samples])
+    reference = reference_outputs(TorchBackend(parts.module, parts.device, "fp32"), images)
     evaluated = []
     for option in options:
         started = time.perf_counter()
-        backend = build(option, module, spec, settings, device, preprocess)
-        gate = check(backend, option.precision, images, reference, real_weights=real_weights)
-        speed = images_per_second(backend, spec, settings.max_batch_size or 8)
+        backend = build(option, parts, settings)
+        gate = check(backend, option.precision, images, reference, real_weights=parts.real_weights)
+        speed = images_per_second(backend, parts.spec, settings.max_batch_size or 8)
         evaluated.append(Evaluation(option, backend, gate, speed, time.perf_counter() - started))
         log.info("candidate %s: %.1f img/s, gate %s (%s)", option, speed, gate.passed, gate.reason)
     return evaluated

@@ -6,32 +6,27 @@ import numpy as np
 import pytest
 import torch
 
-from service.images import Preprocessor
-from service.model import selection
+from service.model import openvino_backend, selection
 from service.model.backend import ForwardOutput, InferenceBackend, TorchBackend
 from service.model.gate import GATE_IMAGES, check, reference_outputs
-from service.model.runtime import load_runtime
+from service.model.runtime import load_parts, load_runtime
 from service.model.samples import sample_images
-from service.model.selection import Candidate, build, candidates
-from service.model.spec import ModelSpec
-from service.model.weights import LITE0_MODEL, load_model
+from service.model.selection import Candidate, ModelParts, build, candidates
 from service.settings import Settings
-from tests.conftest import lite0_settings
+from tests.conftest import lite0_settings, pinned_settings
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def lite0() -> tuple[torch.nn.Module, ModelSpec, Preprocessor]:
-    loaded = load_model(LITE0_MODEL, "lite0-package")
-    spec = ModelSpec.of(loaded)
-    return loaded.module, spec, Preprocessor(spec.data_config, max_pixels=10**8)
+def lite0(tmp_path_factory: pytest.TempPathFactory) -> ModelParts:
+    return load_parts(lite0_settings(tmp_path_factory.mktemp("data")))
 
 
 @pytest.fixture(scope="module")
-def gate_images(lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor]) -> np.ndarray:
-    _, _, preprocessor = lite0
-    images = np.stack([preprocessor.transform(i) for i in sample_images(GATE_IMAGES, seed=2)])
+def gate_images(lite0: ModelParts) -> np.ndarray:
+    samples = sample_images(GATE_IMAGES, seed=2)
+    images = np.stack([lite0.preprocessor.transform(i) for i in samples])
     assert len(images) >= 200
     return images
 
@@ -56,25 +51,18 @@ class Noisy:
 
 
 def test_openvino_fp32_passes_the_gate_with_real_weights(
-    lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor], gate_images: np.ndarray, tmp_path: Path
+    lite0: ModelParts, gate_images: np.ndarray, tmp_path: Path
 ) -> None:
-    module, spec, preprocessor = lite0
-    reference = reference_outputs(TorchBackend(module, CPU), gate_images)
-    settings = lite0_settings(tmp_path)
-    backend = build(
-        Candidate("openvino", "fp32"), module, spec, settings, CPU, preprocessor.transform
-    )
+    reference = reference_outputs(TorchBackend(lite0.module, CPU), gate_images)
+    backend = build(Candidate("openvino", "fp32"), lite0, lite0_settings(tmp_path))
     result = check(backend, "fp32", gate_images, reference, real_weights=True)
     assert result.passed, result.reason
     assert result.top1_agreement is not None and result.top1_agreement >= 0.99
     assert result.median_embedding_cosine >= 0.99
 
 
-def test_the_gate_rejects_a_backend_that_drifts(
-    lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor], gate_images: np.ndarray
-) -> None:
-    module, _, _ = lite0
-    torch_backend = TorchBackend(module, CPU)
+def test_the_gate_rejects_a_backend_that_drifts(lite0: ModelParts, gate_images: np.ndarray) -> None:
+    torch_backend = TorchBackend(lite0.module, CPU)
     reference = reference_outputs(torch_backend, gate_images)
     result = check(Noisy(torch_backend), "bf16", gate_images, reference, real_weights=True)
     assert not result.passed
@@ -84,18 +72,15 @@ def test_the_gate_rejects_a_backend_that_drifts(
 
 
 def test_openvino_on_resnet50_random_weights_has_the_right_shapes(tmp_path: Path) -> None:
-    loaded = load_model("resnet50.fb_swsl_ig1b_ft_in1k", "random")
-    spec = ModelSpec.of(loaded)
-    preprocessor = Preprocessor(spec.data_config, max_pixels=10**8)
-    images = np.stack([preprocessor.transform(i) for i in sample_images(16, seed=5)])
-    settings = lite0_settings(tmp_path)
-    backend = build(
-        Candidate("openvino", "fp32"), loaded.module, spec, settings, CPU, preprocessor.transform
-    )
+    settings = pinned_settings(tmp_path, weights="random")
+    resnet50 = load_parts(settings)
+    assert not resnet50.real_weights
+    images = np.stack([resnet50.preprocessor.transform(i) for i in sample_images(16, seed=5)])
+    backend = build(Candidate("openvino", "fp32"), resnet50, settings)
     out = backend.forward(images)
     assert out.probabilities.shape == (16, 1000) and out.embeddings.shape == (16, 2048)
     assert np.allclose(np.linalg.norm(out.embeddings, axis=1), 1, atol=1e-4)
-    reference = reference_outputs(TorchBackend(loaded.module, CPU), images)
+    reference = reference_outputs(TorchBackend(resnet50.module, CPU), images)
     assert check(backend, "fp32", images, reference, real_weights=False).passed
 
 
@@ -121,25 +106,18 @@ def test_auto_choice_is_gated_measured_and_cached(
 
 
 def test_int8_ir_is_cached_on_disk(
-    lite0: tuple[torch.nn.Module, ModelSpec, Preprocessor],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    lite0: ModelParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module, spec, preprocessor = lite0
     settings = lite0_settings(tmp_path)
-    build(Candidate("openvino", "int8"), module, spec, settings, CPU, preprocessor.transform)
+    build(Candidate("openvino", "int8"), lite0, settings)
     (artefacts,) = (tmp_path / "models").glob("openvino-int8-*")
     assert (artefacts / "model.xml").exists() and (artefacts / "model.bin").exists()
 
     def no_quantization(*_: object) -> None:
         raise AssertionError("a cached IR must not be quantized again")
 
-    from service.model import openvino_backend
-
     monkeypatch.setattr(openvino_backend, "_quantize", no_quantization)
-    again = build(
-        Candidate("openvino", "int8"), module, spec, settings, CPU, preprocessor.transform
-    )
+    again = build(Candidate("openvino", "int8"), lite0, settings)
     assert again.name == "openvino-cpu-int8"
 
 
