@@ -1,1 +1,1 @@
-"""Vector index and durable item store (filled in by the similarity-search issue)."""
+"""Vector index (FAISS) and durable item store (SQLite): no FastAPI imports."""

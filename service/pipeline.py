@@ -1,4 +1,4 @@
-"""The one place decode, batcher and model meet (the cache joins here later)."""
+"""The one place cache, decode, batcher and model meet."""
 
 import asyncio
 import time
