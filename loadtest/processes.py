@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import IO
 
 import httpx
 
@@ -16,23 +17,48 @@ def free_port() -> int:
         return port
 
 
-def start_service(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    """`resnet-serve serve` on 127.0.0.1:port, returned once /readyz answers 200."""
+def start_service(
+    env: dict[str, str],
+    port: int,
+    *,
+    log: IO[bytes] | None = None,
+    log_level: str = "warning",
+    ready_timeout_s: float = 180,
+) -> subprocess.Popen[bytes]:
+    """`resnet-serve serve` on 127.0.0.1:port, returned once /readyz answers 200.
+
+    Output goes to `log` when given. Raises RuntimeError if the service exits or is not
+    ready in time (the process is killed then).
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            log_level,
+        ],
         env=env,
+        stdout=log,
+        stderr=log,
     )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:  # bounded wait for start-up
         if process.poll() is not None:
             raise RuntimeError(f"service exited with {process.returncode}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return process
         except httpx.TransportError:
-            time.sleep(0.5)
+            time.sleep(0.2)
     process.kill()
-    raise RuntimeError("service did not become ready")
+    process.wait(timeout=30)
+    raise RuntimeError(f"service not ready in {ready_timeout_s} s")
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:

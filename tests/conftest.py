@@ -1,7 +1,6 @@
 """Fixtures shared by every suite."""
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,10 +56,3 @@ def redis_server(tmp_path: Path) -> Iterator["RedisServer"]:
     server = RedisServer(tmp_path)
     yield server
     server.kill()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

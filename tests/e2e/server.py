@@ -3,14 +3,10 @@
 import os
 import signal
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from tests.conftest import free_port
+from loadtest.processes import free_port, start_service
 
 LITE0_ENV = {
     "RESNET_SERVE_MODEL": "tf_efficientnet_lite0",
@@ -40,30 +36,12 @@ class Server:
 def start_server(tmp_path: Path, env: dict[str, str], ready_timeout_s: float = 120) -> Server:
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
-    full_env = (
-        os.environ
-        | LITE0_ENV
-        | env
-        | {
-            "RESNET_SERVE_HOST": "127.0.0.1",
-            "RESNET_SERVE_PORT": str(port),
-            "RESNET_SERVE_DATA_DIR": str(tmp_path / "data"),
-        }
-    )
+    full_env = os.environ | LITE0_ENV | env | {"RESNET_SERVE_DATA_DIR": str(tmp_path / "data")}
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], env=full_env, stdout=log, stderr=log
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:  # bounded wait for start-up
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"server not ready in {ready_timeout_s} s:\n{server.log()}")
+            process = start_service(
+                full_env, port, log=log, log_level="info", ready_timeout_s=ready_timeout_s
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{log_path.read_text(errors='replace')}") from None
+    return Server(process, f"http://127.0.0.1:{port}", log_path)
