@@ -57,7 +57,6 @@ class Pipeline:
 
     def __init__(self, runtime: ModelRuntime, settings: Settings, registry: CollectorRegistry):
         self.runtime = runtime
-        self.settings = settings
         self._timeout_s = settings.request_timeout_s
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.batcher: Batcher[np.ndarray, Prediction] = Batcher(

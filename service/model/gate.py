@@ -26,12 +26,6 @@ class GateResult:
         return asdict(self)
 
 
-def reference_outputs(
-    reference: InferenceBackend, images: np.ndarray, batch: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
-    return _outputs(reference, images, batch)
-
-
 def check(
     candidate: InferenceBackend,
     precision: str,
@@ -47,7 +41,7 @@ def check(
     classes mean nothing, so only the embedding and (centred log-probability) logit cosines.
     """
     ref_probabilities, ref_embeddings = reference
-    probabilities, embeddings = _outputs(candidate, images, batch)
+    probabilities, embeddings = outputs(candidate, images, batch)
     embedding_cosine = float(np.median(np.sum(embeddings * ref_embeddings, axis=1)))
     logit_cosine = float(np.median(_row_cosine(_logits(probabilities), _logits(ref_probabilities))))
     top1 = float(np.mean(probabilities.argmax(1) == ref_probabilities.argmax(1)))
@@ -69,9 +63,10 @@ def check(
     )
 
 
-def _outputs(
-    backend: InferenceBackend, images: np.ndarray, batch: int
+def outputs(
+    backend: InferenceBackend, images: np.ndarray, batch: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and embeddings of `images`, `batch` at a time."""
     parts = [backend.forward(images[i : i + batch]) for i in range(0, len(images), batch)]
     return (
         np.concatenate([p.probabilities for p in parts]),

@@ -20,7 +20,7 @@ import torch
 
 from service.images import Preprocessor
 from service.model.backend import InferenceBackend, TorchBackend
-from service.model.gate import GATE_IMAGES, GateResult, check, reference_outputs
+from service.model.gate import GATE_IMAGES, GateResult, check, outputs
 from service.model.openvino_backend import artefact_dir, cpu_supports_bf16, load_openvino
 from service.model.samples import sample_images
 from service.model.spec import ModelSpec
@@ -166,7 +166,7 @@ def evaluate(options: list[Candidate], parts: ModelParts, settings: Settings) ->
     """Gate (against torch fp32 on real sample images) and speed of every candidate."""
     samples = sample_images(GATE_IMAGES, seed=2)
     images = np.stack([parts.preprocessor.transform(image) for image in samples])
-    reference = reference_outputs(TorchBackend(parts.module, parts.device, "fp32"), images)
+    reference = outputs(TorchBackend(parts.module, parts.device, "fp32"), images)
     evaluated = []
     for option in options:
         started = time.perf_counter()

@@ -8,7 +8,7 @@ import torch
 
 from service.model import openvino_backend, selection
 from service.model.backend import ForwardOutput, InferenceBackend, TorchBackend
-from service.model.gate import GATE_IMAGES, check, reference_outputs
+from service.model.gate import GATE_IMAGES, check, outputs
 from service.model.runtime import load_parts, load_runtime
 from service.model.samples import sample_images
 from service.model.selection import Candidate, ModelParts, build, candidates
@@ -53,7 +53,7 @@ class Noisy:
 def test_openvino_fp32_passes_the_gate_with_real_weights(
     lite0: ModelParts, gate_images: np.ndarray, tmp_path: Path
 ) -> None:
-    reference = reference_outputs(TorchBackend(lite0.module, CPU), gate_images)
+    reference = outputs(TorchBackend(lite0.module, CPU), gate_images)
     backend = build(Candidate("openvino", "fp32"), lite0, lite0_settings(tmp_path))
     result = check(backend, "fp32", gate_images, reference, real_weights=True)
     assert result.passed, result.reason
@@ -63,7 +63,7 @@ def test_openvino_fp32_passes_the_gate_with_real_weights(
 
 def test_the_gate_rejects_a_backend_that_drifts(lite0: ModelParts, gate_images: np.ndarray) -> None:
     torch_backend = TorchBackend(lite0.module, CPU)
-    reference = reference_outputs(torch_backend, gate_images)
+    reference = outputs(torch_backend, gate_images)
     result = check(Noisy(torch_backend), "bf16", gate_images, reference, real_weights=True)
     assert not result.passed
     assert "top-1 agreement" in result.reason and "embedding cosine" in result.reason
@@ -80,7 +80,7 @@ def test_openvino_on_resnet50_random_weights_has_the_right_shapes(tmp_path: Path
     out = backend.forward(images)
     assert out.probabilities.shape == (16, 1000) and out.embeddings.shape == (16, 2048)
     assert np.allclose(np.linalg.norm(out.embeddings, axis=1), 1, atol=1e-4)
-    reference = reference_outputs(TorchBackend(resnet50.module, CPU), images)
+    reference = outputs(TorchBackend(resnet50.module, CPU), images)
     assert check(backend, "fp32", images, reference, real_weights=False).passed
 
 
