@@ -109,11 +109,44 @@ def _convert(module: torch.nn.Module, input_size: tuple[int, int]) -> ov.Model:
         )
 
 
+def cpu_has_int8_dot_product() -> bool:
+    """VNNI or AMX: int8 products accumulate in 32 bits. Without them (AVX2 only), the u8 x s8
+    pair sums saturate at 16 bits unless weights are kept to 7 bits (NNCF's overflow fix)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # unknown: assume the safe side
+    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def quantization_recipe() -> str:
+    """What `_quantize` does on this CPU, for the cache key of its artefacts."""
+    overflow = "first-layer" if cpu_has_int8_dot_product() else "all-layers"
+    return f"stem-fp32|full-bias-correction|overflow-fix-{overflow}"
+
+
 def _quantize(model: ov.Model, calibration: list[np.ndarray]) -> ov.Model:
     import nncf  # imported here: slow, and only int8 needs it
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    dataset = nncf.Dataset(calibration, lambda image: image[None])
-    return nncf.quantize(model, dataset, subset_size=len(calibration), fast_bias_correction=True)
+    weighted = [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul")
+    ]
+    overflow = OverflowFix.FIRST_LAYER if cpu_has_int8_dot_product() else OverflowFix.ENABLE
+    # Measured on EfficientNet-Lite0 (real weights, 200 gate images, AVX2 CPU), against the
+    # NNCF defaults (top-1 agreement 0.80, median embedding cosine 0.947): the stem conv in
+    # fp32, 7-bit weights everywhere and full bias correction give 0.87 and 0.992, for about
+    # 4% of int8 speed on ResNet50.
+    return nncf.quantize(
+        model,
+        nncf.Dataset(calibration, lambda image: image[None]),
+        subset_size=len(calibration),
+        fast_bias_correction=False,
+        ignored_scope=nncf.IgnoredScope(names=weighted[:1]),
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow),
+    )
 
 
 def _save_atomically(model: ov.Model, target: Path) -> None:

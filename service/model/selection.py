@@ -21,7 +21,12 @@ import torch
 from service.images import Preprocessor
 from service.model.backend import InferenceBackend, TorchBackend
 from service.model.gate import GATE_IMAGES, GateResult, check, outputs
-from service.model.openvino_backend import artefact_dir, cpu_supports_bf16, load_openvino
+from service.model.openvino_backend import (
+    artefact_dir,
+    cpu_supports_bf16,
+    load_openvino,
+    quantization_recipe,
+)
 from service.model.samples import sample_images
 from service.model.spec import ModelSpec
 from service.settings import Settings
@@ -96,7 +101,7 @@ def build(candidate: Candidate, parts: ModelParts, settings: Settings) -> Infere
         settings.model_cache_dir,
         spec.fingerprint,
         candidate.precision,
-        f"samples-{CALIBRATION_IMAGES}-seed-1" if calibration else "",
+        f"samples-{CALIBRATION_IMAGES}-seed-1|{quantization_recipe()}" if calibration else "",
     )
     height, width = spec.data_config["input_size"][1:]
     return load_openvino(
@@ -217,6 +222,7 @@ def _decision_path(
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
         "versions": [torch.__version__, ov.__version__],
+        "int8_recipe": quantization_recipe(),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return settings.model_cache_dir / f"choice-{key}.json"
