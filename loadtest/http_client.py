@@ -10,15 +10,29 @@ import uuid
 from urllib.parse import urlparse
 
 
-def multipart_request(host: str, path: str, field: str, filename: str, data: bytes) -> bytes:
+def multipart_body(
+    files: dict[str, tuple[str, bytes]], fields: dict[str, str] | None = None
+) -> tuple[str, bytes]:
+    """Content-Type and body of a multipart/form-data request: JPEG files and text fields."""
     boundary = uuid.uuid4().hex
-    disposition = f'form-data; name="{field}"; filename="{filename}"'
-    part_head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-    part_head += "Content-Type: image/jpeg\r\n\r\n"
-    body = part_head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    parts = []
+    for name, value in (fields or {}).items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+        parts.append(head.encode() + value.encode() + b"\r\n")
+    for name, (filename, data) in files.items():
+        disposition = f'form-data; name="{name}"; filename="{filename}"'
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+        head += "Content-Type: image/jpeg\r\n\r\n"
+        parts.append(head.encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return f"multipart/form-data; boundary={boundary}", body
+
+
+def multipart_request(host: str, path: str, field: str, filename: str, data: bytes) -> bytes:
+    content_type, body = multipart_body({field: (filename, data)})
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body

@@ -9,6 +9,9 @@ from typing import IO
 
 import httpx
 
+# How benchmarks, tests and the container (Dockerfile CMD) start the service: one command.
+SERVICE_COMMAND = ("python", "-m", "service", "serve")
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -33,9 +36,7 @@ def start_service(
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "service",
-            "serve",
+            *SERVICE_COMMAND[1:],
             "--host",
             "127.0.0.1",
             "--port",

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from service.errors import install_error_handlers
 from service.http_metrics import HttpMetrics
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
+    # Process CPU, memory and file descriptors, as the default registry would have them.
+    ProcessCollector(registry=registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,8 +1,11 @@
 """End to end: a real uvicorn process over TCP with concurrent clients."""
 
 import asyncio
+import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +41,17 @@ def server(tmp_path: Path) -> Iterator[Server]:
     running = start_server(tmp_path, {"RESNET_SERVE_MAX_BATCH_SIZE": "8"})
     yield running
     running.stop(signal.SIGKILL)
+
+
+def test_container_healthcheck_passes_and_process_metrics_are_exported(server: Server) -> None:
+    port = server.url.rsplit(":", 1)[1]
+    check = subprocess.run(
+        [sys.executable, "-m", "service.healthcheck"],
+        env=os.environ | {"RESNET_SERVE_PORT": port},
+        timeout=30,
+    )
+    assert check.returncode == 0
+    assert metric(httpx.get(f"{server.url}/metrics").text, "process_cpu_seconds_total") > 0
 
 
 def test_concurrent_clients_are_batched(server: Server) -> None:

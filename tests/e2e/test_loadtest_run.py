@@ -1,0 +1,71 @@
+"""`loadtest/run` end to end: the CI smoke load test, and cleaning up after Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.e2e.server import LITE0_ENV
+
+pytestmark = pytest.mark.e2e
+
+RUN = Path(__file__).parents[2] / "loadtest" / "run"
+
+
+def run_env(tmp_path: Path) -> dict[str, str]:
+    env = os.environ | LITE0_ENV
+    env.pop("RESNET_SERVE_DATA_DIR", None)
+    return env | {"PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.timeout(300)
+def test_smoke_load_test_has_no_errors(tmp_path: Path) -> None:
+    """A few users of the mixed profile for 30 s: any error response fails the build."""
+    out = tmp_path / "results"
+    command = [str(RUN), "--scenario", "Mixed", "--users", "4", "--seconds", "30"]
+    command += ["--out", str(out), "--model-cache", str(tmp_path / "models")]
+
+    finished = subprocess.run(command, env=run_env(tmp_path), capture_output=True, timeout=280)
+
+    assert finished.returncode == 0, finished.stdout.decode()[-3000:] + finished.stderr.decode()
+    summary = json.loads((out / "summary.json").read_text())
+    (step,) = summary["steps"]
+    assert step["total"]["requests"] >= 30 and step["total"]["failures"] == 0
+    assert {r["name"] for r in step["by_request"]} >= {
+        "classify (unique)",
+        "classify (repeated)",
+        "search",
+        "add item",
+    }
+    assert step["server"]["batches"] > 0 and step["server"]["cache_hit_ratio"] > 0
+    assert (out / "4-users.html").stat().st_size > 0
+    report = (out / "summary.md").read_text()
+    assert "| 4 users |" in report and "local redis-server" in report
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
+    command = [str(RUN), "--users", "2", "--seconds", "120", "--out", str(tmp_path / "r")]
+    command += ["--model-cache", str(tmp_path / "models")]
+    with subprocess.Popen(
+        command, env=run_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as runner:
+        assert runner.stdout is not None
+        for line in runner.stdout:  # bounded by the test timeout
+            if line.startswith(b"step "):
+                break
+        time.sleep(3)  # locust is running now
+        children = psutil.Process(runner.pid).children(recursive=True)
+        names = " ".join(" ".join(child.cmdline()) for child in children)
+        assert "redis-server" in names and "service serve" in names and "locust" in names
+
+        runner.send_signal(signal.SIGINT)
+
+        assert runner.wait(timeout=90) == 130
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [child.cmdline() for child in alive]
