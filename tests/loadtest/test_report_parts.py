@@ -7,6 +7,7 @@ from batching.batcher_types import CloseReason
 from batching.metrics import PrometheusBatchObserver
 from loadtest.checks import classification_problem, item_problem, search_problem
 from loadtest.mix import parse_mix
+from loadtest.runner import parse_args
 from loadtest.scrape import parse_metrics, step_metrics
 
 GOOD_PREDICTIONS = {
@@ -94,3 +95,22 @@ def test_step_metrics_are_deltas_of_the_service_metrics() -> None:
     assert step.server_cpu_cores == pytest.approx(0.5)
     assert step.rejected == 1
     assert step.expired == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--users", "8,x"], ["--users", "0"], ["--seconds", "-5"], ["--scenario", "Nope"]],
+)
+def test_run_refuses_bad_arguments_before_starting_anything(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    assert "loadtest/run" in capsys.readouterr().err
+
+
+def test_run_passes_arguments_after_a_double_dash_to_locust() -> None:
+    args = parse_args(["--users", "1,4", "--", "--mix", "search=1"])
+    assert args.user_counts == [1, 4]
+    assert args.locust_args == ["--mix", "search=1"]
