@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import IO
 
 import httpx
@@ -31,7 +32,7 @@ def start_service(
     """`resnet-serve serve` on 127.0.0.1:port, returned once /readyz answers 200.
 
     Output goes to `log` when given. Raises RuntimeError if the service exits or is not
-    ready in time (the process is killed then).
+    ready in time; the process is killed then, and on Ctrl-C while waiting.
     """
     process = subprocess.Popen(
         [
@@ -48,18 +49,14 @@ def start_service(
         stdout=log,
         stderr=log,
     )
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:  # bounded wait for start-up
-        if process.poll() is not None:
-            raise RuntimeError(f"service exited with {process.returncode}")
+
+    def ready() -> bool:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
         except httpx.TransportError:
-            time.sleep(0.2)
-    process.kill()
-    process.wait(timeout=30)
-    raise RuntimeError(f"service not ready in {ready_timeout_s} s")
+            return False
+
+    return _wait_until_ready(process, ready, ready_timeout_s, "service")
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:
@@ -81,15 +78,35 @@ def start_redis(port: int) -> subprocess.Popen[bytes]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return process
+                return True
         except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
+            return False
+
+    return _wait_until_ready(process, ready, 10, "redis-server")
+
+
+def _wait_until_ready(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout_s: float, name: str
+) -> subprocess.Popen[bytes]:
+    """Poll `ready` until it holds; on any failure, Ctrl-C included, kill the process: the
+    caller owns it only once it is returned."""
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:  # bounded wait for start-up
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}")
+            if ready():
+                return process
+            time.sleep(0.2)  # also after a 503: no busy loop against a loading server
+        raise RuntimeError(f"{name} not ready in {timeout_s} s")
+    except BaseException:
+        process.kill()
+        process.wait(timeout=30)
+        raise
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

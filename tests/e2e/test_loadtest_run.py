@@ -69,3 +69,21 @@ def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
         assert runner.wait(timeout=90) == 130
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [child.cmdline() for child in alive]
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_while_the_service_starts_stops_it_too(tmp_path: Path) -> None:
+    command = [str(RUN), "--users", "2", "--out", str(tmp_path / "r")]
+    command += ["--model-cache", str(tmp_path / "models")]
+    with subprocess.Popen(command, env=run_env(tmp_path), stdout=subprocess.DEVNULL) as runner:
+        children: list[psutil.Process] = []
+        while not any("service serve" in " ".join(c.cmdline()) for c in children):
+            time.sleep(0.1)  # bounded by the test timeout
+            children = psutil.Process(runner.pid).children(recursive=True)
+        assert not (tmp_path / "r" / "summary.json").exists()  # still starting
+
+        runner.send_signal(signal.SIGINT)
+
+        assert runner.wait(timeout=90) == 130
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [child.cmdline() for child in alive]
