@@ -25,6 +25,25 @@ TRAIN_SAMPLE = 100_000
 
 
 @dataclass(frozen=True)
+class CollectionFiles:
+    """Where a collection keeps its files: the one place that knows the disk layout."""
+
+    directory: Path
+
+    @property
+    def lock(self) -> Path:
+        return self.directory / "LOCK"
+
+    @property
+    def store(self) -> Path:
+        return self.directory / "items.sqlite3"
+
+    @property
+    def snapshot_header(self) -> Path:
+        return self.directory / "snapshot.json"
+
+
+@dataclass(frozen=True)
 class SearchHit:
     id: str
     score: float
@@ -67,11 +86,12 @@ class Collection:
         self.factory = factory
         self._snapshot_every = snapshot_every
         self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
-        self._header_path = directory / "snapshot.json"
+        files = CollectionFiles(directory)
+        self._header_path = files.snapshot_header
         directory.mkdir(parents=True, exist_ok=True)
-        self._process_lock = hold_process_lock(directory / "LOCK")
+        self._process_lock = hold_process_lock(files.lock)
         try:
-            self.store = ItemStore(directory / "items.sqlite3", d, fingerprint, model)
+            self.store = ItemStore(files.store, d, fingerprint, model)
         except BaseException:
             self._process_lock.close()
             raise

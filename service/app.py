@@ -2,8 +2,8 @@
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -12,39 +12,71 @@ from service.errors import install_error_handlers
 from service.http_metrics import HttpMetrics
 from service.limits import BodyLimit
 from service.model.runtime import load_runtime
+from service.model_client import InProcessModel, ModelClient, model_batcher
 from service.pipeline import Pipeline
 from service.routes import classify, embed, health, items, search
-from service.search_index import SearchIndex, open_collection_for
+from service.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Where the model and the index live: this process (the default), or worker processes.
+Components = Callable[
+    [Settings, CollectorRegistry], AbstractAsyncContextManager[tuple[ModelClient, ItemIndex]]
+]
 
-def create_app(settings: Settings) -> FastAPI:
-    registry = CollectorRegistry()
-    # Process CPU, memory and file descriptors, as the default registry would have them.
-    ProcessCollector(registry=registry)
+
+@asynccontextmanager
+async def in_process(
+    settings: Settings, registry: CollectorRegistry
+) -> AsyncIterator[tuple[ModelClient, ItemIndex]]:
+    """Load the model, warm it up and open the index, all in this process."""
+    # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
+    runtime = await asyncio.to_thread(load_runtime, settings)
+    await asyncio.to_thread(runtime.warm_up, (1, runtime.batch_size))
+    # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
+    collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
+    index = SearchIndex(collection, search_threads=settings.decode_threads)
+    batcher = model_batcher(
+        runtime,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=settings.queue_size,
+        registry=registry,
+    )
+    for warning in runtime.spec.warnings:
+        log.warning(warning)
+    log.info("ready: %s on %s", runtime.spec.model_id, runtime.device)
+    try:
+        yield InProcessModel(runtime, batcher), index
+    finally:
+        await index.close()
+
+
+def create_app(
+    settings: Settings,
+    components: Components = in_process,
+    registry: CollectorRegistry | None = None,
+    exposition: CollectorRegistry | None = None,
+) -> FastAPI:
+    """The app; metrics are created on `registry` and /metrics serves `exposition` (the same
+    registry unless worker processes aggregate theirs)."""
+    if registry is None:
+        registry = CollectorRegistry()
+        # Process CPU, memory and file descriptors, as the default registry would have them.
+        ProcessCollector(registry=registry)
+    metrics_registry = registry
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
-        runtime = await asyncio.to_thread(load_runtime, settings)
-        await asyncio.to_thread(runtime.warm_up, (1, runtime.batch_size))
-        # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
-        collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
-        index = SearchIndex(collection, search_threads=settings.decode_threads)
-        pipeline = Pipeline(runtime, settings, registry)
-        await pipeline.start()
-        app.state.pipeline = pipeline
-        app.state.index = index
-        for warning in runtime.spec.warnings:
-            log.warning(warning)
-        log.info("ready: %s on %s", runtime.spec.model_id, runtime.device)
-        try:
-            yield
-        finally:
-            await pipeline.stop()
-            await index.close()
+        async with components(settings, metrics_registry) as (model, index):
+            pipeline = Pipeline(model, settings, metrics_registry)
+            await pipeline.start()
+            app.state.pipeline = pipeline
+            app.state.index = index
+            try:
+                yield
+            finally:
+                await pipeline.stop()
 
     app = FastAPI(
         title="resnet-serve",
@@ -54,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = registry
+    app.state.exposition = exposition or registry
     install_error_handlers(app)
     for router in (classify.router, embed.router, search.router, items.router, health.router):
         app.include_router(router)

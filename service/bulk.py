@@ -11,7 +11,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from index.collection import Collection, hold_process_lock
+from index.collection import Collection, CollectionFiles, hold_process_lock
 from index.store import ItemStore
 from service.errors import InvalidInput, ServiceError
 from service.item_ids import MAX_ID_LENGTH, validate_item_id
@@ -93,12 +93,12 @@ def reindex(runtime: ModelRuntime, settings: Settings, progress: bool) -> BulkRe
     to re-run after an interruption: the index keeps refusing the new model until the end.
     """
     report = BulkReport()
-    directory = settings.index_dir
-    directory.mkdir(parents=True, exist_ok=True)
+    files = CollectionFiles(settings.index_dir)
+    files.directory.mkdir(parents=True, exist_ok=True)
     spec = runtime.spec
-    with hold_process_lock(directory / "LOCK"):
+    with hold_process_lock(files.lock):
         store = ItemStore(
-            directory / "items.sqlite3",
+            files.store,
             spec.embedding_dim,
             spec.fingerprint,
             spec.model_id,

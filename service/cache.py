@@ -13,7 +13,6 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -23,6 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service.model.backend import ModelOutputs
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<4sHII")  # magic, version, classes, embedding dim
@@ -30,18 +31,14 @@ _MAGIC = b"RSCR"
 _VERSION = 1
 
 
-@dataclass(frozen=True)
-class CachedResult:
-    probabilities: np.ndarray
-    embedding: np.ndarray
-
-
 def cache_key(namespace: str, data: bytes) -> str:
     """Content hash of the upload, within the namespace of one model, weights and backend."""
     return f"resnet-serve:{namespace}:{hashlib.sha256(data).hexdigest()}"
 
 
-def encode_record(probabilities: np.ndarray, embedding: np.ndarray) -> bytes:
+def encode_record(outputs: ModelOutputs) -> bytes:
+    """One image's outputs as a cache record."""
+    probabilities, embedding = outputs.probabilities, outputs.embedding
     header = _HEADER.pack(_MAGIC, _VERSION, len(probabilities), len(embedding))
     return (
         header
@@ -50,7 +47,7 @@ def encode_record(probabilities: np.ndarray, embedding: np.ndarray) -> bytes:
     )
 
 
-def decode_record(record: bytes, classes: int, dim: int) -> CachedResult | None:
+def decode_record(record: bytes, classes: int, dim: int) -> ModelOutputs | None:
     """The cached result, or None for anything corrupt, truncated or of another shape."""
     if len(record) != _HEADER.size + 4 * (classes + dim):
         return None
@@ -61,7 +58,7 @@ def decode_record(record: bytes, classes: int, dim: int) -> CachedResult | None:
     probabilities, embedding = values[:classes], values[classes:]
     if not (np.isfinite(values).all() and abs(float(probabilities.sum()) - 1) < 1e-3):
         return None
-    return CachedResult(probabilities, embedding)
+    return ModelOutputs(probabilities, embedding)
 
 
 class CacheMetrics:

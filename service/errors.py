@@ -25,6 +25,10 @@ class NotFound(ServiceError):
     pass
 
 
+class MethodNotAllowed(ServiceError):
+    pass
+
+
 class PayloadTooLarge(ServiceError):
     """Over the byte limit, or over the pixel limit (decompression bomb)."""
 
@@ -49,6 +53,7 @@ class ClientDisconnected(ServiceError):
 STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
     BadRequest: (400, "bad_request"),
     NotFound: (404, "not_found"),
+    MethodNotAllowed: (405, "method_not_allowed"),
     PayloadTooLarge: (413, "payload_too_large"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
     InvalidInput: (422, "invalid_input"),
@@ -61,12 +66,9 @@ STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
     BatchFailed: (500, "inference_failed"),
 }
 INTERNAL = "internal"
-_HTTP_CODES = {
-    404: "not_found",
-    405: "method_not_allowed",
-    400: "bad_request",
-    413: "payload_too_large",
-}
+# Starlette's own HTTPExceptions (unknown route, wrong method, bad multipart) carry a status;
+# they get the code the map gives that status.
+_CODE_OF_STATUS = {status: code for status, code in reversed(STATUS_MAP.values())}
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -76,7 +78,7 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 def describe_error(exc: Exception) -> tuple[int, str, str]:
     """Status, code and message for any exception; unknown ones are a 500 "internal"."""
     if isinstance(exc, HTTPException):
-        return exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail)
+        return exc.status_code, _CODE_OF_STATUS.get(exc.status_code, "http_error"), str(exc.detail)
     if isinstance(exc, RequestValidationError):
         status, code = STATUS_MAP[RequestValidationError]
         return status, code, "; ".join(_describe(e) for e in exc.errors())

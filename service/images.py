@@ -68,20 +68,33 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 class Preprocessor:
-    """Bytes -> normalised (3, H, W) float32 array, as the model's pretrained config says."""
+    """Bytes -> (H, W, 3) uint8 pixels, resized and cropped as the model's pretrained config says.
+
+    Normalisation (mean, std) is not done here: it is part of the served graph
+    (service.model.backend.ServingModule), so only uint8 pixels travel to the model.
+    """
 
     def __init__(self, data_config: dict[str, Any], *, max_pixels: int) -> None:
-        self._transform = create_transform(**data_config, is_training=False)
+        steps = create_transform(**data_config, is_training=False).transforms
+        # timm's eval transform is resize, crop, to-tensor, normalise: keep the PIL part.
+        to_tensor = next(i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__)
+        self._resize_and_crop = steps[:to_tensor]
         _, height, width = data_config["input_size"]
         self.input_size: tuple[int, int] = (height, width)
         crop_pct = data_config.get("crop_pct") or 1.0
         self._min_side = math.ceil(min(height, width) / crop_pct)
         self._max_pixels = max_pixels
 
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        return (*self.input_size, 3)
+
     def __call__(self, data: bytes) -> np.ndarray:
         image = decode_image(data, max_pixels=self._max_pixels, min_side=self._min_side)
-        return self.transform(image)
+        return self.pixels(image)
 
-    def transform(self, image: Image.Image) -> np.ndarray:
-        """A decoded RGB image -> the model's input array."""
-        return np.asarray(self._transform(image).numpy(), dtype=np.float32)
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """A decoded RGB image -> the model's input pixels."""
+        for step in self._resize_and_crop:
+            image = step(image)
+        return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy warns otherwise

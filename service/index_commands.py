@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from index.collection import IndexInUse
+from index.collection import CollectionFiles, IndexInUse
 from index.store import ItemStore, ModelMismatch
 from service.bulk import add_folder, reindex
 from service.model.runtime import load_runtime
@@ -46,7 +46,7 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def _stats_or_rebuild(action: str, settings: Settings) -> int:
     """Both work from what the store recorded, so they need no model."""
-    path = settings.index_dir / "items.sqlite3"
+    path = CollectionFiles(settings.index_dir).store
     if not path.exists():
         print(f"no index in {settings.index_dir}", file=sys.stderr)
         return 1

@@ -1,9 +1,8 @@
 """ASGI middleware that refuses request bodies over a byte limit before they are buffered."""
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_body
+from service.errors import PayloadTooLarge, error_response
 
 
 class BodyLimit:
@@ -18,8 +17,7 @@ class BodyLimit:
         message = f"request body is over the {self.max_bytes}-byte limit"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse(error_body("payload_too_large", message), status_code=413)
-            await response(scope, receive, send)
+            await error_response(PayloadTooLarge(message))(scope, receive, send)
             return
         seen = 0
 

@@ -6,10 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
-from batching import Batcher, PrometheusBatchObserver
 from service.cache import (
     CacheMetrics,
     MemoryCache,
@@ -19,18 +17,31 @@ from service.cache import (
     decode_record,
     encode_record,
 )
-from service.model.runtime import ModelRuntime, Prediction
+from service.images import Preprocessor
+from service.model.backend import ModelOutputs
+from service.model_client import ModelClient, ModelStatus
 from service.settings import Settings
 from service.single_flight import SingleFlight
 
 
 @dataclass(frozen=True)
 class Inference:
-    probabilities: np.ndarray
-    embedding: np.ndarray
+    """One request's result: the model's outputs for its image and how they were obtained."""
+
+    outputs: ModelOutputs
     timings_ms: dict[str, float]
     batch_size: int  # 0 when the result came from the cache
     cache: Literal["hit", "miss"] = "miss"  # hit: the model did not run for this request
+
+
+@dataclass(frozen=True)
+class _ModelView:
+    """What the pipeline derives from the serving model; rebuilt if a restart changes it."""
+
+    identity: tuple[str, str]  # fingerprint, backend
+    namespace: str  # of cache keys
+    shape: tuple[int, int]  # classes, embedding size
+    preprocessor: Preprocessor
 
 
 # Hashing a large upload takes milliseconds; keep that off the event loop.
@@ -55,35 +66,43 @@ class Pipeline:
     then decode in a thread pool and the batcher; the result is cached in the background.
     """
 
-    def __init__(self, runtime: ModelRuntime, settings: Settings, registry: CollectorRegistry):
-        self.runtime = runtime
+    def __init__(self, model: ModelClient, settings: Settings, registry: CollectorRegistry):
+        self.model = model
         self._timeout_s = settings.request_timeout_s
+        self._max_pixels = settings.max_image_pixels
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        self.batcher: Batcher[np.ndarray, Prediction] = Batcher(
-            runtime.predict_batch,
-            max_batch_size=runtime.batch_size,
-            max_wait_s=settings.max_wait_ms / 1000,
-            max_queue=settings.queue_size,
-            observer=PrometheusBatchObserver(registry, runtime.batch_size),
-            name="model",
-        )
         self._cache_metrics = CacheMetrics(registry)
         self.cache = make_cache(settings, self._cache_metrics)
-        spec = runtime.spec
-        self._namespace = f"{spec.fingerprint}-{runtime.backend.name}"
-        self._shape = (spec.num_classes, spec.embedding_dim)
+        self._view: _ModelView | None = None
         self._flights: SingleFlight[Inference] = SingleFlight()
         self._cache_writes: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
-        return self.batcher.running
+        return self.model.ready
+
+    def status(self) -> ModelStatus:
+        """The serving model; raises NotReady when there is none (routes answer 503)."""
+        return self.model.status()
+
+    def _model_view(self) -> _ModelView:
+        status = self.model.status()
+        spec = status.spec
+        identity = (spec.fingerprint, status.backend)
+        if self._view is None or self._view.identity != identity:
+            self._view = _ModelView(
+                identity,
+                f"{spec.fingerprint}-{status.backend}",
+                (spec.num_classes, spec.embedding_dim),
+                Preprocessor(spec.data_config, max_pixels=self._max_pixels),
+            )
+        return self._view
 
     async def start(self) -> None:
-        await self.batcher.start()
+        await self.model.start()
 
     async def stop(self) -> None:
-        await self.batcher.stop(drain_timeout_s=self._timeout_s)
+        await self.model.stop(drain_timeout_s=self._timeout_s)
         if self._cache_writes:
             await asyncio.wait(self._cache_writes, timeout=5)
         await self.cache.close()
@@ -95,48 +114,45 @@ class Pipeline:
         Raises service errors (bad image) and batching errors (overload, deadline).
         """
         started = time.perf_counter()
-        key = await self._key(data)
+        view = self._model_view()
+        key = await self._key(view.namespace, data)
         record = await self.cache.get(key)
-        cached = decode_record(record, *self._shape) if record is not None else None
+        cached = decode_record(record, *view.shape) if record is not None else None
         if cached is not None:
             self._cache_metrics.hits.inc()
             elapsed_ms = round(1000 * (time.perf_counter() - started), 2)
             return Inference(
-                cached.probabilities,
-                cached.embedding,
-                {"cache": elapsed_ms, "total": elapsed_ms},
-                batch_size=0,
-                cache="hit",
+                cached, {"cache": elapsed_ms, "total": elapsed_ms}, batch_size=0, cache="hit"
             )
-        inference, joined = await self._flights.run(key, lambda: self._compute(data, key, started))
+        inference, joined = await self._flights.run(
+            key, lambda: self._compute(view.preprocessor, data, key, started)
+        )
         if joined:
             self._cache_metrics.joins.inc()
             return replace(inference, cache="hit")
         self._cache_metrics.misses.inc()
         return inference
 
-    async def _key(self, data: bytes) -> str:
+    async def _key(self, namespace: str, data: bytes) -> str:
         if len(data) <= _HASH_INLINE_BYTES:
-            return cache_key(self._namespace, data)
+            return cache_key(namespace, data)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode_pool, cache_key, self._namespace, data)
+        return await loop.run_in_executor(self._decode_pool, cache_key, namespace, data)
 
-    async def _compute(self, data: bytes, key: str, started: float) -> Inference:
+    async def _compute(
+        self, preprocessor: Preprocessor, data: bytes, key: str, started: float
+    ) -> Inference:
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(self._decode_pool, self.runtime.preprocessor, data)
+        pixels = await loop.run_in_executor(self._decode_pool, preprocessor, data)
         decoded = time.perf_counter()
         remaining = self._timeout_s - (decoded - started)
-        outcome = await self.batcher.submit(image, timeout_s=max(remaining, 0.001))
+        outcome = await self.model.infer(pixels, timeout_s=max(remaining, 0.001))
         finished = time.perf_counter()
-        prediction = outcome.value
-        write = asyncio.create_task(
-            self.cache.set(key, encode_record(prediction.probabilities, prediction.embedding))
-        )
+        write = asyncio.create_task(self.cache.set(key, encode_record(outcome.value)))
         self._cache_writes.add(write)  # a reference, so the task is not collected mid-write
         write.add_done_callback(self._cache_writes.discard)
         return Inference(
-            probabilities=prediction.probabilities,
-            embedding=prediction.embedding,
+            outputs=outcome.value,
             timings_ms={
                 "decode": round(1000 * (decoded - started), 2),
                 "queue": round(1000 * outcome.queued_s, 2),

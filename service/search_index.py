@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -36,11 +36,40 @@ def open_collection_for(settings: Settings, spec: ModelSpec) -> Collection:
     )
 
 
+class ItemIndex(Protocol):
+    """What the routes need of the index: this process's SearchIndex, or a client of the
+    index worker (service.workers.remote_index)."""
+
+    @property
+    def ready(self) -> bool:
+        """True while calls can succeed (open here, or the index worker reachable)."""
+        ...
+
+    async def put(
+        self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None
+    ) -> bool:
+        """Add or replace; durable when it returns. True if the id was new."""
+        ...
+
+    async def delete(self, item_id: str) -> bool: ...
+
+    async def get(self, item_id: str) -> StoredItem | None: ...
+
+    async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]: ...
+
+    async def similar(self, item_id: str, k: int) -> list[SearchHit] | None: ...
+
+    async def stats(self) -> CollectionStats: ...
+
+    async def close(self) -> None: ...
+
+
 class SearchIndex:
     """Keeps FAISS and SQLite work off the event loop, with the collection's one writer."""
 
     def __init__(self, collection: Collection, search_threads: int) -> None:
         self.collection = collection
+        self.ready = True
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="index-writer")
         self._readers = ThreadPoolExecutor(search_threads, thread_name_prefix="index-search")
 

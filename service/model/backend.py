@@ -1,5 +1,6 @@
-"""The model backend seam: a batch of preprocessed images in, probabilities and embeddings out."""
+"""The model backend seam: a batch of uint8 pixels in, probabilities and embeddings out."""
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -9,9 +10,19 @@ import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
-class ForwardOutput:
-    probabilities: np.ndarray  # (n, num_classes) float32, rows sum to 1
-    embeddings: np.ndarray  # (n, embedding_dim) float32, unit length
+class ModelOutputs:
+    """What one forward pass gives: for a batch (leading axis n), or for one image (no axis).
+
+    The one type for a forward pass's outputs, from backend to batcher, cache and routes.
+    """
+
+    probabilities: np.ndarray  # (n, num_classes) or (num_classes,) float32, rows sum to 1
+    embedding: np.ndarray  # (n, embedding_dim) or (embedding_dim,) float32, unit length
+
+    def rows(self) -> Iterator["ModelOutputs"]:
+        """One ModelOutputs per image of a batch."""
+        for probabilities, embedding in zip(self.probabilities, self.embedding, strict=True):
+            yield ModelOutputs(probabilities, embedding)
 
 
 class InferenceBackend(Protocol):
@@ -19,9 +30,42 @@ class InferenceBackend(Protocol):
 
     name: str
 
-    def forward(self, batch: np.ndarray) -> ForwardOutput:
-        """batch: (n, 3, H, W) float32, already normalised."""
+    def forward(self, pixels: np.ndarray) -> ModelOutputs:
+        """pixels: (n, H, W, 3) uint8, resized and cropped; normalisation is the backend's."""
         ...
+
+
+class ServingModule(torch.nn.Module):
+    """The graph every backend runs: uint8 NHWC pixels -> (probabilities, unit embedding).
+
+    Normalisation lives inside the graph, so it runs where the model runs (on the GPU when
+    there is one) and the bytes that cross to the model are uint8, a quarter of float32.
+    """
+
+    scale: torch.Tensor  # buffers, set in __init__; declared so the type checker knows them
+    shift: torch.Tensor
+
+    def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model: Any = model  # timm's forward_features/forward_head are untyped
+        std_ = torch.tensor(std).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1 / (255 * std_))
+        self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) / std_)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 -> (n, 3, H, W) float, (x / 255 - mean) / std."""
+        # NHWC -> NCHW is a view with channels_last strides: no copy before the first conv.
+        return pixels.permute(0, 3, 1, 2).float() * self.scale - self.shift
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.normalise(pixels)
+        pooled = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        logits = self.model.get_classifier()(pooled)
+        return logits.float().softmax(dim=-1), F.normalize(pooled.float(), dim=-1)
+
+
+def serving_module(module: torch.nn.Module, data_config: dict[str, Any]) -> ServingModule:
+    return ServingModule(module, data_config["mean"], data_config["std"]).eval()
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -36,36 +80,37 @@ def resolve_device(requested: str) -> torch.device:
 class TorchBackend:
     """Reference backend: eager PyTorch, channels_last.
 
-    precision: fp32 (the reference), bf16 (CPU autocast) or fp16 (CUDA autocast).
+    precision: fp32 (the reference), bf16 (CPU autocast) or fp16 (CUDA autocast). On CUDA the
+    batch goes up once per call from pinned memory, as uint8.
     """
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, precision: str = "fp32"):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        data_config: dict[str, Any],
+        device: torch.device,
+        precision: str = "fp32",
+    ):
         if precision not in _AUTOCAST:
             raise ValueError(f"torch backend precision must be one of {sorted(_AUTOCAST)}")
         self.device = device
         self.precision = precision
         self.name = f"torch-{device.type}-{precision}"
-        timm_model: Any = module
-        self._module: Any = timm_model.eval().to(device).to(memory_format=torch.channels_last)
-        self._classifier: torch.nn.Module = timm_model.get_classifier()
+        self._module = (
+            serving_module(module, data_config).to(device).to(memory_format=torch.channels_last)
+        )
 
     @torch.inference_mode()
-    def forward(self, batch: np.ndarray) -> ForwardOutput:
-        images = torch.from_numpy(batch)
+    def forward(self, pixels: np.ndarray) -> ModelOutputs:
+        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
         if self.device.type == "cuda":
-            images = images.pin_memory().to(self.device, non_blocking=True)
-        images = images.contiguous(memory_format=torch.channels_last)
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
         dtype = _AUTOCAST[self.precision]
         with torch.autocast(
             self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
         ):
-            pooled = self._module.forward_head(
-                self._module.forward_features(images), pre_logits=True
-            )
-            logits = self._classifier(pooled)
-        probabilities = logits.float().softmax(dim=-1)
-        embeddings = F.normalize(pooled.float(), dim=-1)
-        return ForwardOutput(probabilities.cpu().numpy(), embeddings.cpu().numpy())
+            probabilities, embeddings = self._module(batch)
+        return ModelOutputs(probabilities.cpu().numpy(), embeddings.cpu().numpy())
 
 
 _AUTOCAST: dict[str, torch.dtype | None] = {

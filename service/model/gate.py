@@ -70,7 +70,7 @@ def outputs(
     parts = [backend.forward(images[i : i + batch]) for i in range(0, len(images), batch)]
     return (
         np.concatenate([p.probabilities for p in parts]),
-        np.concatenate([p.embeddings for p in parts]),
+        np.concatenate([p.embedding for p in parts]),
     )
 
 

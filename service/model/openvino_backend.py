@@ -15,26 +15,13 @@ from typing import Any
 import numpy as np
 import openvino as ov
 import torch
-import torch.nn.functional as F
 
-from service.model.backend import ForwardOutput
+from service.model.backend import ModelOutputs, serving_module
 
 log = logging.getLogger(__name__)
 
 _HINTS = {"fp32": "f32", "bf16": "bf16"}  # int8 layers run int8; the rest as OpenVINO decides
-
-
-class _BothOutputs(torch.nn.Module):
-    """The traced graph: probabilities and the unit embedding from one forward."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model: Any = model  # timm's forward_features/forward_head are untyped
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-        logits = self.model.get_classifier()(pooled)
-        return logits.softmax(dim=-1), F.normalize(pooled, dim=-1)
+_INPUT = "uint8-nhwc"  # what the converted graph takes (normalisation is inside it)
 
 
 class OpenVinoBackend:
@@ -44,22 +31,24 @@ class OpenVinoBackend:
         # One request, used only from the batcher's owner thread.
         self._request = compiled.create_infer_request()
 
-    def forward(self, batch: np.ndarray) -> ForwardOutput:
-        results = self._request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+    def forward(self, pixels: np.ndarray) -> ModelOutputs:
+        results = self._request.infer({0: np.ascontiguousarray(pixels, dtype=np.uint8)})
         probabilities, embeddings = (np.asarray(results[i], dtype=np.float32) for i in range(2))
         # Quantized graphs drift off unit length (cosine 1.01 seen with int8); restore it.
         embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-        return ForwardOutput(probabilities, embeddings)
+        return ModelOutputs(probabilities, embeddings)
 
 
 def artefact_dir(cache_root: Path, fingerprint: str, precision: str, calibration: str) -> Path:
-    key = hashlib.sha256(f"{fingerprint}|{ov.__version__}|{precision}|{calibration}".encode())
+    # The input contract is part of the key: IRs of older releases took normalised float32.
+    identity = f"{fingerprint}|{ov.__version__}|{precision}|{calibration}|{_INPUT}"
+    key = hashlib.sha256(identity.encode())
     return cache_root / f"openvino-{precision}-{key.hexdigest()[:16]}"
 
 
 def load_openvino(
     module: torch.nn.Module,
-    input_size: tuple[int, int],
+    data_config: dict[str, Any],
     precision: str,
     *,
     threads: int,
@@ -70,7 +59,7 @@ def load_openvino(
     xml = cache_dir / "model.xml"
     if not xml.exists():
         started = time.perf_counter()
-        model = _convert(module, input_size)
+        model = _convert(module, data_config)
         if precision == "int8":
             if not calibration:
                 raise ValueError("int8 needs calibration images")
@@ -97,15 +86,17 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in capabilities
 
 
-def _convert(module: torch.nn.Module, input_size: tuple[int, int]) -> ov.Model:
-    height, width = input_size
-    example = torch.zeros(1, 3, height, width)
+def _convert(module: torch.nn.Module, data_config: dict[str, Any]) -> ov.Model:
+    _, height, width = data_config["input_size"]
+    example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
     # convert_model traces with torch.jit, which torch now flags as deprecated on every call;
     # the warning is about OpenVINO's internals, not ours.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
         return ov.convert_model(
-            _BothOutputs(module).eval(), example_input=example, input=[(-1, 3, height, width)]
+            serving_module(module, data_config),
+            example_input=example,
+            input=[((-1, height, width, 3), ov.Type.u8)],
         )
 
 

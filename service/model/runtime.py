@@ -8,21 +8,13 @@ import numpy as np
 import torch
 
 from service.images import Preprocessor
-from service.model.backend import ForwardOutput, InferenceBackend, resolve_device
+from service.model.backend import InferenceBackend, ModelOutputs, resolve_device
 from service.model.selection import Choice, ModelParts, choose
 from service.model.spec import ModelSpec
 from service.model.weights import RANDOM, load_model
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's share of a forward pass."""
-
-    probabilities: np.ndarray
-    embedding: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -34,22 +26,15 @@ class ModelRuntime:
     batch_size: int  # the batcher's max batch size: configured, or measured for this backend
     choice: Choice
 
-    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
-        """Run on the batcher's owner thread: stack, forward once, split per image."""
-        output: ForwardOutput = self.backend.forward(np.stack(images))
-        return [
-            Prediction(probabilities, embedding)
-            for probabilities, embedding in zip(
-                output.probabilities, output.embeddings, strict=True
-            )
-        ]
+    def predict_batch(self, images: list[np.ndarray]) -> list[ModelOutputs]:
+        """Run on the batcher's owner thread: stack the pixels, forward once, split per image."""
+        return list(self.backend.forward(np.stack(images)).rows())
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """First calls allocate and pick kernels; pay that before declaring ready."""
-        shape = (3, *self.preprocessor.input_size)
         for size in batch_sizes:
             started = time.perf_counter()
-            self.predict_batch([np.zeros(shape, dtype=np.float32)] * size)
+            self.predict_batch([np.zeros(self.preprocessor.pixel_shape, dtype=np.uint8)] * size)
             log.info("warm-up batch %d took %.0f ms", size, 1000 * (time.perf_counter() - started))
 
 

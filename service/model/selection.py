@@ -90,23 +90,22 @@ def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
 
 
 def build(candidate: Candidate, parts: ModelParts, settings: Settings) -> InferenceBackend:
-    if candidate.backend == "torch":
-        return TorchBackend(parts.module, parts.device, candidate.precision)
     spec = parts.spec
+    if candidate.backend == "torch":
+        return TorchBackend(parts.module, spec.data_config, parts.device, candidate.precision)
     calibration = None
     if candidate.precision == "int8":
         samples = sample_images(CALIBRATION_IMAGES, seed=1)
-        calibration = [parts.preprocessor.transform(image) for image in samples]
+        calibration = [parts.preprocessor.pixels(image) for image in samples]
     cache_dir = artefact_dir(
         settings.model_cache_dir,
         spec.fingerprint,
         candidate.precision,
         f"samples-{CALIBRATION_IMAGES}-seed-1|{quantization_recipe()}" if calibration else "",
     )
-    height, width = spec.data_config["input_size"][1:]
     return load_openvino(
         parts.module,
-        (height, width),
+        spec.data_config,
         candidate.precision,
         threads=settings.threads,
         cache_dir=cache_dir,
@@ -170,8 +169,10 @@ class Evaluation:
 def evaluate(options: list[Candidate], parts: ModelParts, settings: Settings) -> list[Evaluation]:
     """Gate (against torch fp32 on real sample images) and speed of every candidate."""
     samples = sample_images(GATE_IMAGES, seed=2)
-    images = np.stack([parts.preprocessor.transform(image) for image in samples])
-    reference = outputs(TorchBackend(parts.module, parts.device, "fp32"), images)
+    images = np.stack([parts.preprocessor.pixels(image) for image in samples])
+    reference = outputs(
+        TorchBackend(parts.module, parts.spec.data_config, parts.device, "fp32"), images
+    )
     evaluated = []
     for option in options:
         started = time.perf_counter()
@@ -187,9 +188,7 @@ def images_per_second(
     backend: InferenceBackend, spec: ModelSpec, batch_size: int, seconds: float = _SPEED_SECONDS
 ) -> float:
     _, height, width = spec.data_config["input_size"]
-    batch = np.random.default_rng(0).standard_normal(
-        (batch_size, 3, height, width), dtype=np.float32
-    )
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, height, width, 3), np.uint8)
     backend.forward(batch)  # warm-up
     done, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds or done < 2 * batch_size:

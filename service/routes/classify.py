@@ -43,11 +43,11 @@ async def classify(
     """Top-k ImageNet classes of one image."""
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
-    spec = pipeline.runtime.spec
+    spec = pipeline.status().spec
     response.headers["X-Cache"] = inference.cache
     return ClassifyResponse(
         **model_info(spec),
-        predictions=top_predictions(inference.probabilities, spec, top_k),
+        predictions=top_predictions(inference.outputs.probabilities, spec, top_k),
         cache=inference.cache,
         batch_size=inference.batch_size,
         timings_ms=inference.timings_ms,
@@ -68,7 +68,7 @@ async def classify_batch(
         request,
         asyncio.gather(*(pipeline.run(u.data) for u in uploads), return_exceptions=True),
     )
-    spec = pipeline.runtime.spec
+    spec = pipeline.status().spec
     results = [
         _batch_item(index, upload.filename, outcome, spec, top_k)
         for index, (upload, outcome) in enumerate(zip(uploads, outcomes, strict=True))
@@ -86,7 +86,7 @@ def _batch_item(
         return BatchItem(
             index=index,
             filename=filename,
-            predictions=top_predictions(outcome.probabilities, spec, top_k),
+            predictions=top_predictions(outcome.outputs.probabilities, spec, top_k),
             cache=outcome.cache,
         )
     if not isinstance(outcome, Exception):

@@ -12,7 +12,7 @@ from service.errors import NotReady
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
 from service.schemas import ErrorResponse
-from service.search_index import SearchIndex
+from service.search_index import ItemIndex
 from service.settings import Settings
 
 
@@ -34,10 +34,10 @@ def model_info(spec: ModelSpec) -> ModelInfoFields:
     return {"model": spec.model_id, "weights": spec.weights, "warnings": list(spec.warnings)}
 
 
-async def get_index(request: Request) -> SearchIndex:
-    index: SearchIndex | None = getattr(request.app.state, "index", None)
-    if index is None:
-        raise NotReady("the similarity index is not open")
+async def get_index(request: Request) -> ItemIndex:
+    index: ItemIndex | None = getattr(request.app.state, "index", None)
+    if index is None or not index.ready:
+        raise NotReady("the similarity index is not open (starting or restarting)")
     return index
 
 

@@ -35,12 +35,12 @@ async def embed(
     """The image's L2-normalised embedding (the model's pooled features)."""
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
-    spec = pipeline.runtime.spec
+    spec = pipeline.status().spec
     response.headers["X-Cache"] = inference.cache
     return EmbedResponse(
         **model_info(spec),
         dim=spec.embedding_dim,
-        embedding=inference.embedding.tolist(),
+        embedding=inference.outputs.embedding.tolist(),
         cache=inference.cache,
         batch_size=inference.batch_size,
         timings_ms=inference.timings_ms,

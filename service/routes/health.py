@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from service.pipeline import Pipeline
-from service.routes.deps import ERROR_RESPONSES, get_pipeline, model_info
+from service.routes.deps import ERROR_RESPONSES, get_index, get_pipeline, model_info
 from service.schemas import ReadyResponse
+from service.search_index import ItemIndex
 
 router = APIRouter(tags=["health"])
 
@@ -19,24 +20,28 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=ReadyResponse, responses={503: ERROR_RESPONSES[503]})
-async def readyz(pipeline: Annotated[Pipeline, Depends(get_pipeline)]) -> ReadyResponse:
-    """Ready: model loaded and warmed up, batcher running."""
-    spec = pipeline.runtime.spec
+async def readyz(
+    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    _: Annotated[ItemIndex, Depends(get_index)],
+) -> ReadyResponse:
+    """Ready: model loaded and warmed up, batcher running, similarity index open."""
+    status = pipeline.status()
+    spec = status.spec
     return ReadyResponse(
         **model_info(spec),
         status="ready",
-        device=pipeline.runtime.device,
-        backend=pipeline.runtime.backend.name,
+        device=status.device,
+        backend=status.backend,
         fingerprint=spec.fingerprint,
         embedding_dim=spec.embedding_dim,
-        max_batch_size=pipeline.runtime.batch_size,
-        backend_choice=pipeline.runtime.choice.reason,
-        queue_depth=pipeline.batcher.queue_depth,
+        max_batch_size=status.max_batch_size,
+        backend_choice=status.backend_choice,
+        queue_depth=status.queue_depth,
     )
 
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    registry: CollectorRegistry = request.app.state.registry
+    registry: CollectorRegistry = request.app.state.exposition
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

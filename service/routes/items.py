@@ -22,7 +22,7 @@ from service.routes.deps import (
     model_info,
 )
 from service.schemas import IndexResponse, ItemResponse, SearchResponse, SearchResult
-from service.search_index import SearchIndex
+from service.search_index import ItemIndex
 from service.settings import Settings
 from service.uploads import read_images
 
@@ -37,7 +37,7 @@ K = Annotated[int, Query(ge=1, le=1000, description="how many results")]
 )
 async def similar_items(
     item_id: ItemId,
-    index: Annotated[SearchIndex, Depends(get_index)],
+    index: Annotated[ItemIndex, Depends(get_index)],
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     k: K = 10,
 ) -> SearchResponse:
@@ -47,7 +47,7 @@ async def similar_items(
     if hits is None:
         raise NotFound(f"no item {item_id!r}")
     return SearchResponse(
-        **model_info(pipeline.runtime.spec),
+        **model_info(pipeline.status().spec),
         results=search_results(hits),
         timings_ms={"search": round(1000 * (time.perf_counter() - started), 2)},
     )
@@ -64,7 +64,7 @@ async def put_item(
     item_id: ItemId,
     request: Request,
     response: Response,
-    index: Annotated[SearchIndex, Depends(get_index)],
+    index: Annotated[ItemIndex, Depends(get_index)],
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> ItemResponse:
@@ -78,7 +78,7 @@ async def put_item(
     (data,) = form.images
     inference = await unless_disconnected(request, pipeline.run(data))
     image = data if settings.index_keep_images else None
-    created = await index.put(item_id, inference.embedding, metadata, image)
+    created = await index.put(item_id, inference.outputs.embedding, metadata, image)
     response.status_code = 201 if created else 200
     stored = await index.get(item_id)
     if stored is None:  # deleted by another request in between
@@ -88,7 +88,7 @@ async def put_item(
 
 @router.get("/items/{item_id:path}", response_model=ItemResponse, responses=ERROR_RESPONSES)
 async def get_item(
-    item_id: ItemId, index: Annotated[SearchIndex, Depends(get_index)]
+    item_id: ItemId, index: Annotated[ItemIndex, Depends(get_index)]
 ) -> ItemResponse:
     """An item's metadata and when it was added."""
     stored = await index.get(validate_item_id(item_id))
@@ -98,9 +98,7 @@ async def get_item(
 
 
 @router.delete("/items/{item_id:path}", status_code=204, responses=ERROR_RESPONSES)
-async def delete_item(
-    item_id: ItemId, index: Annotated[SearchIndex, Depends(get_index)]
-) -> Response:
+async def delete_item(item_id: ItemId, index: Annotated[ItemIndex, Depends(get_index)]) -> Response:
     """Remove an item; answered once the removal is durable."""
     if not await index.delete(validate_item_id(item_id)):
         raise NotFound(f"no item {item_id!r}")
@@ -108,7 +106,7 @@ async def delete_item(
 
 
 @router.get("/index", response_model=IndexResponse)
-async def index_info(index: Annotated[SearchIndex, Depends(get_index)]) -> IndexResponse:
+async def index_info(index: Annotated[ItemIndex, Depends(get_index)]) -> IndexResponse:
     """Size, dimension, index kind and the model fingerprint of the stored vectors."""
     stats = await index.stats()
     return IndexResponse(

@@ -18,7 +18,7 @@ from service.routes.deps import (
 )
 from service.routes.items import search_results
 from service.schemas import SearchResponse, SimilarityResponse
-from service.search_index import SearchIndex
+from service.search_index import ItemIndex
 from service.settings import Settings
 from service.uploads import ImageField, read_images
 
@@ -35,7 +35,7 @@ PAIR = (ImageField("a", "a"), ImageField("b", "b"))
 async def search(
     request: Request,
     response: Response,
-    index: Annotated[SearchIndex, Depends(get_index)],
+    index: Annotated[ItemIndex, Depends(get_index)],
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
     k: Annotated[int, Query(ge=1, le=1000, description="how many results")] = 10,
@@ -44,10 +44,10 @@ async def search(
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     started = time.perf_counter()
-    hits = await index.search(inference.embedding, k)
+    hits = await index.search(inference.outputs.embedding, k)
     response.headers["X-Cache"] = inference.cache
     return SearchResponse(
-        **model_info(pipeline.runtime.spec),
+        **model_info(pipeline.status().spec),
         results=search_results(hits),
         cache=inference.cache,
         timings_ms=inference.timings_ms
@@ -68,7 +68,7 @@ async def similarity(
         request, asyncio.gather(pipeline.run(first), pipeline.run(second))
     )
     return SimilarityResponse(
-        **model_info(pipeline.runtime.spec),
-        score=float(a.embedding @ b.embedding),
+        **model_info(pipeline.status().spec),
+        score=float(a.outputs.embedding @ b.outputs.embedding),
         timings_ms={"total": round(1000 * (time.perf_counter() - started), 2)},
     )

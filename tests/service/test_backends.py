@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from service.model import openvino_backend, selection
-from service.model.backend import ForwardOutput, InferenceBackend, TorchBackend
+from service.model.backend import InferenceBackend, ModelOutputs, TorchBackend
 from service.model.gate import GATE_IMAGES, check, outputs
 from service.model.runtime import load_parts, load_runtime
 from service.model.samples import sample_images
@@ -26,7 +26,7 @@ def lite0(tmp_path_factory: pytest.TempPathFactory) -> ModelParts:
 @pytest.fixture(scope="module")
 def gate_images(lite0: ModelParts) -> np.ndarray:
     samples = sample_images(GATE_IMAGES, seed=2)
-    images = np.stack([lite0.preprocessor.transform(i) for i in samples])
+    images = np.stack([lite0.preprocessor.pixels(i) for i in samples])
     assert len(images) >= 200
     return images
 
@@ -39,21 +39,21 @@ class Noisy:
     def __init__(self, inner: InferenceBackend) -> None:
         self._inner = inner
 
-    def forward(self, batch: np.ndarray) -> ForwardOutput:
+    def forward(self, batch: np.ndarray) -> ModelOutputs:
         out = self._inner.forward(batch)
         rng = np.random.default_rng(0)
-        embeddings = out.embeddings + 0.1 * rng.standard_normal(out.embeddings.shape).astype(
+        embeddings = out.embedding + 0.1 * rng.standard_normal(out.embedding.shape).astype(
             np.float32
         )
         embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
         probabilities = np.roll(out.probabilities, 1, axis=1)  # every top-1 moves
-        return ForwardOutput(probabilities, embeddings)
+        return ModelOutputs(probabilities, embeddings)
 
 
 def test_openvino_fp32_passes_the_gate_with_real_weights(
     lite0: ModelParts, gate_images: np.ndarray, tmp_path: Path
 ) -> None:
-    reference = outputs(TorchBackend(lite0.module, CPU), gate_images)
+    reference = outputs(TorchBackend(lite0.module, lite0.spec.data_config, CPU), gate_images)
     backend = build(Candidate("openvino", "fp32"), lite0, lite0_settings(tmp_path))
     result = check(backend, "fp32", gate_images, reference, real_weights=True)
     assert result.passed, result.reason
@@ -62,7 +62,7 @@ def test_openvino_fp32_passes_the_gate_with_real_weights(
 
 
 def test_the_gate_rejects_a_backend_that_drifts(lite0: ModelParts, gate_images: np.ndarray) -> None:
-    torch_backend = TorchBackend(lite0.module, CPU)
+    torch_backend = TorchBackend(lite0.module, lite0.spec.data_config, CPU)
     reference = outputs(torch_backend, gate_images)
     result = check(Noisy(torch_backend), "bf16", gate_images, reference, real_weights=True)
     assert not result.passed
@@ -75,12 +75,12 @@ def test_openvino_on_resnet50_random_weights_has_the_right_shapes(tmp_path: Path
     settings = pinned_settings(tmp_path, weights="random")
     resnet50 = load_parts(settings)
     assert not resnet50.real_weights
-    images = np.stack([resnet50.preprocessor.transform(i) for i in sample_images(16, seed=5)])
+    images = np.stack([resnet50.preprocessor.pixels(i) for i in sample_images(16, seed=5)])
     backend = build(Candidate("openvino", "fp32"), resnet50, settings)
     out = backend.forward(images)
-    assert out.probabilities.shape == (16, 1000) and out.embeddings.shape == (16, 2048)
-    assert np.allclose(np.linalg.norm(out.embeddings, axis=1), 1, atol=1e-4)
-    reference = outputs(TorchBackend(resnet50.module, CPU), images)
+    assert out.probabilities.shape == (16, 1000) and out.embedding.shape == (16, 2048)
+    assert np.allclose(np.linalg.norm(out.embedding, axis=1), 1, atol=1e-4)
+    reference = outputs(TorchBackend(resnet50.module, resnet50.spec.data_config, CPU), images)
     assert check(backend, "fp32", images, reference, real_weights=False).passed
 
 

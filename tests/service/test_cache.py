@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from service.app import create_app
 from service.cache import CacheMetrics, MemoryCache, decode_record, encode_record
+from service.model.backend import ModelOutputs
 from service.single_flight import SingleFlight
 from tests.conftest import lite0_settings
 from tests.photos import jpeg
@@ -45,13 +46,13 @@ async def classify(http: httpx.AsyncClient, data: bytes) -> httpx.Response:
 def test_record_round_trip_and_rejects_anything_else() -> None:
     probabilities = np.full(10, 0.1, np.float32)
     embedding = np.arange(4, dtype=np.float32)
-    record = encode_record(probabilities, embedding)
+    record = encode_record(ModelOutputs(probabilities, embedding))
     restored = decode_record(record, 10, 4)
     assert restored is not None and np.array_equal(restored.embedding, embedding)
     for bad in (b"", b"garbage", record[:-1], record + b"x", b"XXXX" + record[4:]):
         assert decode_record(bad, 10, 4) is None
     assert decode_record(record, 12, 2) is None  # same length, other model's shape
-    nan = encode_record(probabilities, np.full(4, np.nan, np.float32))
+    nan = encode_record(ModelOutputs(probabilities, np.full(4, np.nan, np.float32)))
     assert decode_record(nan, 10, 4) is None
 
 

@@ -6,10 +6,13 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from timm.data.transforms_factory import create_transform
 
 from service.errors import InvalidInput, PayloadTooLarge
 from service.images import Preprocessor, decode_image
+from service.model.backend import ServingModule
 from tests.photos import encode, jpeg, photo
 
 LIMIT = 50_000_000
@@ -104,9 +107,14 @@ def test_preprocessor_follows_the_model_config() -> None:
         "crop_pct": 0.875,
         "crop_mode": "center",
     }
-    tensor = Preprocessor(config, max_pixels=LIMIT)(jpeg("chelsea"))
-    assert tensor.shape == (3, 224, 224) and tensor.dtype == np.float32
-    assert -2.5 < tensor.min() < 0 < tensor.max() < 2.7  # normalised, not 0..255
+    pixels = Preprocessor(config, max_pixels=LIMIT)(jpeg("chelsea"))
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
+    # Normalised as the served graph does it, they are exactly timm's eval transform.
+    serving = ServingModule(torch.nn.Identity(), config["mean"], config["std"])
+    normalised = serving.normalise(torch.from_numpy(pixels[None]))[0].numpy()
+    image = decode_image(jpeg("chelsea"), max_pixels=LIMIT, min_side=256)
+    expected = create_transform(**config, is_training=False)(image).numpy()
+    np.testing.assert_allclose(normalised, expected, atol=1e-5)
 
 
 def test_truncated_png_is_invalid() -> None:
