@@ -40,7 +40,9 @@ class Batcher(Generic[T, R]):
         run_batch: called on the owner thread with a list of items; returns one result per
             item, in order. If it raises, every item of that batch fails with BatchFailed.
         max_batch_size: most items in one call of run_batch.
-        max_wait_s: longest a batch waits for more items, counted from its first item.
+        max_wait_s: longest a batch waits for more items, counted from its first item. With 0,
+            a batch starts as soon as the worker is free (nothing waits while it is idle);
+            while it is busy, the next batch fills either way.
         max_queue: most items waiting for a batch; beyond it submit raises QueueFull.
         observer: receives metrics; optional.
     """
@@ -180,7 +182,9 @@ class Batcher(Generic[T, R]):
                 continue
             if full:
                 return CloseReason.FULL
-            return CloseReason.DRAIN if self._closing else CloseReason.TIMEOUT
+            if self._closing:
+                return CloseReason.DRAIN
+            return CloseReason.TIMEOUT if self._max_wait_s > 0 else CloseReason.IDLE
 
     async def _sleep(self, timeout_s: float | None, running: "asyncio.Task[None] | None") -> None:
         waiter: asyncio.Future[Any] = asyncio.ensure_future(self._wakeup.wait())

@@ -10,6 +10,7 @@ R = TypeVar("R")
 class CloseReason(StrEnum):
     FULL = "full"  # max batch size reached
     TIMEOUT = "timeout"  # max wait since the first item passed
+    IDLE = "idle"  # no max wait: the worker was free, so the batch started at once
     DRAIN = "drain"  # shutting down: run what is left without waiting
 
 

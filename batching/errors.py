@@ -13,6 +13,10 @@ class QueueFull(BatcherError):
         self.depth = depth
         self.retry_after_s = retry_after_s
 
+    def __reduce__(self) -> tuple[type["QueueFull"], tuple[int, float]]:
+        # Crosses process boundaries (model worker -> HTTP worker) as a pickle.
+        return QueueFull, (self.depth, self.retry_after_s)
+
 
 class DeadlineExceeded(BatcherError):
     """The item's deadline passed before its result was ready."""

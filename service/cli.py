@@ -25,6 +25,7 @@ SERVE_FLAGS = {
     "--queue-size": "queue_size",
     "--request-timeout-s": "request_timeout_s",
     "--threads": "threads",
+    "--workers": "workers",
     "--log-level": "log_level",
 }
 
@@ -99,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from service.index_commands import run_index_command  # torch import is slow
 
         raise SystemExit(run_index_command(args, settings))
+    from service.workers.supervisor import default_workers, serve_with_workers
+
+    workers = settings.workers or default_workers()
+    if workers > 1:
+        raise SystemExit(serve_with_workers(settings, workers))
     from service.app import create_app  # torch import is slow; keep --help fast
 
     # Exits with status 3 when start-up fails (e.g. weights unavailable), after logging why.

@@ -46,7 +46,13 @@ class Settings(BaseSettings):
         None, ge=1, le=256, description="most images in one model call; unset: measured"
     )
     max_wait_ms: float = Field(
-        10.0, ge=0, le=1000, description="longest a batch waits for more images"
+        0.0,
+        ge=0,
+        le=1000,
+        description=(
+            "longest a batch waits for more images; 0: a batch starts as soon as the model is "
+            "free (while it runs, the next batch fills up to the max batch size)"
+        ),
     )
     queue_size: int = Field(
         64, ge=1, le=10_000, description="images waiting for a batch before 429"
@@ -90,6 +96,17 @@ class Settings(BaseSettings):
     )
     cache_timeout_ms: float = Field(
         50, gt=0, le=10_000, description="longest a Redis call may take before it counts as a miss"
+    )
+
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description=(
+            "HTTP worker processes; above 1, the model and the index run in worker processes "
+            "of their own. Unset: 1 without a GPU (one process saturates the model), else "
+            "cores - 2 (at most 16)"
+        ),
     )
 
     host: str = Field("127.0.0.1", description="address to listen on")

@@ -101,6 +101,25 @@ async def test_a_full_batch_does_not_wait(
     assert [o.batch_size for o in outcomes] == [4, 4, 4, 4]
 
 
+async def test_with_no_max_wait_an_idle_model_starts_at_once(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    registry = CollectorRegistry()
+    batcher = await make_batcher(
+        max_batch_size=8, max_wait_s=0, observer=PrometheusBatchObserver(registry, 8)
+    )
+    model.gate.clear()
+    task = asyncio.create_task(batcher.submit(1))
+    await wait_entered(model)  # alone: no second item, no timer, it is already running
+    assert model.batches == [[1]]
+    model.gate.set()
+    assert (await task).batch_size == 1
+    batches = registry.get_sample_value(
+        "batcher_batches_total", {"reason": CloseReason.IDLE.value, "outcome": "ok"}
+    )
+    assert batches == 1
+
+
 async def test_next_batch_fills_while_the_worker_is_busy(
     model: RecordingModel, make_batcher: BatcherFactory
 ) -> None:

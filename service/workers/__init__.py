@@ -1,0 +1,1 @@
+"""Process topology: a supervisor, model workers, an index worker and HTTP workers."""

@@ -1,0 +1,71 @@
+"""python -m service.workers model|index|http ...: one worker process, started by the supervisor."""
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from index.collection import IndexInUse
+from index.store import ModelMismatch
+from service.model.weights import ModelLoadError
+from service.settings import Settings
+from service.workers.process import EXIT_CONFIG_ERROR
+
+log = logging.getLogger("service.workers")
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A worker must not outlive its supervisor (kill -9 of the supervisor included)."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return  # not Linux: the supervisor's own shutdown still stops its workers
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.workers")
+    parser.add_argument("role", choices=("model", "index", "http"))
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--settings", required=True, help="Settings as JSON")
+    parser.add_argument("--socket", type=Path, help="where a model or index worker listens")
+    parser.add_argument("--model-socket", type=Path, action="append", default=[])
+    parser.add_argument("--index-socket", type=Path)
+    parser.add_argument("--listen-fd", type=int, help="the HTTP listening socket")
+    parser.add_argument("--slots", help="path prefix of this HTTP worker's pixel slots")
+    args = parser.parse_args()
+    die_with_parent()
+    settings = Settings.model_validate_json(args.settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{args.name}] %(name)s: %(message)s",
+    )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        if args.role == "model":
+            from service.workers.model_worker import serve_model
+
+            asyncio.run(serve_model(settings, args.socket))
+        elif args.role == "index":
+            from service.workers.index_worker import serve_index
+
+            asyncio.run(serve_index(settings, args.socket, args.model_socket[0]))
+        else:
+            from service.workers.http_worker import serve_http
+
+            slots = Path(f"{args.slots}-{os.getpid()}.pixels")
+            serve_http(settings, args.listen_fd, args.model_socket, args.index_socket, slots)
+    except (ModelLoadError, ModelMismatch, IndexInUse) as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+if __name__ == "__main__":
+    main()

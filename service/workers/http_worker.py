@@ -1,0 +1,54 @@
+"""An HTTP worker: the full FastAPI app (parsing, validation, decoding, cache look-ups) with the
+model and the index reached in their worker processes."""
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from service.app import Components, create_app
+from service.model_client import ModelClient
+from service.search_index import ItemIndex
+from service.settings import Settings
+from service.workers.metrics import exposition_registry, worker_registry
+from service.workers.remote_index import RemoteIndex
+from service.workers.remote_model import RemoteModel
+
+
+def remote_components(model_sockets: list[Path], index_socket: Path, slots: Path) -> Components:
+    @asynccontextmanager
+    async def components(
+        settings: Settings, registry: CollectorRegistry
+    ) -> AsyncIterator[tuple[ModelClient, ItemIndex]]:
+        # Connections are made in the background: this worker answers at once (503 until the
+        # model worker is up), so it is never mistaken for a hung one while the model loads.
+        model = RemoteModel(model_sockets, slots, settings.queue_size, registry)
+        index = RemoteIndex(index_socket)
+        index.start()
+        try:
+            yield model, index
+        finally:
+            await index.close()
+
+    return components
+
+
+def serve_http(
+    settings: Settings, listen_fd: int, model_sockets: list[Path], index_socket: Path, slots: Path
+) -> None:
+    app = create_app(
+        settings,
+        remote_components(model_sockets, index_socket, slots),
+        registry=worker_registry(),
+        exposition=exposition_registry(supervisor_pid=os.getppid()),
+    )
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+    uvicorn.Server(config).run(sockets=[socket.socket(fileno=listen_fd)])

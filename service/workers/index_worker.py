@@ -1,0 +1,56 @@
+"""The index worker: the one owner of the similarity index, which every HTTP worker reaches.
+
+Writes go through the collection's single writer thread and are answered only once durable;
+searches run concurrently on a reader pool (service.search_index.SearchIndex). The model's
+identity (embedding size, fingerprint) comes from a model worker, so the index opens only
+for the vectors that model produces and this process never loads the model itself.
+"""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from service.model_client import ModelStatus
+from service.search_index import SearchIndex, open_collection_for
+from service.settings import Settings
+from service.workers.process import run_until_stopped
+from service.workers.rpc import Peer, RpcClient, RpcServer
+
+
+async def serve_index(settings: Settings, socket_path: Path, model_socket: Path) -> None:
+    status = await _model_status(model_socket)
+    collection = await asyncio.to_thread(open_collection_for, settings, status.spec)
+    index = SearchIndex(collection, search_threads=settings.decode_threads)
+
+    def forward(method: Any) -> Any:
+        async def handler(_: Peer, *args: Any) -> Any:
+            return await method(*args)
+
+        return handler
+
+    handlers = {
+        name: forward(getattr(index, name))
+        for name in ("put", "delete", "get", "search", "similar", "stats")
+    }
+    server = await RpcServer(handlers).start(socket_path)
+    try:
+        await run_until_stopped("index worker")
+    finally:
+        server.close()
+        await index.close()  # snapshots what changed since the last snapshot
+
+
+async def _model_status(model_socket: Path) -> ModelStatus:
+    """Wait for the model worker (it may still be loading) and ask what it serves."""
+    described: asyncio.Future[ModelStatus] = asyncio.get_running_loop().create_future()
+
+    async def describe(client: RpcClient) -> None:
+        if not described.done():
+            described.set_result(await client.call("describe"))
+
+    client = RpcClient(model_socket, "model", on_connect=describe)
+    client.start()
+    try:
+        return await described
+    finally:
+        await client.stop()

@@ -1,0 +1,58 @@
+"""The model worker: one process per device that owns the batcher and the backend.
+
+HTTP workers connect over a Unix socket, attach their shared-memory pixel slots, and send
+slot numbers; this process batches them and answers each with that image's outputs. It binds
+its socket only once the model is loaded and warmed up, so a connection means ready.
+"""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from batching import BatchOutcome
+from service.model.backend import ModelOutputs
+from service.model.runtime import load_runtime
+from service.model_client import ModelStatus, model_batcher, model_status
+from service.settings import Settings
+from service.workers.metrics import worker_registry
+from service.workers.process import run_until_stopped
+from service.workers.rpc import Peer, RpcServer
+from service.workers.slots import SlotReader
+
+
+async def serve_model(settings: Settings, socket_path: Path) -> None:
+    runtime = await asyncio.to_thread(load_runtime, settings)
+    await asyncio.to_thread(runtime.warm_up, (1, runtime.batch_size))
+    batcher = model_batcher(
+        runtime,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=settings.queue_size,
+        registry=worker_registry(),
+    )
+
+    async def describe(_: Peer) -> ModelStatus:
+        return model_status(runtime, batcher.queue_depth)
+
+    async def attach(peer: Peer, path: str, count: int, shape: tuple[int, int, int]) -> None:
+        if tuple(shape) != runtime.preprocessor.pixel_shape:
+            raise ValueError(
+                f"slots of {shape}; this model takes {runtime.preprocessor.pixel_shape}"
+            )
+        reader = SlotReader(Path(path), count, shape)
+        peer.state["slots"] = reader
+        peer.on_close(reader.close)
+
+    async def infer(peer: Peer, slot: int, timeout_s: float) -> BatchOutcome[ModelOutputs]:
+        pixels: np.ndarray = peer.state["slots"].copy(slot)
+        return await batcher.submit(pixels, timeout_s=timeout_s)
+
+    handlers: dict[str, Any] = {"describe": describe, "attach": attach, "infer": infer}
+    await batcher.start()
+    server = await RpcServer(handlers).start(socket_path)
+    try:
+        await run_until_stopped(f"model worker on {runtime.device}")
+    finally:
+        server.close()  # no new connections; in-flight calls finish in the drain below
+        await batcher.stop(drain_timeout_s=settings.request_timeout_s)

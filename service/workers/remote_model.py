@@ -1,0 +1,121 @@
+"""The HTTP worker's side of the model: pixels into shared memory, the slot number over RPC."""
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Gauge
+
+from batching import BatchOutcome, DeadlineExceeded
+from service.errors import NotReady
+from service.model.backend import ModelOutputs
+from service.model_client import ModelStatus
+from service.workers.rpc import RpcClient, WorkerUnavailable
+from service.workers.slots import PixelSlots
+
+# The model worker answers a deadline itself; this margin only guards against a hung worker.
+_HUNG_MARGIN_S = 2.0
+
+
+class RemoteModel:
+    """A ModelClient for the model worker(s): one connection each, the least busy one used."""
+
+    def __init__(
+        self,
+        sockets: list[Path],
+        slots_path: Path,
+        slot_count: int,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._clients = [
+            RpcClient(path, f"model-{i}", on_connect=self._attach) for i, path in enumerate(sockets)
+        ]
+        self._slots_path = slots_path
+        self._slot_count = slot_count
+        self._slots: PixelSlots | None = None
+        self._status: dict[str, ModelStatus] = {}
+        self._in_use = Gauge(
+            "model_slots_in_use",
+            "Shared-memory pixel slots holding an image the model worker has not answered",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+    @property
+    def ready(self) -> bool:
+        return any(client.connected for client in self._clients)
+
+    def status(self) -> ModelStatus:
+        client = self._pick()
+        status = self._status[client.name]
+        # Per HTTP worker: its images waiting at (or in) the model.
+        return ModelStatus(
+            status.spec,
+            status.device,
+            status.backend,
+            status.max_batch_size,
+            status.backend_choice,
+            queue_depth=sum(c.in_flight for c in self._clients),
+        )
+
+    @property
+    def slots_in_use(self) -> int:
+        return 0 if self._slots is None else self._slots.in_use
+
+    async def infer(self, pixels: np.ndarray, timeout_s: float) -> BatchOutcome[ModelOutputs]:
+        client = self._pick()
+        assert self._slots is not None  # attached before the client counts as connected
+        slots = self._slots
+        slot = slots.put(pixels)  # QueueFull when every slot waits at the model
+        try:
+            call_id, reply = client.send("infer", slot, timeout_s)
+        except BaseException:
+            slots.release(slot)
+            raise
+        self._in_use.set(slots.in_use)
+
+        def release(_: object) -> None:
+            slots.release(slot)
+            self._in_use.set(slots.in_use)
+
+        reply.add_done_callback(release)  # the reply, or the connection dropping
+        try:
+            async with asyncio.timeout(timeout_s + _HUNG_MARGIN_S):
+                outcome: BatchOutcome[ModelOutputs] = await asyncio.shield(reply)
+                return outcome
+        except TimeoutError:
+            client.cancel(call_id)
+            raise DeadlineExceeded(
+                f"the model worker did not answer in {timeout_s:.1f} s"
+            ) from None
+        except asyncio.CancelledError:
+            client.cancel(call_id)  # dropped there if its batch has not started
+            raise
+
+    def _pick(self) -> RpcClient:
+        connected = [client for client in self._clients if client.connected]
+        if not connected:
+            raise WorkerUnavailable("the model worker is not running (starting or restarting)")
+        return min(connected, key=lambda client: client.in_flight)
+
+    async def _attach(self, client: RpcClient) -> None:
+        status: ModelStatus = await client.call("describe")
+        height, width = status.spec.data_config["input_size"][1:]
+        shape = (height, width, 3)
+        if self._slots is None:
+            self._slots = PixelSlots(self._slots_path, self._slot_count, shape)
+        elif self._slots.shape != shape:
+            raise NotReady(f"model workers disagree on the input size: {shape}")
+        await client.call("attach", str(self._slots.path), self._slot_count, shape)
+        self._status[client.name] = status
+
+    async def start(self) -> None:
+        for client in self._clients:
+            client.start()
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        # uvicorn has already drained the requests; what is left is failed by the clients.
+        for client in self._clients:
+            await client.stop()
+        if self._slots is not None:
+            self._slots.close()

@@ -1,0 +1,222 @@
+"""The process split, for real: a supervisor, a model worker, an index worker, 2 HTTP workers."""
+
+import asyncio
+import itertools
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtest.images import unique_jpegs
+from tests.e2e.server import Server, start_server
+from tests.photos import jpeg
+
+pytestmark = pytest.mark.e2e
+
+WORKERS = {"RESNET_SERVE_WORKERS": "2"}
+
+
+def workers(server: Server, role: str) -> list[psutil.Process]:
+    children = psutil.Process(server.process.pid).children()
+    return [c for c in children if f"service.workers {role}" in " ".join(c.cmdline())]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+    assert values, f"{name} {labels} not in /metrics"
+    return sum(values)
+
+
+def wait_ready(url: str, timeout_s: float = 60) -> None:
+    """Until both HTTP workers answer ready (each /readyz reaches whichever accepts it)."""
+    deadline = time.monotonic() + timeout_s
+    streak = 0
+    while streak < 10:
+        assert time.monotonic() < deadline, "service not ready again"
+        try:
+            ok = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            ok = False
+        streak = streak + 1 if ok else 0
+        time.sleep(0.05 if ok else 0.2)
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> "Server":
+    server = start_server(tmp_path, WORKERS)
+    wait_ready(server.url)
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def test_classify_embed_items_and_search_through_two_workers(split: Server) -> None:
+    url = split.url
+    assert len(workers(split, "http")) == 2 and len(workers(split, "model")) == 1
+    files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
+    classify = httpx.post(f"{url}/v1/classify", files=files).json()
+    assert classify["predictions"][0]["label"] == "espresso"
+    embed = httpx.post(f"{url}/v1/embed", files=files).json()
+    assert embed["dim"] == 1280 and embed["cache"] in ("hit", "miss")
+    for name in ("coffee", "chelsea", "rocket"):
+        put = httpx.put(
+            f"{url}/v1/items/photos/{name}",
+            files={"file": (f"{name}.jpg", jpeg(name), "image/jpeg")},
+            data={"metadata": f'{{"name": "{name}"}}'},
+        )
+        assert put.status_code == 201, put.text
+    found = httpx.post(f"{url}/v1/search?k=2", files=files).json()["results"]
+    assert found[0]["id"] == "photos/coffee" and found[0]["metadata"] == {"name": "coffee"}
+    similar = httpx.get(f"{url}/v1/items/photos/chelsea/similar?k=5").json()["results"]
+    assert {hit["id"] for hit in similar} == {"photos/coffee", "photos/rocket"}
+    assert httpx.get(f"{url}/v1/index").json()["count"] == 3
+    assert httpx.delete(f"{url}/v1/items/photos/rocket").status_code == 204
+    assert httpx.get(f"{url}/v1/items/photos/rocket").status_code == 404
+    text = httpx.get(f"{url}/metrics").text
+    # Every worker's requests counted in one place, whichever worker serves /metrics.
+    assert metric(text, "http_requests_total", method="POST", route="/v1/classify") == 1
+    assert metric(text, "http_requests_total", method="PUT", status="201") == 3
+    assert metric(text, "service_processes") == 5  # supervisor, model, index, 2 HTTP
+    assert metric(text, "process_cpu_seconds_total") > 0
+    assert metric(text, "batcher_batch_size_count") >= 4
+
+
+async def _load(url: str, seconds: float, clients: int) -> Counter[str]:
+    """Closed-loop classify of unique images; outcome per request: status or error type."""
+    outcomes: Counter[str] = Counter()
+    images = unique_jpegs()
+    stop_at = time.monotonic() + seconds
+
+    async def client() -> None:
+        async with httpx.AsyncClient(timeout=20) as http:
+            while time.monotonic() < stop_at:
+                data = next(images)
+                try:
+                    response = await http.post(
+                        f"{url}/v1/classify", files={"file": ("x.jpg", data, "image/jpeg")}
+                    )
+                    outcomes[str(response.status_code)] += 1
+                except httpx.TimeoutException:
+                    outcomes["timeout"] += 1
+                except httpx.TransportError:
+                    outcomes["connection lost"] += 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return outcomes
+
+
+async def _kill_later(delay_s: float, process: psutil.Process) -> None:
+    await asyncio.sleep(delay_s)
+    process.send_signal(signal.SIGKILL)
+
+
+def test_kill_9_of_a_worker_and_of_the_model_worker_under_load(split: Server) -> None:
+    (http_worker, _), (model,) = workers(split, "http"), workers(split, "model")
+
+    async def scenario() -> Counter[str]:
+        load = asyncio.create_task(_load(split.url, seconds=10, clients=6))
+        await _kill_later(1.5, http_worker)
+        await _kill_later(2.0, model)
+        return await load
+
+    outcomes = asyncio.run(scenario())
+    # Successes, clear 503s while the model worker was down, and the requests that were on the
+    # killed HTTP worker's connections; never a hang, never another error.
+    assert set(outcomes) <= {"200", "503", "connection lost"}, outcomes
+    assert outcomes["200"] > 0 and outcomes["503"] > 0, outcomes
+    assert outcomes["connection lost"] <= 6, outcomes
+    wait_ready(split.url)
+    assert len(workers(split, "http")) == 2 and len(workers(split, "model")) == 1
+    files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
+    assert httpx.post(f"{split.url}/v1/classify", files=files).status_code == 200
+    assert "model-0 (pid" in split.log() and "http-" in split.log()
+
+
+def test_acknowledged_writes_survive_kill_9_of_everything(tmp_path: Path) -> None:
+    server = start_server(tmp_path, WORKERS)
+    wait_ready(server.url)
+    acknowledged: list[str] = []
+    ids = (f"items/{i}" for i in itertools.count())
+    images = unique_jpegs()
+
+    async def writer(stop_at: float) -> None:
+        async with httpx.AsyncClient(timeout=20) as http:
+            while time.monotonic() < stop_at:
+                item_id = next(ids)
+                files = {"file": ("x.jpg", next(images), "image/jpeg")}
+                try:
+                    response = await http.put(f"{server.url}/v1/items/{item_id}", files=files)
+                except httpx.TransportError:
+                    continue  # killed mid-write: not acknowledged, may or may not be there
+                if response.status_code == 201:
+                    acknowledged.append(item_id)
+
+    async def scenario() -> None:
+        stop_at = time.monotonic() + 30
+        writers = [asyncio.create_task(writer(stop_at)) for _ in range(4)]
+        await asyncio.sleep(4)
+        family = [psutil.Process(server.process.pid), *workers(server, "")]
+        for process in family:
+            process.send_signal(signal.SIGKILL)
+        await asyncio.gather(*writers)
+
+    asyncio.run(scenario())
+    server.process.wait(timeout=10)
+    assert len(acknowledged) >= 5
+    restarted = start_server(tmp_path, WORKERS)
+    try:
+        wait_ready(restarted.url)
+        for item_id in acknowledged:
+            assert httpx.get(f"{restarted.url}/v1/items/{item_id}").status_code == 200, item_id
+        assert httpx.get(f"{restarted.url}/v1/index").json()["count"] >= len(acknowledged)
+    finally:
+        restarted.stop()
+
+
+def test_slots_are_released_after_cancelled_and_refused_requests(tmp_path: Path) -> None:
+    # Four slots per worker and a queue of four: most of 32 clients are refused (429).
+    server = start_server(tmp_path, WORKERS | {"RESNET_SERVE_QUEUE_SIZE": "4"})
+    wait_ready(server.url)
+    images = unique_jpegs()
+    outcomes: Counter[str] = Counter()
+
+    async def client(number: int, requests: int) -> None:
+        # Every third client gives up after 30 ms: its requests are cancelled mid-flight.
+        timeout = 0.03 if number % 3 == 0 else 20
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            for _ in range(requests):
+                try:
+                    response = await http.post(
+                        f"{server.url}/v1/classify",
+                        files={"file": ("x.jpg", next(images), "image/jpeg")},
+                    )
+                    outcomes[str(response.status_code)] += 1
+                except httpx.TimeoutException:
+                    outcomes["cancelled"] += 1
+
+    async def scenario() -> None:
+        await asyncio.gather(*(client(n, 70) for n in range(32)))
+
+    try:
+        asyncio.run(scenario())
+        assert sum(outcomes.values()) == 32 * 70
+        assert outcomes["200"] > 0 and outcomes["429"] > 0 and outcomes["cancelled"] > 0
+        assert set(outcomes) <= {"200", "429", "cancelled"}, outcomes
+        deadline = time.monotonic() + 10
+        while (in_use := metric(httpx.get(f"{server.url}/metrics").text, "model_slots_in_use")) > 0:
+            assert time.monotonic() < deadline, f"{in_use} slots never released"
+            time.sleep(0.2)  # cancelled calls settle when the model worker answers them
+        files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
+        assert httpx.post(f"{server.url}/v1/classify", files=files).status_code == 200
+    finally:
+        server.stop()
