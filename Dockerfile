@@ -28,7 +28,7 @@ COPY service/ service/
 COPY batching/ batching/
 COPY index/ index/
 COPY loadtest/ loadtest/
-RUN TORCH_PACKAGES="torch==2.14.1 torchvision==0.29.1 --index-url ${TORCH_INDEX}" \
+RUN TORCH_PACKAGES="torch==2.14.1 torchvision==0.29.1 torchcodec==0.16.0 --index-url ${TORCH_INDEX}" \
     scripts/bootstrap ${EXTRAS}
 
 # An unprivileged user owns the two volumes' mount points (named volumes copy this).

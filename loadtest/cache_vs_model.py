@@ -8,10 +8,9 @@ JPEG (every request after the first is a cache hit).
 """
 
 import argparse
-import asyncio
 import os
 
-from loadtest.load import run_load
+from loadtest.load import measure_load
 from loadtest.processes import free_port, start_redis, start_service, stop
 
 
@@ -33,11 +32,9 @@ def main() -> None:
         service = start_service(env, port)
         try:
             url = f"http://127.0.0.1:{port}"
-            unique = asyncio.run(
-                run_load(url, "/v1/classify", args.unique_clients, args.seconds, 5)
-            )
-            repeat = asyncio.run(
-                run_load(url, "/v1/classify", args.repeat_clients, args.seconds, 2, repeat=True)
+            unique = measure_load(url, "/v1/classify", args.unique_clients, args.seconds, 5)
+            repeat = measure_load(
+                url, "/v1/classify", args.repeat_clients, args.seconds, 2, repeat=True
             )
         finally:
             stop(service)

@@ -33,7 +33,7 @@ async def in_process(
     """Load the model, warm it up and open the index, all in this process."""
     # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
     runtime = await asyncio.to_thread(load_runtime, settings)
-    await asyncio.to_thread(runtime.warm_up, (1, runtime.batch_size))
+    await asyncio.to_thread(runtime.warm_up)
     # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
     collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
     index = SearchIndex(collection, search_threads=settings.decode_threads)

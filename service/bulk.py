@@ -15,6 +15,7 @@ from index.collection import Collection, CollectionFiles, hold_process_lock
 from index.store import ItemStore
 from service.errors import InvalidInput, ServiceError
 from service.item_ids import MAX_ID_LENGTH, validate_item_id
+from service.model.backend import ModelOutputs
 from service.model.runtime import ModelRuntime
 from service.settings import Settings
 
@@ -142,10 +143,11 @@ def _embed(
     predictions = iter(runtime.predict_batch(good) if good else [])
     vectors: list[np.ndarray | None] = []
     for name, image in zip(names, decoded, strict=True):
-        if isinstance(image, np.ndarray):
-            vectors.append(next(predictions).embedding)
+        result = next(predictions) if isinstance(image, np.ndarray) else image
+        if isinstance(result, ModelOutputs):
+            vectors.append(result.embedding)
         else:
-            report.failed.append((name, image))
+            report.failed.append((name, str(result)))
             vectors.append(None)
     return vectors
 

@@ -94,8 +94,10 @@ def error_response(exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
-    if status >= 500:
+    if status == 500:
         log.error("%s answered %d: %s", type(exc).__name__, status, exc, exc_info=code == INTERNAL)
+    elif status > 500:  # not ready, deadline: expected under restarts and overload; in /metrics
+        log.debug("%s answered %d: %s", type(exc).__name__, status, exc)
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 

@@ -36,20 +36,36 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 0) -> Image.Im
         raise InvalidInput(
             f"not a supported image; send one of {', '.join(ALLOWED_FORMATS)}"
         ) from exc
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        # A recognised format whose header is damaged (a JPEG segment cut short, say).
+        raise InvalidInput(f"image header is corrupt: {exc}") from exc
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidInput("image has no pixels")
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
     if image.format == "JPEG" and min_side:
-        scale = min_side / min(width, height)
-        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        image.draft("RGB", draft_request(width, height, min_side))
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise InvalidInput(f"image is corrupt or truncated: {exc}") from exc
+
+
+def draft_request(width: int, height: int, min_side: int) -> tuple[int, int]:
+    """The size asked of JPEG draft mode: the image scaled so its short side is min_side."""
+    scale = min_side / min(width, height)
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def draft_factor(width: int, height: int, min_side: int) -> int:
+    """How much Pillow's JPEG draft mode shrinks this image while decoding (1, 2, 4 or 8):
+    Pillow's own rule, so another decoder can shrink the same way (device_jpeg)."""
+    request_width, request_height = draft_request(width, height, min_side)
+    fits = min(width // request_width, height // request_height)
+    return next(factor for factor in (8, 4, 2, 1) if fits >= factor)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -78,23 +94,23 @@ class Preprocessor:
         steps = create_transform(**data_config, is_training=False).transforms
         # timm's eval transform is resize, crop, to-tensor, normalise: keep the PIL part.
         to_tensor = next(i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__)
-        self._resize_and_crop = steps[:to_tensor]
+        self.resize_and_crop = steps[:to_tensor]
         _, height, width = data_config["input_size"]
         self.input_size: tuple[int, int] = (height, width)
         crop_pct = data_config.get("crop_pct") or 1.0
-        self._min_side = math.ceil(min(height, width) / crop_pct)
-        self._max_pixels = max_pixels
+        self.min_side = math.ceil(min(height, width) / crop_pct)  # what the resize keeps
+        self.max_pixels = max_pixels
 
     @property
     def pixel_shape(self) -> tuple[int, int, int]:
         return (*self.input_size, 3)
 
     def __call__(self, data: bytes) -> np.ndarray:
-        image = decode_image(data, max_pixels=self._max_pixels, min_side=self._min_side)
+        image = decode_image(data, max_pixels=self.max_pixels, min_side=self.min_side)
         return self.pixels(image)
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """A decoded RGB image -> the model's input pixels."""
-        for step in self._resize_and_crop:
+        for step in self.resize_and_crop:
             image = step(image)
         return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy warns otherwise

@@ -7,13 +7,12 @@
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from batching import Batcher, BatchOutcome, PrometheusBatchObserver
-from service.errors import NotReady
+from service.errors import InvalidInput, NotReady
 from service.model.backend import ModelOutputs
-from service.model.runtime import ModelRuntime
+from service.model.runtime import ModelInput, ModelResult, ModelRuntime
 from service.model.spec import ModelSpec
 
 
@@ -27,6 +26,7 @@ class ModelStatus:
     max_batch_size: int
     backend_choice: str  # why this backend, precision and batch size
     queue_depth: int
+    jpeg_on_device: bool  # baseline JPEGs are sent undecoded, for the model's device to decode
 
 
 class ModelClient(Protocol):
@@ -39,9 +39,9 @@ class ModelClient(Protocol):
         """The serving model's status; raises NotReady when there is none."""
         ...
 
-    async def infer(self, pixels: np.ndarray, timeout_s: float) -> BatchOutcome[ModelOutputs]:
-        """One image's outputs. Raises the batcher's errors (QueueFull, DeadlineExceeded, ...)
-        or NotReady."""
+    async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
+        """One image's outputs. Raises the batcher's errors (QueueFull, DeadlineExceeded, ...),
+        NotReady, or InvalidInput for a JPEG that does not decode on the device."""
         ...
 
     async def start(self) -> None: ...
@@ -57,18 +57,33 @@ def model_status(runtime: ModelRuntime, queue_depth: int) -> ModelStatus:
         max_batch_size=runtime.batch_size,
         backend_choice=runtime.choice.reason,
         queue_depth=queue_depth,
+        jpeg_on_device=runtime.jpeg_decoder is not None,
     )
+
+
+def outputs_or_raise(outcome: BatchOutcome[ModelResult]) -> BatchOutcome[ModelOutputs]:
+    """The outcome of one item; its own decode failure is raised for its request alone."""
+    if isinstance(outcome.value, InvalidInput):
+        raise outcome.value
+    return BatchOutcome(outcome.value, outcome.queued_s, outcome.run_s, outcome.batch_size)
+
+
+ModelBatcher = Batcher[ModelInput, ModelResult]
 
 
 def model_batcher(
     runtime: ModelRuntime, *, max_wait_s: float, max_queue: int, registry: CollectorRegistry
-) -> Batcher[np.ndarray, ModelOutputs]:
-    """The batcher in front of a runtime, with its metrics on `registry`."""
+) -> ModelBatcher:
+    """The batcher in front of a runtime, with its metrics on `registry`.
+
+    The queue holds at least two batches: a shorter one would refuse work the model could
+    take (a GPU's batch of 256 against the default queue of 64).
+    """
     return Batcher(
         runtime.predict_batch,
         max_batch_size=runtime.batch_size,
         max_wait_s=max_wait_s,
-        max_queue=max_queue,
+        max_queue=max(max_queue, 2 * runtime.batch_size),
         observer=PrometheusBatchObserver(registry, runtime.batch_size),
         name="model",
     )
@@ -77,7 +92,7 @@ def model_batcher(
 class InProcessModel:
     """The batcher and backend in this process."""
 
-    def __init__(self, runtime: ModelRuntime, batcher: Batcher[np.ndarray, ModelOutputs]):
+    def __init__(self, runtime: ModelRuntime, batcher: ModelBatcher):
         self.runtime = runtime
         self._batcher = batcher
 
@@ -90,8 +105,8 @@ class InProcessModel:
             raise NotReady("the model is not loaded or is shutting down")
         return model_status(self.runtime, self._batcher.queue_depth)
 
-    async def infer(self, pixels: np.ndarray, timeout_s: float) -> BatchOutcome[ModelOutputs]:
-        return await self._batcher.submit(pixels, timeout_s=timeout_s)
+    async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
+        return outputs_or_raise(await self._batcher.submit(item, timeout_s=timeout_s))
 
     async def start(self) -> None:
         await self._batcher.start()

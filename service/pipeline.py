@@ -19,6 +19,8 @@ from service.cache import (
 )
 from service.images import Preprocessor
 from service.model.backend import ModelOutputs
+from service.model.device_jpeg import inspect_jpeg
+from service.model.runtime import ModelInput
 from service.model_client import ModelClient, ModelStatus
 from service.settings import Settings
 from service.single_flight import SingleFlight
@@ -42,6 +44,16 @@ class _ModelView:
     namespace: str  # of cache keys
     shape: tuple[int, int]  # classes, embedding size
     preprocessor: Preprocessor
+    jpeg_on_device: bool
+
+    def prepare(self, data: bytes) -> ModelInput:
+        """What the model gets for an upload: the JPEG itself when its device decodes it,
+        else pixels decoded here. Runs in the decode pool."""
+        if self.jpeg_on_device:
+            upload = inspect_jpeg(data, max_pixels=self.preprocessor.max_pixels)
+            if upload is not None:
+                return upload
+        return self.preprocessor(data)
 
 
 # Hashing a large upload takes milliseconds; keep that off the event loop.
@@ -95,6 +107,7 @@ class Pipeline:
                 f"{spec.fingerprint}-{status.backend}",
                 (spec.num_classes, spec.embedding_dim),
                 Preprocessor(spec.data_config, max_pixels=self._max_pixels),
+                status.jpeg_on_device,
             )
         return self._view
 
@@ -125,7 +138,7 @@ class Pipeline:
                 cached, {"cache": elapsed_ms, "total": elapsed_ms}, batch_size=0, cache="hit"
             )
         inference, joined = await self._flights.run(
-            key, lambda: self._compute(view.preprocessor, data, key, started)
+            key, lambda: self._compute(view, data, key, started)
         )
         if joined:
             self._cache_metrics.joins.inc()
@@ -139,14 +152,12 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decode_pool, cache_key, namespace, data)
 
-    async def _compute(
-        self, preprocessor: Preprocessor, data: bytes, key: str, started: float
-    ) -> Inference:
+    async def _compute(self, view: _ModelView, data: bytes, key: str, started: float) -> Inference:
         loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._decode_pool, preprocessor, data)
+        item = await loop.run_in_executor(self._decode_pool, view.prepare, data)
         decoded = time.perf_counter()
         remaining = self._timeout_s - (decoded - started)
-        outcome = await self.model.infer(pixels, timeout_s=max(remaining, 0.001))
+        outcome = await self.model.infer(item, timeout_s=max(remaining, 0.001))
         finished = time.perf_counter()
         write = asyncio.create_task(self.cache.set(key, encode_record(outcome.value)))
         self._cache_writes.add(write)  # a reference, so the task is not collected mid-write

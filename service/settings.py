@@ -36,8 +36,13 @@ class Settings(BaseSettings):
         default_factory=available_cores, ge=1, description="CPU threads for the model"
     )
 
-    backend: Literal["auto", "torch", "openvino"] = Field(
-        "auto", description="inference backend; auto: the fastest that passes the accuracy gate"
+    backend: Literal["auto", "torch", "torch-compile", "openvino"] = Field(
+        "auto",
+        description=(
+            "inference backend; auto: the fastest that passes the accuracy gate (torch-compile "
+            "is tried by auto on CUDA only: on a CPU it compiles for minutes and loses to "
+            "OpenVINO)"
+        ),
     )
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto", description="numeric precision; fp16 is CUDA only, int8 OpenVINO only"
@@ -55,7 +60,13 @@ class Settings(BaseSettings):
         ),
     )
     queue_size: int = Field(
-        64, ge=1, le=10_000, description="images waiting for a batch before 429"
+        64,
+        ge=1,
+        le=10_000,
+        description=(
+            "images waiting for a batch before 429 (at least two batches); with workers, "
+            "also each HTTP worker's shared-memory slots"
+        ),
     )
     request_timeout_s: float = Field(
         30.0, gt=0, le=600, description="deadline from arrival to result before 504"
@@ -68,6 +79,13 @@ class Settings(BaseSettings):
         50_000_000, ge=1, description="largest accepted width x height (decompression bombs)"
     )
     max_batch_files: int = Field(32, ge=1, le=256, description="most files in one batch request")
+    jpeg_decode: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description=(
+            "where baseline JPEGs are decoded: device (in the model process, nvJPEG on CUDA), "
+            "host (Pillow in the HTTP process); auto: device on CUDA, else host"
+        ),
+    )
     decode_threads: int = Field(
         default_factory=available_cores, ge=1, description="threads that decode images"
     )

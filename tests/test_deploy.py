@@ -51,6 +51,8 @@ def test_compose_file_is_valid_and_runs_api_and_redis() -> None:
     assert api["healthcheck"]["test"] == ["CMD", "python", "-m", "service.healthcheck"]
     mounts = {volume["target"]: volume["source"] for volume in api["volumes"]}
     assert mounts == {"/data": "index-data", "/weights": "weights"}
+    # Room for the HTTP workers' pixel slots (Docker's default /dev/shm is 64 MB).
+    assert int(api["shm_size"]) >= 2**30
 
 
 def test_configuration_comes_from_the_environment() -> None:

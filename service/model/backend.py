@@ -25,13 +25,17 @@ class ModelOutputs:
             yield ModelOutputs(probabilities, embedding)
 
 
+Pixels = np.ndarray | torch.Tensor
+
+
 class InferenceBackend(Protocol):
     """One forward pass gives both outputs, so classify, embed and search share one queue."""
 
     name: str
 
-    def forward(self, pixels: np.ndarray) -> ModelOutputs:
-        """pixels: (n, H, W, 3) uint8, resized and cropped; normalisation is the backend's."""
+    def forward(self, pixels: "Pixels") -> ModelOutputs:
+        """pixels: (n, H, W, 3) uint8, resized and cropped; normalisation is the backend's.
+        A tensor is already on the model's device (decoded there)."""
         ...
 
 
@@ -68,6 +72,42 @@ def serving_module(module: torch.nn.Module, data_config: dict[str, Any]) -> Serv
     return ServingModule(module, data_config["mean"], data_config["std"]).eval()
 
 
+class BucketedBackend:
+    """Pads every batch up to the next of a few fixed sizes and drops the padding's outputs.
+
+    A compiled graph (or a CUDA graph) is specialised to its input shape; with buckets it sees
+    only these shapes, each compiled once at warm-up, never a recompile under traffic.
+    """
+
+    def __init__(self, inner: InferenceBackend, buckets: Sequence[int]) -> None:
+        self.inner = inner
+        self.buckets = tuple(sorted(buckets))
+        self.name = inner.name
+
+    def forward(self, pixels: Pixels) -> ModelOutputs:
+        count = len(pixels)
+        size = next((b for b in self.buckets if b >= count), count)
+        if size > count:
+            shape = (size - count, *pixels.shape[1:])
+            if isinstance(pixels, torch.Tensor):
+                padding = pixels.new_zeros(shape)
+                pixels = torch.cat([pixels, padding])
+            else:
+                pixels = np.concatenate([pixels, np.zeros(shape, dtype=pixels.dtype)])
+        outputs = self.inner.forward(pixels)
+        return ModelOutputs(outputs.probabilities[:count], outputs.embedding[:count])
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of four below the max batch, and the max: 1, 4, 16, 64, 256 for 256."""
+    buckets = {max_batch_size}
+    size = 1
+    while size < max_batch_size:
+        buckets.add(size)
+        size *= 4
+    return tuple(sorted(buckets))
+
+
 def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,21 +130,27 @@ class TorchBackend:
         data_config: dict[str, Any],
         device: torch.device,
         precision: str = "fp32",
+        compile: bool = False,
     ):
         if precision not in _AUTOCAST:
             raise ValueError(f"torch backend precision must be one of {sorted(_AUTOCAST)}")
         self.device = device
         self.precision = precision
-        self.name = f"torch-{device.type}-{precision}"
-        self._module = (
+        self.name = f"torch{'-compile' if compile else ''}-{device.type}-{precision}"
+        served = (
             serving_module(module, data_config).to(device).to(memory_format=torch.channels_last)
         )
+        # Static shapes: each batch size compiles once (BucketedBackend keeps them few).
+        self._module: Any = torch.compile(served, dynamic=False) if compile else served
 
     @torch.inference_mode()
-    def forward(self, pixels: np.ndarray) -> ModelOutputs:
-        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+    def forward(self, pixels: Pixels) -> ModelOutputs:
+        if isinstance(pixels, torch.Tensor):
+            batch = pixels.to(self.device)  # decoded on the device: already there
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
+            if self.device.type == "cuda":
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
         dtype = _AUTOCAST[self.precision]
         with torch.autocast(
             self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None

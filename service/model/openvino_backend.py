@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 import torch
 
-from service.model.backend import ModelOutputs, serving_module
+from service.model.backend import ModelOutputs, Pixels, serving_module
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ class OpenVinoBackend:
         # One request, used only from the batcher's owner thread.
         self._request = compiled.create_infer_request()
 
-    def forward(self, pixels: np.ndarray) -> ModelOutputs:
+    def forward(self, pixels: Pixels) -> ModelOutputs:
+        if isinstance(pixels, torch.Tensor):
+            pixels = pixels.numpy(force=True)
         results = self._request.infer({0: np.ascontiguousarray(pixels, dtype=np.uint8)})
         probabilities, embeddings = (np.asarray(results[i], dtype=np.float32) for i in range(2))
         # Quantized graphs drift off unit length (cosine 1.01 seen with int8); restore it.

@@ -19,7 +19,12 @@ import openvino as ov
 import torch
 
 from service.images import Preprocessor
-from service.model.backend import InferenceBackend, TorchBackend
+from service.model.backend import (
+    BucketedBackend,
+    InferenceBackend,
+    TorchBackend,
+    batch_buckets,
+)
 from service.model.gate import GATE_IMAGES, GateResult, check, outputs
 from service.model.openvino_backend import (
     artefact_dir,
@@ -34,7 +39,10 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 300
-BATCH_SIZES = (1, 2, 4, 8, 16)
+BATCH_SIZES = {"cpu": (1, 2, 4, 8, 16), "cuda": (1, 8, 16, 32, 64, 128, 256)}
+# Candidates are compared at this batch size unless one is configured: on a GPU batch 8
+# measures launch overhead and noise, not the model (fp32 once won that way).
+COMPARE_AT = {"cpu": 8, "cuda": 64}
 _SPEED_SECONDS = 1.5
 
 
@@ -69,12 +77,18 @@ class Choice:
 def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
     """What `backend` x `precision` allow here; the reference torch/fp32 always comes first."""
     if device.type == "cuda":
-        possible = [Candidate("torch", "fp32"), Candidate("torch", "fp16")]
+        possible = [
+            Candidate("torch", "fp32"),
+            Candidate("torch", "fp16"),
+            Candidate("torch-compile", "fp16"),
+        ]
     else:
         possible = [Candidate("torch", "fp32"), Candidate("openvino", "fp32")]
         if cpu_supports_bf16():
             possible += [Candidate("torch", "bf16"), Candidate("openvino", "bf16")]
         possible.append(Candidate("openvino", "int8"))
+        if settings.backend == "torch-compile":  # only on request: see Settings.backend
+            possible += [Candidate("torch-compile", "fp32"), Candidate("torch-compile", "bf16")]
     chosen = [
         c
         for c in possible
@@ -93,6 +107,12 @@ def build(candidate: Candidate, parts: ModelParts, settings: Settings) -> Infere
     spec = parts.spec
     if candidate.backend == "torch":
         return TorchBackend(parts.module, spec.data_config, parts.device, candidate.precision)
+    if candidate.backend == "torch-compile":
+        compiled = TorchBackend(
+            parts.module, spec.data_config, parts.device, candidate.precision, compile=True
+        )
+        largest = settings.max_batch_size or max(BATCH_SIZES[parts.device.type])
+        return BucketedBackend(compiled, batch_buckets(largest))
     calibration = None
     if candidate.precision == "int8":
         samples = sample_images(CALIBRATION_IMAGES, seed=1)
@@ -125,7 +145,7 @@ def choose(parts: ModelParts, settings: Settings) -> tuple[Choice, InferenceBack
     if len(options) == 1:
         (only,) = options
         backend = build(only, parts, settings)
-        batch = settings.max_batch_size or preferred_batch_size(backend, spec)
+        batch = settings.max_batch_size or preferred_batch_size(backend, spec, parts.device)
         choice = Choice(only, batch, "pinned by RESNET_SERVE_BACKEND/PRECISION")
         _write_decision(record, choice)
         return choice, backend
@@ -135,7 +155,7 @@ def choose(parts: ModelParts, settings: Settings) -> tuple[Choice, InferenceBack
     if not passing:
         raise RuntimeError(f"no backend passed the accuracy gate: {measurements}")
     best = max(passing, key=lambda e: e.images_per_s)
-    batch = settings.max_batch_size or preferred_batch_size(best.backend, spec)
+    batch = settings.max_batch_size or preferred_batch_size(best.backend, spec, parts.device)
     reason = (
         f"fastest of {len(options)} candidates passing the accuracy gate "
         f"({best.images_per_s:.1f} img/s); rejected: "
@@ -178,7 +198,8 @@ def evaluate(options: list[Candidate], parts: ModelParts, settings: Settings) ->
         started = time.perf_counter()
         backend = build(option, parts, settings)
         gate = check(backend, option.precision, images, reference, real_weights=parts.real_weights)
-        speed = images_per_second(backend, parts.spec, settings.max_batch_size or 8)
+        compare_at = settings.max_batch_size or COMPARE_AT[parts.device.type]
+        speed = images_per_second(backend, parts.spec, compare_at)
         evaluated.append(Evaluation(option, backend, gate, speed, time.perf_counter() - started))
         log.info("candidate %s: %.1f img/s, gate %s (%s)", option, speed, gate.passed, gate.reason)
     return evaluated
@@ -197,9 +218,9 @@ def images_per_second(
     return done / elapsed
 
 
-def preferred_batch_size(backend: InferenceBackend, spec: ModelSpec) -> int:
+def preferred_batch_size(backend: InferenceBackend, spec: ModelSpec, device: torch.device) -> int:
     """The smallest batch within 5% of the best measured throughput: bigger only adds latency."""
-    speeds = {size: images_per_second(backend, spec, size) for size in BATCH_SIZES}
+    speeds = {size: images_per_second(backend, spec, size) for size in BATCH_SIZES[device.type]}
     best = max(speeds.values())
     chosen = min(size for size, speed in speeds.items() if speed >= 0.95 * best)
     log.info(

@@ -13,8 +13,9 @@ import numpy as np
 
 from batching import BatchOutcome
 from service.model.backend import ModelOutputs
+from service.model.device_jpeg import JpegUpload
 from service.model.runtime import load_runtime
-from service.model_client import ModelStatus, model_batcher, model_status
+from service.model_client import ModelStatus, model_batcher, model_status, outputs_or_raise
 from service.settings import Settings
 from service.workers.metrics import worker_registry
 from service.workers.process import run_until_stopped
@@ -24,7 +25,7 @@ from service.workers.slots import SlotReader
 
 async def serve_model(settings: Settings, socket_path: Path) -> None:
     runtime = await asyncio.to_thread(load_runtime, settings)
-    await asyncio.to_thread(runtime.warm_up, (1, runtime.batch_size))
+    await asyncio.to_thread(runtime.warm_up)
     batcher = model_batcher(
         runtime,
         max_wait_s=settings.max_wait_ms / 1000,
@@ -46,9 +47,21 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
 
     async def infer(peer: Peer, slot: int, timeout_s: float) -> BatchOutcome[ModelOutputs]:
         pixels: np.ndarray = peer.state["slots"].copy(slot)
-        return await batcher.submit(pixels, timeout_s=timeout_s)
+        return outputs_or_raise(await batcher.submit(pixels, timeout_s=timeout_s))
 
-    handlers: dict[str, Any] = {"describe": describe, "attach": attach, "infer": infer}
+    async def infer_jpeg(
+        _: Peer, upload: JpegUpload, timeout_s: float
+    ) -> BatchOutcome[ModelOutputs]:
+        if runtime.jpeg_decoder is None:
+            raise ValueError("this model worker decodes no JPEGs")  # a client bug: 500
+        return outputs_or_raise(await batcher.submit(upload, timeout_s=timeout_s))
+
+    handlers: dict[str, Any] = {
+        "describe": describe,
+        "attach": attach,
+        "infer": infer,
+        "infer_jpeg": infer_jpeg,
+    }
     await batcher.start()
     server = await RpcServer(handlers).start(socket_path)
     try:

@@ -1,6 +1,7 @@
 """The HTTP worker's side of the model: pixels into shared memory, the slot number over RPC."""
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from batching import BatchOutcome, DeadlineExceeded
 from service.errors import NotReady
 from service.model.backend import ModelOutputs
+from service.model.device_jpeg import JpegUpload
+from service.model.runtime import ModelInput
 from service.model_client import ModelStatus
 from service.workers.rpc import RpcClient, WorkerUnavailable
 from service.workers.slots import PixelSlots
@@ -47,23 +50,36 @@ class RemoteModel:
 
     def status(self) -> ModelStatus:
         client = self._pick()
-        status = self._status[client.name]
         # Per HTTP worker: its images waiting at (or in) the model.
-        return ModelStatus(
-            status.spec,
-            status.device,
-            status.backend,
-            status.max_batch_size,
-            status.backend_choice,
-            queue_depth=sum(c.in_flight for c in self._clients),
-        )
+        in_flight = sum(c.in_flight for c in self._clients)
+        return replace(self._status[client.name], queue_depth=in_flight)
 
     @property
     def slots_in_use(self) -> int:
         return 0 if self._slots is None else self._slots.in_use
 
-    async def infer(self, pixels: np.ndarray, timeout_s: float) -> BatchOutcome[ModelOutputs]:
+    async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
         client = self._pick()
+        if isinstance(item, JpegUpload):  # compressed bytes: no slot needed
+            call_id, reply = client.send("infer_jpeg", item, timeout_s)
+        else:
+            call_id, reply = self._send_pixels(client, item, timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s + _HUNG_MARGIN_S):
+                outcome: BatchOutcome[ModelOutputs] = await asyncio.shield(reply)
+                return outcome
+        except TimeoutError:
+            client.cancel(call_id)
+            raise DeadlineExceeded(
+                f"the model worker did not answer in {timeout_s:.1f} s"
+            ) from None
+        except asyncio.CancelledError:
+            client.cancel(call_id)  # dropped there if its batch has not started
+            raise
+
+    def _send_pixels(
+        self, client: RpcClient, pixels: np.ndarray, timeout_s: float
+    ) -> tuple[int, "asyncio.Future[BatchOutcome[ModelOutputs]]"]:
         assert self._slots is not None  # attached before the client counts as connected
         slots = self._slots
         slot = slots.put(pixels)  # QueueFull when every slot waits at the model
@@ -79,18 +95,7 @@ class RemoteModel:
             self._in_use.set(slots.in_use)
 
         reply.add_done_callback(release)  # the reply, or the connection dropping
-        try:
-            async with asyncio.timeout(timeout_s + _HUNG_MARGIN_S):
-                outcome: BatchOutcome[ModelOutputs] = await asyncio.shield(reply)
-                return outcome
-        except TimeoutError:
-            client.cancel(call_id)
-            raise DeadlineExceeded(
-                f"the model worker did not answer in {timeout_s:.1f} s"
-            ) from None
-        except asyncio.CancelledError:
-            client.cancel(call_id)  # dropped there if its batch has not started
-            raise
+        return call_id, reply
 
     def _pick(self) -> RpcClient:
         connected = [client for client in self._clients if client.connected]

@@ -66,16 +66,15 @@ class Supervisor:
         self.http_workers = http_workers
         self._stopping = asyncio.Event()
         self._exit_code = 0
-        self._runtime = Path(tempfile.mkdtemp(prefix="resnet-serve-"))
-        self._metrics_dir = self._runtime / "metrics"
         self._shm = shared_memory_dir() / f"resnet-serve-{os.getpid()}"
         self.workers: list[WorkerSpec] = []
 
-    def plan(self, listen_fd: int) -> list[WorkerSpec]:
+    def plan(self, listen_fd: int, sockets: Path) -> list[WorkerSpec]:
+        """The workers to run; their Unix sockets go in `sockets`."""
         settings = self.settings
         devices = model_devices(settings)
-        model_sockets = [str(self._runtime / f"model-{i}.sock") for i in range(len(devices))]
-        index_socket = str(self._runtime / "index.sock")
+        model_sockets = [str(sockets / f"model-{i}.sock") for i in range(len(devices))]
+        index_socket = str(sockets / "index.sock")
         workers = [
             WorkerSpec(
                 f"model-{i}",
@@ -91,10 +90,15 @@ class Supervisor:
                 _flags(settings=settings, socket=index_socket, model_socket=model_sockets[0]),
             )
         )
+        http_settings = settings
+        if "decode_threads" not in settings.model_fields_set:
+            # The cores are shared by the workers: a full pool each would oversubscribe them.
+            share = max(1, available_cores() // self.http_workers)
+            http_settings = settings.model_copy(update={"decode_threads": share})
         for i in range(self.http_workers):
             name = f"http-{i}"
             flags = _flags(
-                settings=settings,
+                settings=http_settings,
                 listen_fd=listen_fd,
                 index_socket=index_socket,
                 slots=self._shm / name,
@@ -105,7 +109,9 @@ class Supervisor:
 
     async def run(self) -> int:
         """Serve until SIGTERM/SIGINT or a configuration error; returns the exit status."""
-        self._metrics_dir.mkdir()
+        runtime = Path(tempfile.mkdtemp(prefix="resnet-serve-"))  # sockets and metrics
+        metrics = runtime / "metrics"
+        metrics.mkdir()
         self._shm.mkdir(mode=0o700)
         listener = socket.create_server(
             (self.settings.host, self.settings.port), backlog=2048, reuse_port=False
@@ -114,14 +120,14 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        self.workers = self.plan(listener.fileno())
+        self.workers = self.plan(listener.fileno(), runtime)
         log.info(
             "supervisor: %s on http://%s:%d",
             ", ".join(w.name for w in self.workers),
             self.settings.host,
             self.settings.port,
         )
-        keepers = [asyncio.create_task(self._keep_running(w)) for w in self.workers]
+        keepers = [asyncio.create_task(self._keep_running(w, metrics)) for w in self.workers]
         try:
             await self._stopping.wait()
             listener.close()  # the HTTP workers hold their own copies until they drain
@@ -135,13 +141,13 @@ class Supervisor:
             for worker in self.workers:
                 if worker.process is not None and worker.process.returncode is None:
                     worker.process.kill()
-            shutil.rmtree(self._runtime, ignore_errors=True)
+            shutil.rmtree(runtime, ignore_errors=True)
             shutil.rmtree(self._shm, ignore_errors=True)
         return self._exit_code
 
-    async def _keep_running(self, worker: WorkerSpec) -> None:
+    async def _keep_running(self, worker: WorkerSpec, metrics: Path) -> None:
         backoff = 0.5
-        env = os.environ | {MULTIPROC_ENV: str(self._metrics_dir)}
+        env = os.environ | {MULTIPROC_ENV: str(metrics)}
         while not self._stopping.is_set():
             started = time.monotonic()
             worker.process = await asyncio.create_subprocess_exec(
@@ -159,7 +165,7 @@ class Supervisor:
                 start_new_session=True,
             )
             returncode = await worker.process.wait()
-            self._cleanup_after(worker, worker.process.pid)
+            self._cleanup_after(worker, worker.process.pid, metrics)
             if self._stopping.is_set():
                 return
             if returncode == EXIT_CONFIG_ERROR:
@@ -179,11 +185,11 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), backoff)
 
-    def _cleanup_after(self, worker: WorkerSpec, pid: int) -> None:
+    def _cleanup_after(self, worker: WorkerSpec, pid: int, metrics: Path) -> None:
         """What a dead worker leaves: its shared-memory slots and its live gauges."""
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
+        multiprocess.mark_process_dead(pid, str(metrics))  # type: ignore[no-untyped-call]
         for leftover in self._shm.glob(f"{worker.name}-*"):
             leftover.unlink(missing_ok=True)
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.images import unique_jpegs
 from tests.e2e.server import Server, start_server
-from tests.photos import jpeg
+from tests.photos import encode, jpeg, photo
 
 pytestmark = pytest.mark.e2e
 
@@ -60,12 +60,26 @@ def split(tmp_path: Path) -> "Server":
     server.stop()
 
 
-def test_classify_embed_items_and_search_through_two_workers(split: Server) -> None:
+def test_classify_embed_items_and_search_through_two_workers(tmp_path: Path) -> None:
+    # JPEGs cross as bytes for the model worker to decode (as on CUDA); the PNG as pixels.
+    server = start_server(tmp_path, WORKERS | {"RESNET_SERVE_JPEG_DECODE": "device"})
+    try:
+        wait_ready(server.url)
+        round_trip(server)
+    finally:
+        server.stop()
+
+
+def round_trip(split: Server) -> None:
     url = split.url
     assert len(workers(split, "http")) == 2 and len(workers(split, "model")) == 1
     files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
     classify = httpx.post(f"{url}/v1/classify", files=files).json()
     assert classify["predictions"][0]["label"] == "espresso"
+    png = {"file": ("coffee.png", encode(photo("coffee"), "PNG"), "image/png")}
+    assert httpx.post(f"{url}/v1/classify", files=png).json()["predictions"][0]["label"] == (
+        "espresso"
+    )
     embed = httpx.post(f"{url}/v1/embed", files=files).json()
     assert embed["dim"] == 1280 and embed["cache"] in ("hit", "miss")
     for name in ("coffee", "chelsea", "rocket"):
@@ -84,7 +98,7 @@ def test_classify_embed_items_and_search_through_two_workers(split: Server) -> N
     assert httpx.get(f"{url}/v1/items/photos/rocket").status_code == 404
     text = httpx.get(f"{url}/metrics").text
     # Every worker's requests counted in one place, whichever worker serves /metrics.
-    assert metric(text, "http_requests_total", method="POST", route="/v1/classify") == 1
+    assert metric(text, "http_requests_total", method="POST", route="/v1/classify") == 2
     assert metric(text, "http_requests_total", method="PUT", status="201") == 3
     assert metric(text, "service_processes") == 5  # supervisor, model, index, 2 HTTP
     assert metric(text, "process_cpu_seconds_total") > 0

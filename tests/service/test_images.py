@@ -117,6 +117,13 @@ def test_preprocessor_follows_the_model_config() -> None:
     np.testing.assert_allclose(normalised, expected, atol=1e-5)
 
 
+def test_a_damaged_jpeg_header_is_invalid() -> None:
+    data = jpeg("chelsea")
+    damaged = data[:600] + bytes(b ^ 0xFF for b in data[600:700]) + data[700:]
+    with pytest.raises(InvalidInput):
+        decode_image(damaged, max_pixels=LIMIT)
+
+
 def test_truncated_png_is_invalid() -> None:
     data = encode(Image.fromarray(photo("astronaut")), "PNG")
     with pytest.raises(InvalidInput):
