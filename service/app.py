@@ -4,32 +4,58 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from service.errors import install_error_handlers
+from service.explain.explainer import Explainer
+from service.explain.inspector import InProcessInspector, ModelInspector
 from service.http_metrics import HttpMetrics
 from service.limits import BodyLimit
-from service.model.runtime import load_runtime
+from service.model.runtime import ModelRuntime, load_runtime
 from service.model_client import InProcessModel, ModelClient, model_batcher
 from service.pipeline import Pipeline
-from service.routes import classify, embed, health, items, search
+from service.routes import classify, embed, explain, health, items, search
 from service.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Where the model and the index live: this process (the default), or worker processes.
-Components = Callable[
-    [Settings, CollectorRegistry], AbstractAsyncContextManager[tuple[ModelClient, ItemIndex]]
-]
+
+@dataclass(frozen=True)
+class ServiceParts:
+    """What the routes use: the model, the similarity index, and the model inspector."""
+
+    model: ModelClient
+    index: ItemIndex
+    inspector: ModelInspector
+
+
+# Where the parts live: this process (the default), or worker processes.
+Components = Callable[[Settings, CollectorRegistry], AbstractAsyncContextManager[ServiceParts]]
+
+
+def inspector_for(
+    runtime: ModelRuntime, settings: Settings, registry: CollectorRegistry
+) -> InProcessInspector:
+    """The fp32 inspection path beside a serving runtime, with its own admission limit."""
+    return InProcessInspector(
+        Explainer(runtime.module, runtime.spec, replicas=settings.explain_concurrency),
+        backend=runtime.backend.name,
+        precision=runtime.choice.candidate.precision,
+        device=runtime.device,
+        concurrency=settings.explain_concurrency,
+        queue=settings.explain_queue,
+        registry=registry,
+    )
 
 
 @asynccontextmanager
 async def in_process(
     settings: Settings, registry: CollectorRegistry
-) -> AsyncIterator[tuple[ModelClient, ItemIndex]]:
+) -> AsyncIterator[ServiceParts]:
     """Load the model, warm it up and open the index, all in this process."""
     # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
     runtime = await asyncio.to_thread(load_runtime, settings)
@@ -46,9 +72,11 @@ async def in_process(
     for warning in runtime.spec.warnings:
         log.warning(warning)
     log.info("ready: %s on %s", runtime.spec.model_id, runtime.device)
+    inspector = inspector_for(runtime, settings, registry)
     try:
-        yield InProcessModel(runtime, batcher), index
+        yield ServiceParts(InProcessModel(runtime, batcher), index, inspector)
     finally:
+        inspector.close()
         await index.close()
 
 
@@ -68,11 +96,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with components(settings, metrics_registry) as (model, index):
-            pipeline = Pipeline(model, settings, metrics_registry)
+        async with components(settings, metrics_registry) as parts:
+            pipeline = Pipeline(parts.model, settings, metrics_registry)
             await pipeline.start()
             app.state.pipeline = pipeline
-            app.state.index = index
+            app.state.index = parts.index
+            app.state.inspector = parts.inspector
             try:
                 yield
             finally:
@@ -88,7 +117,8 @@ def create_app(
     app.state.registry = registry
     app.state.exposition = exposition or registry
     install_error_handlers(app)
-    for router in (classify.router, embed.router, search.router, items.router, health.router):
+    routers = (classify, embed, search, items, explain, health)
+    for router in (module.router for module in routers):
         app.include_router(router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(HttpMetrics, registry=registry)

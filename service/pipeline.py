@@ -2,10 +2,13 @@
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from service.cache import (
@@ -17,7 +20,7 @@ from service.cache import (
     decode_record,
     encode_record,
 )
-from service.images import Preprocessor
+from service.images import Preprocessor, decode_image
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import inspect_jpeg
 from service.model.runtime import ModelInput
@@ -146,6 +149,45 @@ class Pipeline:
         self._cache_metrics.misses.inc()
         return inference
 
+    def preprocessor(self) -> Preprocessor:
+        """The serving model's preprocessing; raises NotReady when there is no model."""
+        return self._model_view().preprocessor
+
+    async def decode_for_inspection(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
+        """The upright image (for pictures drawn over it) and the model's input pixels."""
+        preprocessor = self._model_view().preprocessor
+
+        def decode() -> tuple[Image.Image, np.ndarray]:
+            # Large JPEGs are decoded small enough for a picture (short side 4x the model's).
+            image = decode_image(
+                data, max_pixels=preprocessor.max_pixels, min_side=4 * preprocessor.min_side
+            )
+            return image, preprocessor.pixels(image)
+
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode)
+
+    async def cached_body(
+        self, data: bytes, params: str, compute: Callable[[], Awaitable[bytes]]
+    ) -> tuple[bytes, Literal["hit", "miss"]]:
+        """A response body for these image bytes and parameters, from the cache when there.
+
+        Inspections (explanations, feature maps) are cached like classify results: same
+        namespace (model, weights, backend), same content hash, their parameters in the key.
+        """
+        view = self._model_view()
+        key = await self._key(f"{view.namespace}:{params}", data)
+        cached = await self.cache.get(key)
+        if cached is not None:
+            return cached, "hit"
+        body = await compute()
+        self._write_behind(key, body)
+        return body, "miss"
+
+    def _write_behind(self, key: str, record: bytes) -> None:
+        write = asyncio.create_task(self.cache.set(key, record))
+        self._cache_writes.add(write)  # a reference, so the task is not collected mid-write
+        write.add_done_callback(self._cache_writes.discard)
+
     async def _key(self, namespace: str, data: bytes) -> str:
         if len(data) <= _HASH_INLINE_BYTES:
             return cache_key(namespace, data)
@@ -159,9 +201,7 @@ class Pipeline:
         remaining = self._timeout_s - (decoded - started)
         outcome = await self.model.infer(item, timeout_s=max(remaining, 0.001))
         finished = time.perf_counter()
-        write = asyncio.create_task(self.cache.set(key, encode_record(outcome.value)))
-        self._cache_writes.add(write)  # a reference, so the task is not collected mid-write
-        write.add_done_callback(self._cache_writes.discard)
+        self._write_behind(key, encode_record(outcome.value))
         return Inference(
             outputs=outcome.value,
             timings_ms={

@@ -98,6 +98,52 @@ class SimilarityResponse(ModelInfo):
     timings_ms: dict[str, float]
 
 
+class ExplainResponse(ModelInfo):
+    class_id: int
+    label: str
+    score: float = Field(ge=0, le=1, description="the class's probability")
+    method: str
+    layer: str = Field(description="the stage the map comes from: C1..C5")
+    module: str = Field(description="that stage's module in the model")
+    heatmap: list[list[float]] = Field(
+        description="class activation over the model's input, 0..1, rows top to bottom"
+    )
+    region: tuple[float, float, float, float] = Field(
+        description="where the model's input lies in the image: left, top, right, bottom (0..1)"
+    )
+
+
+class FeaturesResponse(ModelInfo):
+    stage: str
+    module: str
+    shape: list[int] = Field(description="channels, height, width")
+    channel_means: list[float] = Field(description="mean activation of every channel")
+    most_active: list[int] = Field(description="channels by mean activation, highest first")
+
+
+class StageShapeOut(BaseModel):
+    name: str
+    module: str
+    shape: tuple[int, int, int] = Field(description="channels, height, width")
+
+
+class ModelCardResponse(BaseModel):
+    model: str
+    weights: str
+    warnings: list[str]
+    parameters: int
+    gmacs: float = Field(description="multiply-accumulates per image at the input size, billions")
+    input_size: tuple[int, int, int]
+    preprocessing: dict[str, Any]
+    stages: list[StageShapeOut]
+    embedding_dim: int
+    num_classes: int
+    labels: str = Field(description="where the class names come from")
+    backend: str
+    precision: str
+    device: str
+
+
 class IndexResponse(BaseModel):
     count: int
     dimension: int

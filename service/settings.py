@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         default_factory=available_cores, ge=1, description="threads that decode images"
     )
 
+    explain_concurrency: int = Field(
+        1, ge=1, le=16, description="explanations computed at once (each on an fp32 model copy)"
+    )
+    explain_queue: int = Field(
+        4, ge=0, le=1000, description="explanations waiting beyond those before 429"
+    )
+
     index_factory: str = Field(
         "Flat", description="FAISS factory string: Flat (exact), HNSW32, IVF1024,Flat, ..."
     )

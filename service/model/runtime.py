@@ -34,6 +34,7 @@ class ModelRuntime:
     device: str
     batch_size: int  # the batcher's max batch size: configured, or measured for this backend
     choice: Choice
+    module: torch.nn.Module  # the fp32 reference model the backends were built from
     jpeg_decoder: DeviceJpegDecoder | None = None  # None: every image is decoded on the host
 
     def predict_batch(self, items: Sequence[ModelInput]) -> list[ModelResult]:
@@ -122,5 +123,6 @@ def load_runtime(settings: Settings) -> ModelRuntime:
         device=str(parts.device),
         batch_size=choice.batch_size,
         choice=choice,
+        module=parts.module,
         jpeg_decoder=jpeg_decoder_for(settings, parts.device, parts.preprocessor),
     )

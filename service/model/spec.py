@@ -21,6 +21,7 @@ class ModelSpec:
     embedding_dim: int
     fingerprint: str  # changes whenever outputs could change: model, weights, preprocessing
     warnings: tuple[str, ...]
+    labels_source: str = "unnamed classes (class_N)"  # where the class names come from
 
     @property
     def num_classes(self) -> int:
@@ -41,6 +42,7 @@ class ModelSpec:
             weights=loaded.weights,
             data_config=data_config,
             labels=class_labels(module),
+            labels_source=labels_source(module),
             embedding_dim=_int_attribute(module, "num_features"),
             fingerprint=fingerprint[:16],
             warnings=loaded.warnings,
@@ -55,6 +57,11 @@ def class_labels(module: torch.nn.Module) -> tuple[str, ...]:
         info = ImageNetInfo(subset)
         return tuple(info.index_to_description(i) for i in range(num_classes))
     return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def labels_source(module: torch.nn.Module) -> str:
+    subset = infer_imagenet_subset(module)
+    return f"{subset} (timm ImageNetInfo)" if subset else "unnamed classes (class_N)"
 
 
 def _int_attribute(module: torch.nn.Module, name: str) -> int:

@@ -9,6 +9,7 @@ from typing import Any, TypedDict
 from fastapi import Request
 
 from service.errors import NotReady
+from service.explain.inspector import ModelInspector
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
 from service.schemas import ErrorResponse
@@ -39,6 +40,13 @@ async def get_index(request: Request) -> ItemIndex:
     if index is None or not index.ready:
         raise NotReady("the similarity index is not open (starting or restarting)")
     return index
+
+
+async def get_inspector(request: Request) -> ModelInspector:
+    inspector: ModelInspector | None = getattr(request.app.state, "inspector", None)
+    if inspector is None:
+        raise NotReady("the model is not loaded")
+    return inspector
 
 
 async def get_settings(request: Request) -> Settings:

@@ -10,28 +10,32 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from service.app import Components, create_app
-from service.model_client import ModelClient
-from service.search_index import ItemIndex
+from service.app import Components, ServiceParts, create_app
+from service.explain.inspector import RemoteInspector
 from service.settings import Settings
 from service.workers.metrics import exposition_registry, worker_registry
 from service.workers.remote_index import RemoteIndex
 from service.workers.remote_model import RemoteModel
+from service.workers.rpc import RpcClient
 
 
 def remote_components(model_sockets: list[Path], index_socket: Path, slots: Path) -> Components:
     @asynccontextmanager
     async def components(
         settings: Settings, registry: CollectorRegistry
-    ) -> AsyncIterator[tuple[ModelClient, ItemIndex]]:
+    ) -> AsyncIterator[ServiceParts]:
         # Connections are made in the background: this worker answers at once (503 until the
         # model worker is up), so it is never mistaken for a hung one while the model loads.
         model = RemoteModel(model_sockets, slots, settings.queue_size, registry)
         index = RemoteIndex(index_socket)
         index.start()
+        # Inspections run where the model is: the first model worker.
+        inspection = RpcClient(model_sockets[0], "inspector")
+        inspection.start()
         try:
-            yield model, index
+            yield ServiceParts(model, index, RemoteInspector(inspection))
         finally:
+            await inspection.stop()
             await index.close()
 
     return components

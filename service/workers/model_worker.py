@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from batching import BatchOutcome
+from service.app import inspector_for
+from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model.runtime import load_runtime
@@ -26,11 +28,12 @@ from service.workers.slots import SlotReader
 async def serve_model(settings: Settings, socket_path: Path) -> None:
     runtime = await asyncio.to_thread(load_runtime, settings)
     await asyncio.to_thread(runtime.warm_up)
+    registry = worker_registry()
     batcher = model_batcher(
         runtime,
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue=settings.queue_size,
-        registry=worker_registry(),
+        registry=registry,
     )
 
     async def describe(_: Peer) -> ModelStatus:
@@ -56,11 +59,31 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
             raise ValueError("this model worker decodes no JPEGs")  # a client bug: 500
         return outputs_or_raise(await batcher.submit(upload, timeout_s=timeout_s))
 
+    inspector = inspector_for(runtime, settings, registry)
+
+    async def cam(
+        _: Peer, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
+    ) -> CamResult:
+        return await inspector.cam(pixels, class_id, method, layer)
+
+    async def features(_: Peer, pixels: np.ndarray, stage: int) -> FeatureMaps:
+        return await inspector.features(pixels, stage)
+
+    async def kernels(_: Peer) -> np.ndarray:
+        return await inspector.kernels()
+
+    async def card(_: Peer) -> ModelCard:
+        return await inspector.card()
+
     handlers: dict[str, Any] = {
         "describe": describe,
         "attach": attach,
         "infer": infer,
         "infer_jpeg": infer_jpeg,
+        "cam": cam,
+        "features": features,
+        "kernels": kernels,
+        "card": card,
     }
     await batcher.start()
     server = await RpcServer(handlers).start(socket_path)
@@ -69,3 +92,4 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
     finally:
         server.close()  # no new connections; in-flight calls finish in the drain below
         await batcher.stop(drain_timeout_s=settings.request_timeout_s)
+        inspector.close()

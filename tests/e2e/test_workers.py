@@ -10,11 +10,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.images import unique_jpegs
 from tests.e2e.server import Server, start_server
 from tests.photos import encode, jpeg, photo
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +82,12 @@ def round_trip(split: Server) -> None:
     assert httpx.post(f"{url}/v1/classify", files=png).json()["predictions"][0]["label"] == (
         "espresso"
     )
+    # Inspections run in the model worker, reached from whichever HTTP worker answers.
+    assert httpx.get(f"{url}/v1/model").json()["stages"][-1]["shape"] == [320, 7, 7]
+    cam = httpx.post(f"{url}/v1/explain", params={"format": "json"}, files=files, timeout=60)
+    assert cam.json()["label"] == "espresso"
+    bad = httpx.post(f"{url}/v1/explain", params={"layer": "nope"}, files=files, timeout=60)
+    assert bad.status_code == 422 and "not a stage" in bad.json()["error"]["message"]
     embed = httpx.post(f"{url}/v1/embed", files=files).json()
     assert embed["dim"] == 1280 and embed["cache"] in ("hit", "miss")
     for name in ("coffee", "chelsea", "rocket"):
@@ -232,5 +240,25 @@ def test_slots_are_released_after_cancelled_and_refused_requests(tmp_path: Path)
             time.sleep(0.2)  # cancelled calls settle when the model worker answers them
         files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
         assert httpx.post(f"{server.url}/v1/classify", files=files).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_redis_is_one_cache_for_every_worker(tmp_path: Path, redis_server: RedisServer) -> None:
+    server = start_server(tmp_path, WORKERS | {"RESNET_SERVE_REDIS_URL": redis_server.url})
+    try:
+        wait_ready(server.url)
+        files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
+        url = f"{server.url}/v1/classify"
+        assert httpx.post(url, files=files).headers["x-cache"] == "miss"
+        deadline = time.monotonic() + 10
+        while httpx.post(url, files=files).headers["x-cache"] != "hit":  # written behind
+            assert time.monotonic() < deadline, "the result never reached the cache"
+            time.sleep(0.05)
+        # New connections land on either worker; with one shared cache every one is a hit
+        # (per-worker memory caches would each miss once).
+        assert [httpx.post(url, files=files).headers["x-cache"] for _ in range(12)] == ["hit"] * 12
+        keys = redis.Redis.from_url(redis_server.url).keys("resnet-serve:*")
+        assert len(keys) == 1
     finally:
         server.stop()

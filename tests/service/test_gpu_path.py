@@ -57,6 +57,7 @@ def test_warm_up_runs_every_bucket_up_to_the_batch_size(tmp_path: Path) -> None:
         device="cpu",
         batch_size=16,
         choice=Choice(Candidate("torch-compile", "fp16"), 16, "test"),
+        module=parts.module,
     )
     runtime.warm_up()
     assert inner.sizes == [1, 4, 16]  # 64 is over the batch size: never run, never compiled

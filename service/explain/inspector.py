@@ -1,0 +1,157 @@
+"""The seam between the inspection routes and the explainer, with its own admission limit.
+
+Explanations need gradients or intermediate outputs, so they run on the fp32 torch replicas
+of `Explainer`, on their own threads, never in the serving batcher: at most `concurrency` run
+and `queue` wait; beyond that a request is refused at once (429, Retry-After), so a burst of
+explanations never stalls classify traffic. In the worker topology the explainer lives in the
+model worker and HTTP workers reach it through `RemoteInspector`.
+"""
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from batching import QueueFull
+from service.errors import ServiceError
+from service.explain.explainer import CamResult, Explainer, FeatureMaps, ModelCard
+from service.workers.rpc import RpcClient
+
+T = TypeVar("T")
+
+
+class ModelInspector(Protocol):
+    async def cam(
+        self, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
+    ) -> CamResult: ...
+
+    async def features(self, pixels: np.ndarray, stage: int) -> FeatureMaps: ...
+
+    async def kernels(self) -> np.ndarray: ...
+
+    async def card(self) -> ModelCard: ...
+
+
+class InspectorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "explain_requests",
+            "Inspection requests by kind and outcome",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "explain_seconds",
+            "Time an inspection took to compute",
+            ["kind"],
+            registry=registry,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.in_flight = Gauge(
+            "explain_in_flight",
+            "Inspections running or waiting",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+
+class InProcessInspector:
+    """The explainer in this process, behind an admission limit."""
+
+    def __init__(
+        self,
+        explainer: Explainer,
+        *,
+        backend: str,
+        precision: str,
+        device: str,
+        concurrency: int,
+        queue: int,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._explainer = explainer
+        self._serving = (backend, precision, device)
+        self._concurrency = concurrency
+        self._limit = concurrency + queue
+        self._admitted = 0
+        self._seconds_each = 1.0  # running estimate, for Retry-After
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="explain")
+        self._metrics = InspectorMetrics(registry)
+        self._card: ModelCard | None = None
+
+    async def cam(
+        self, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
+    ) -> CamResult:
+        explainer = self._explainer
+        return await self._run(
+            "cam", lambda: explainer.cam(pixels, class_id, method, explainer.layer(layer))
+        )
+
+    async def features(self, pixels: np.ndarray, stage: int) -> FeatureMaps:
+        explainer = self._explainer
+        return await self._run(
+            "features", lambda: explainer.features(pixels, explainer.stage(stage))
+        )
+
+    async def kernels(self) -> np.ndarray:
+        return await self._run("kernels", self._explainer.kernels)
+
+    async def card(self) -> ModelCard:
+        if self._card is None:  # measured once: the model does not change while it serves
+            self._card = await self._run("card", lambda: self._explainer.card(*self._serving))
+        return self._card
+
+    async def _run(self, kind: str, work: Callable[[], T]) -> T:
+        if self._admitted >= self._limit:
+            self._metrics.requests.labels(kind, "rejected").inc()
+            waiting_rounds = math.ceil((self._admitted + 1) / self._concurrency)
+            raise QueueFull(self._admitted, max(1.0, waiting_rounds * self._seconds_each))
+        self._admitted += 1
+        self._metrics.in_flight.inc()
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        except ServiceError:
+            self._metrics.requests.labels(kind, "invalid").inc()
+            raise
+        finally:
+            self._admitted -= 1
+            self._metrics.in_flight.dec()
+        elapsed = time.perf_counter() - started
+        self._seconds_each = 0.8 * self._seconds_each + 0.2 * elapsed
+        self._metrics.seconds.labels(kind).observe(elapsed)
+        self._metrics.requests.labels(kind, "ok").inc()
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class RemoteInspector:
+    """The explainer in the model worker; errors and 429s come back as they were raised."""
+
+    def __init__(self, client: RpcClient) -> None:
+        self._client = client
+
+    async def cam(
+        self, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
+    ) -> CamResult:
+        result: CamResult = await self._client.call("cam", pixels, class_id, method, layer)
+        return result
+
+    async def features(self, pixels: np.ndarray, stage: int) -> FeatureMaps:
+        maps: FeatureMaps = await self._client.call("features", pixels, stage)
+        return maps
+
+    async def kernels(self) -> np.ndarray:
+        weights: np.ndarray = await self._client.call("kernels")
+        return weights
+
+    async def card(self) -> ModelCard:
+        card: ModelCard = await self._client.call("card")
+        return card
