@@ -210,6 +210,10 @@ class Collection:
     def get(self, item_id: str) -> StoredItem | None:
         return self.store.get(item_id)
 
+    def image(self, item_id: str) -> bytes | None:
+        """The image stored with an item (None: unknown id, or stored without its image)."""
+        return self.store.image(item_id)
+
     def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[SearchHit]:
         with self._lock.reading():
             D, I = self._index.search(vector.reshape(1, -1), k + (exclude is not None))

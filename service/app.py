@@ -18,6 +18,7 @@ from service.model.runtime import ModelRuntime, load_runtime
 from service.model_client import InProcessModel, ModelClient, model_batcher
 from service.pipeline import Pipeline
 from service.routes import classify, embed, explain, health, items, search
+from service.routes.docs import serve_docs
 from service.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.settings import Settings
 
@@ -112,6 +113,8 @@ def create_app(
         version="0.1.0",
         description="Image classification, embeddings and similarity search, dynamically batched.",
         lifespan=lifespan,
+        docs_url=None,  # served from shipped files below, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -120,6 +123,11 @@ def create_app(
     routers = (classify, embed, search, items, explain, health)
     for router in (module.router for module in routers):
         app.include_router(router)
+    serve_docs(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(HttpMetrics, registry=registry)
+    if settings.ui:
+        from service.ui.app import mount_ui  # Gradio is imported only when the page is on
+
+        app = mount_ui(app)
     return app

@@ -6,6 +6,8 @@ from service.errors import InvalidInput
 
 MAX_ID_LENGTH = 256
 _ALLOWED = re.compile(r"[A-Za-z0-9._~:@+=/-]+")
+# GET /v1/items/{id}/similar and /image would hide an item whose id ends like that.
+RESERVED_LAST_SEGMENTS = ("similar", "image")
 
 
 def validate_item_id(item_id: str) -> str:
@@ -17,6 +19,9 @@ def validate_item_id(item_id: str) -> str:
     segments = item_id.split("/")
     if any(segment in ("", ".", "..") for segment in segments):
         raise InvalidInput("item id segments between '/' must be non-empty and not '.' or '..'")
-    if segments[-1] == "similar" and len(segments) > 1:
-        raise InvalidInput("item id must not end in '/similar' (reserved for the similar route)")
+    if segments[-1] in RESERVED_LAST_SEGMENTS and len(segments) > 1:
+        raise InvalidInput(
+            f"item id must not end in '/{segments[-1]}' (reserved for the item routes "
+            f"{', '.join(f'/{s}' for s in RESERVED_LAST_SEGMENTS)})"
+        )
     return item_id

@@ -55,6 +55,8 @@ class ItemIndex(Protocol):
 
     async def get(self, item_id: str) -> StoredItem | None: ...
 
+    async def image(self, item_id: str) -> bytes | None: ...
+
     async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]: ...
 
     async def similar(self, item_id: str, k: int) -> list[SearchHit] | None: ...
@@ -92,6 +94,9 @@ class SearchIndex:
 
     async def get(self, item_id: str) -> StoredItem | None:
         return await self._read(self.collection.get, item_id)
+
+    async def image(self, item_id: str) -> bytes | None:
+        return await self._read(self.collection.image, item_id)
 
     async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
         return await self._read(self.collection.search, vector, k)

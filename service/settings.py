@@ -134,6 +134,8 @@ class Settings(BaseSettings):
         ),
     )
 
+    ui: bool = Field(True, description="the web page at /ui (Gradio)")
+
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     data_dir: Path = Field(Path("data"), description="where the index and other state live")

@@ -24,7 +24,13 @@ PINNED_BACKEND = {"backend": "torch", "precision": "fp32", "max_batch_size": 8}
 
 def pinned_settings(data_dir: Path, **overrides: object) -> Settings:
     """Settings for tests: the data directory given, both cores, the reference backend."""
-    base: dict[str, object] = {"data_dir": data_dir, "threads": 2, "decode_threads": 2}
+    # No web page in process: the UI is tested against a real server (tests/e2e/test_ui.py).
+    base: dict[str, object] = {
+        "data_dir": data_dir,
+        "threads": 2,
+        "decode_threads": 2,
+        "ui": False,
+    }
     return Settings(**(base | PINNED_BACKEND | overrides))  # type: ignore[arg-type]
 
 

@@ -1,11 +1,13 @@
 """Items of the similarity index: PUT, GET, DELETE /v1/items/{id}, GET .../similar, /v1/index."""
 
+import io
 import json
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from PIL import Image
 
 from index.collection import SearchHit
 from index.store import StoredItem
@@ -51,6 +53,22 @@ async def similar_items(
         results=search_results(hits),
         timings_ms={"search": round(1000 * (time.perf_counter() - started), 2)},
     )
+
+
+@router.get(
+    "/items/{item_id:path}/image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/*": {}}, "description": "the stored image"},
+        **ERROR_RESPONSES,
+    },
+)
+async def item_image(item_id: ItemId, index: Annotated[ItemIndex, Depends(get_index)]) -> Response:
+    """The image stored with an item (404 if unknown or stored without it)."""
+    data = await index.image(validate_item_id(item_id))
+    if data is None:
+        raise NotFound(f"no stored image for item {item_id!r}")
+    return Response(data, media_type=image_media_type(data))
 
 
 @router.put(
@@ -117,6 +135,15 @@ async def index_info(index: Annotated[ItemIndex, Depends(get_index)]) -> IndexRe
         model=stats.model,
         fingerprint=stats.fingerprint,
     )
+
+
+def image_media_type(data: bytes) -> str:
+    """The stored bytes' type, read from their header (they were decoded once on the way in)."""
+    try:
+        kind = Image.open(io.BytesIO(data)).format
+    except (OSError, ValueError):
+        return "application/octet-stream"
+    return Image.MIME.get(kind or "", "application/octet-stream")
 
 
 def parse_metadata(text: str | None, limit: int) -> dict[str, Any]:

@@ -30,7 +30,7 @@ async def serve_index(settings: Settings, socket_path: Path, model_socket: Path)
 
     handlers = {
         name: forward(getattr(index, name))
-        for name in ("put", "delete", "get", "search", "similar", "stats")
+        for name in ("put", "delete", "get", "image", "search", "similar", "stats")
     }
     server = await RpcServer(handlers).start(socket_path)
     try:

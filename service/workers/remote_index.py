@@ -40,6 +40,10 @@ class RemoteIndex:
         item: StoredItem | None = await self._client.call("get", item_id)
         return item
 
+    async def image(self, item_id: str) -> bytes | None:
+        data: bytes | None = await self._client.call("image", item_id)
+        return data
+
     async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
         hits: list[SearchHit] = await self._client.call("search", vector, k)
         return hits

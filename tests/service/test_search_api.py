@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from index.store import ModelMismatch
 from service.app import create_app
 from tests.conftest import lite0_settings
-from tests.photos import PHOTO_NAMES, jpeg, resized_jpeg
+from tests.photos import PHOTO_NAMES, encode, jpeg, photo, resized_jpeg
 from tests.service.test_api import assert_error
 
 
@@ -118,6 +118,7 @@ def test_search_accepts_base64_json(client: TestClient, gallery: dict[str, str])
         "a/%2E/b",
         "trailing/",
         "a/similar",
+        "a/image",
         "é",
     ],
 )
@@ -180,3 +181,17 @@ def test_a_different_model_refuses_the_index_and_names_reindex(tmp_path: Path) -
         TestClient(create_app(other_weights)),
     ):
         pass
+
+
+def test_the_stored_image_is_served_back(client: TestClient, tmp_path: Path) -> None:
+    png = encode(photo("rocket"), "PNG")
+    assert put(client, "served/rocket", png).status_code in (200, 201)
+    served = client.get("/v1/items/served/rocket/image")
+    assert served.status_code == 200 and served.content == png
+    assert served.headers["content-type"] == "image/png"
+    assert_error(client.get("/v1/items/served/nothing/image"), 404, "not_found")
+    assert_error(client.get("/v1/items/bad%20id/image"), 422, "invalid_input")
+    settings = lite0_settings(tmp_path, index_keep_images=False)
+    with TestClient(create_app(settings)) as without_images:
+        assert put(without_images, "imageless", jpeg("coffee")).status_code == 201
+        assert_error(without_images.get("/v1/items/imageless/image"), 404, "not_found")
