@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,9 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     reindex = actions.add_parser("reindex", help="re-embed stored images with the current model")
     reindex.add_argument("--no-progress", action="store_true", help="no progress bar")
     actions.add_parser("rebuild", help="rebuild the FAISS index from the item store")
+    finetune = commands.add_parser(
+        "finetune", help="train on a folder of your photos (a subfolder per class)"
+    )
     actions.add_parser("stats", help="print index statistics as JSON")
     for action in (add_folder, reindex, actions.choices["rebuild"], actions.choices["stats"]):
         _add_setting_flags(action, INDEX_FLAGS)
+    from service.finetune.arguments import add_arguments
+
+    add_arguments(finetune)
+    _add_setting_flags(finetune, GATE_FLAGS)
     return parser
 
 
@@ -96,6 +104,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         from service.gate_command import run_gate_command  # torch import is slow
 
         raise SystemExit(run_gate_command(settings))
+    if args.command == "finetune":
+        from service.finetune.command import run_finetune  # torch import is slow
+
+        command = ["resnet-serve", *(sys.argv[1:] if argv is None else argv)]
+        raise SystemExit(run_finetune(args, settings, command))
     if args.command == "index":
         from service.index_commands import run_index_command  # torch import is slow
 

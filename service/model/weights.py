@@ -40,6 +40,8 @@ class LoadedModel:
     weights: str  # what a user sees: pretrained, random, lite0-package, file:<name>
     weights_digest: str  # identifies the exact weights, for the model fingerprint
     warnings: tuple[str, ...] = ()
+    labels: tuple[str, ...] | None = None  # a fine-tuned model's own class names
+    labels_source: str | None = None
 
 
 def load_model(model_id: str, weights: str | None) -> LoadedModel:
@@ -76,7 +78,27 @@ def _load_pinned(model_id: str, weights: str) -> LoadedModel:
         return _load_random(model_id)
     if weights == LITE0_PACKAGE:
         return _load_lite0_package(model_id)
+    if Path(weights).is_dir():
+        return _load_model_dir(Path(weights))
     return _load_file(model_id, Path(weights))
+
+
+def _load_model_dir(path: Path) -> LoadedModel:
+    """A fine-tuned model directory (resnet-serve finetune): its base model, head and labels."""
+    from service.finetune import model_dir  # imported here: the directory format is optional
+
+    try:
+        loaded = model_dir.load(path)
+    except model_dir.ModelDirError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return LoadedModel(
+        loaded.module,
+        loaded.base_model,
+        f"finetuned:{path.name}",
+        _file_digest(loaded.weights),
+        labels=loaded.labels,
+        labels_source=f"{path.name}/{model_dir.LABELS}",
+    )
 
 
 def _create(model_id: str, **kwargs: Any) -> torch.nn.Module:
@@ -146,7 +168,7 @@ def _probe(url: str) -> None:
 def _load_file(model_id: str, path: Path) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(
-            f"RESNET_SERVE_WEIGHTS={path} is neither a file nor one of "
+            f"RESNET_SERVE_WEIGHTS={path} is neither a file, a model directory, nor one of "
             f"{PRETRAINED}, {RANDOM}, {LITE0_PACKAGE}"
         )
     module = _create(model_id, pretrained=False)

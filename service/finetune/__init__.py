@@ -1,0 +1,1 @@
+"""Fine-tuning on a folder of one's own photos, and the model directory it writes."""

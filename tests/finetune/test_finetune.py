@@ -1,0 +1,161 @@
+"""Fine-tuning on a folder of photos (scikit-learn's digits, upscaled), then serving the result."""
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from index.store import ModelMismatch
+from loadtest.digits import write_digits_folder
+from service.app import create_app
+from service.cli import main
+from service.finetune import model_dir
+from service.finetune.data import DataError, load_folder
+from service.model.runtime import ModelRuntime
+from service.model.weights import ModelLoadError, load_model
+from tests.conftest import lite0_settings
+from tests.photos import jpeg
+
+LITE0 = [
+    "--model", "tf_efficientnet_lite0", "--weights", "lite0-package",
+    "--backend", "torch", "--precision", "fp32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 40 per digit for training and validation; the rest of the set stays unseen.
+    return write_digits_folder(tmp_path_factory.mktemp("digits"), per_class=40)
+
+
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
+    everything = write_digits_folder(tmp_path_factory.mktemp("all-digits"))
+    return [
+        (path, str(digit))
+        for digit in range(10)
+        for path in sorted((everything / str(digit)).iterdir(), key=lambda p: int(p.stem))[-4:]
+    ]
+
+
+def finetune(data: Path, out: Path, work: Path, *flags: str) -> int:
+    with pytest.raises(SystemExit) as ended:
+        main(["finetune", str(data), "--out", str(out), "--data-dir", str(work), *LITE0, *flags])
+    return int(ended.value.code or 0)
+
+
+def served_accuracy(model: Path, work: Path, unseen: list[tuple[Path, str]]) -> float:
+    settings = lite0_settings(work, weights=str(model))
+    with TestClient(create_app(settings)) as http:
+        card = http.get("/v1/model").json()
+        assert card["num_classes"] == 10 and card["labels"].endswith("labels.json")
+        hits = 0
+        for path, digit in unseen:
+            files = {"file": (path.name, path.read_bytes(), "image/png")}
+            top = http.post("/v1/classify", files=files).json()["predictions"][0]
+            hits += top["label"] == digit
+    return hits / len(unseen)
+
+
+@pytest.fixture(scope="module")
+def head_model(
+    digits: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, Path]]:
+    work, out = tmp_path_factory.mktemp("work"), tmp_path_factory.mktemp("out") / "digits"
+    assert finetune(digits, out, work, "--mode", "head", "--no-progress") == 0
+    yield out, work
+
+
+def test_head_mode_writes_a_model_dir_that_serves_its_own_labels(
+    head_model: tuple[Path, Path], tmp_path: Path, unseen: list[tuple[Path, str]]
+) -> None:
+    out, _ = head_model
+    assert {p.name for p in out.iterdir()} >= {
+        "model.safetensors", "labels.json", "config.json", "metrics.json", "confusion.png"
+    }  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["base_model"] == "tf_efficientnet_lite0" and config["mode"] == "head"
+    assert config["classes"] == [str(d) for d in range(10)] and "finetune" in config["command"]
+    assert set(config["versions"]) == {"resnet-serve", "torch", "timm"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_top1"] >= 0.7 and metrics["val_images"] == 80
+    assert served_accuracy(out, tmp_path, unseen) >= 0.6  # chance is 0.1
+
+
+def test_a_second_head_run_embeds_nothing_again(
+    head_model: tuple[Path, Path], digits: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, work = head_model
+
+    def no_embedding(*_: object) -> None:
+        raise AssertionError("embedded again: the cache should have answered")
+
+    monkeypatch.setattr(ModelRuntime, "predict_batch", no_embedding)
+    again = work.parent / "again"
+    assert finetune(digits, again, work, "--mode", "head", "--lr", "0.02", "--no-progress") == 0
+    assert json.loads((again / "config.json").read_text())["mode"] == "head"
+
+
+def test_full_mode_fine_tunes_the_last_stages(
+    digits: Path, tmp_path: Path, unseen: list[tuple[Path, str]]
+) -> None:
+    out = tmp_path / "full"
+    flags = ["--mode", "full", "--epochs", "3", "--train-stages", "2", "--hflip", "0"]
+    assert finetune(digits, out, tmp_path / "work", *flags, "--no-progress") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and metrics["best_epoch"] >= 1
+    assert {"train_loss", "val_loss", "val_top1", "seconds"} <= set(metrics["history"][0])
+    assert json.loads((out / "config.json").read_text())["head"] == "linear"
+    assert served_accuracy(out, tmp_path / "serve", unseen) >= 0.3  # chance is 0.1
+
+
+def test_the_index_refuses_to_mix_a_fine_tuned_model_with_the_base(
+    head_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, _ = head_model
+    with TestClient(create_app(lite0_settings(tmp_path))) as base:
+        stored = base.put("/v1/items/base/one", files={"file": ("c.jpg", jpeg("coffee"))})
+        assert stored.status_code == 201  # the index now holds the base model's vectors
+    with pytest.raises(ModelMismatch, match="index reindex"):  # noqa: SIM117
+        with TestClient(create_app(lite0_settings(tmp_path, weights=str(out)))):
+            pass
+
+
+def test_a_broken_model_dir_says_which_file_and_what_to_do(
+    head_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, _ = head_model
+    for missing, words in (
+        (model_dir.LABELS, "labels.json is missing"),
+        (model_dir.WEIGHTS, "model.safetensors is missing"),
+        (model_dir.CONFIG, "resnet-serve finetune"),
+    ):
+        copy = tmp_path / missing
+        shutil.copytree(out, copy)
+        (copy / missing).unlink()
+        with pytest.raises(ModelLoadError, match=words):
+            load_model("ignored", str(copy))
+    mislabelled = tmp_path / "mislabelled"
+    shutil.copytree(out, mislabelled)
+    (mislabelled / model_dir.LABELS).write_text(json.dumps(["a", "b"]))
+    with pytest.raises(ModelLoadError, match="does not match the classes"):
+        load_model("ignored", str(mislabelled))
+
+
+def test_data_errors_and_skipped_files(tmp_path: Path) -> None:
+    root = write_digits_folder(tmp_path / "data", per_class=6)
+    (root / "3" / "notes.txt").write_text("not an image")
+    (root / "4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    data = load_folder(root, val_fraction=0.25, seed=1)
+    assert data.classes == [str(d) for d in range(10)]
+    assert {path.name for path, _ in data.skipped} == {"notes.txt", "broken.png"}
+    assert len(data.val) == 20 and len(data.train) == 40  # stratified: 2 of each 6 held out
+    assert load_folder(root, 0.25, seed=1).val == data.val  # the seed fixes the split
+    for extra in (root / "9").iterdir():
+        if extra.name != sorted(p.name for p in (root / "9").iterdir())[0]:
+            extra.unlink()
+    with pytest.raises(DataError, match="class '9' has"):
+        load_folder(root)
