@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +162,24 @@ def test_data_errors_and_skipped_files(tmp_path: Path) -> None:
             extra.unlink()
     with pytest.raises(DataError, match="class '9' has"):
         load_folder(root)
+
+
+def test_ctrl_c_keeps_the_best_epoch_so_far(tmp_path: Path) -> None:
+    data = write_digits_folder(tmp_path / "data", per_class=6)
+    out = tmp_path / "interrupted"
+    command = [
+        sys.executable, "-m", "service", "finetune", str(data), "--out", str(out),
+        "--data-dir", str(tmp_path / "work"), *LITE0,
+        "--mode", "full", "--epochs", "50", "--train-stages", "1", "--no-progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    with process.stdout:
+        for line in process.stdout:  # bounded: the run ends after 50 epochs at the latest
+            if line.startswith("epoch   1"):
+                process.send_signal(signal.SIGINT)
+                break
+        assert process.wait(timeout=120) == 130
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["interrupted"] is True and metrics["best_epoch"] >= 1
+    assert load_model("ignored", str(out)).labels == tuple(str(d) for d in range(10))
