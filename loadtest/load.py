@@ -103,8 +103,11 @@ def measure_load(
     """`concurrency` clients over `processes` load processes (1: this process)."""
     start = time.time() + (_START_DELAY_S if processes > 1 else 0)
     window = Window(start + warmup_s, start + warmup_s + seconds)
+    # Every call its own images: a second call in one run (another step, the idle phase after
+    # the loaded one) must not resend the first's bytes, which the cache would answer.
+    run = f"{os.getpid()}-{time.time_ns()}"
     if processes == 1:
-        parts = [_drive_in_process(url, path, concurrency, window, repeat, "")]
+        parts = [_drive_in_process(url, path, concurrency, window, repeat, run)]
     else:
         shares = [
             concurrency // processes + (i < concurrency % processes) for i in range(processes)
@@ -112,7 +115,7 @@ def measure_load(
         # spawn: a fresh interpreter, whatever the caller's threads or event loop
         with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
             futures = [
-                pool.submit(_drive_in_process, url, path, n, window, repeat, f"{os.getpid()}-{i}")
+                pool.submit(_drive_in_process, url, path, n, window, repeat, f"{run}-{i}")
                 for i, n in enumerate(shares)
                 if n
             ]
