@@ -95,18 +95,24 @@ def _improve(
     log: Log,
     patience: int,
 ) -> bool:
-    """Record an epoch; True when the validation loss has not improved for `patience` epochs."""
+    """Record an epoch; True when the validation loss has not improved for `patience` epochs.
+
+    The best state is kept before the epoch's line is printed: whoever presses Ctrl-C after
+    seeing the line gets that epoch.
+    """
+    improved = row["val_loss"] < best.loss - 1e-4
+    if improved:
+        best.loss, best.stale = row["val_loss"], 0
+        best.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+    else:
+        best.stale += 1
     history.epochs.append(row)
+    if improved:
+        history.best_epoch = len(history.epochs)
     log(
         f"epoch {int(row['epoch']):3d}  train loss {row['train_loss']:.4f}  "
         f"val loss {row['val_loss']:.4f}  val top-1 {row['val_top1']:.4f}  {row['seconds']:.1f} s"
     )
-    if row["val_loss"] < best.loss - 1e-4:
-        best.loss, best.stale = row["val_loss"], 0
-        best.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        history.best_epoch = len(history.epochs)
-        return False
-    best.stale += 1
     return best.stale >= patience
 
 
