@@ -54,10 +54,6 @@ class RemoteModel:
         in_flight = sum(c.in_flight for c in self._clients)
         return replace(self._status[client.name], queue_depth=in_flight)
 
-    @property
-    def slots_in_use(self) -> int:
-        return 0 if self._slots is None else self._slots.in_use
-
     async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
         client = self._pick()
         if isinstance(item, JpegUpload):  # compressed bytes: no slot needed
