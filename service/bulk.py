@@ -138,18 +138,29 @@ def _embed(
     report: BulkReport,
 ) -> list[np.ndarray | None]:
     """Embeddings for the images that decode; failures are added to the report as None."""
+    vectors: list[np.ndarray | None] = []
+    for name, result in zip(names, embed_batch(runtime, pool, datas), strict=True):
+        if isinstance(result, str):
+            report.failed.append((name, result))
+            vectors.append(None)
+        else:
+            vectors.append(result)
+    return vectors
+
+
+def embed_batch(
+    runtime: ModelRuntime, pool: ThreadPoolExecutor, datas: Sequence[bytes | None]
+) -> list[np.ndarray | str]:
+    """One model call for a batch of uploads (decoded in `pool`): each image's embedding, or
+    why it could not be embedded (unreadable, corrupt, too large)."""
     decoded = list(pool.map(_preprocess_or_error, [runtime] * len(datas), datas))
     good = [image for image in decoded if isinstance(image, np.ndarray)]
     predictions = iter(runtime.predict_batch(good) if good else [])
-    vectors: list[np.ndarray | None] = []
-    for name, image in zip(names, decoded, strict=True):
+    embedded: list[np.ndarray | str] = []
+    for image in decoded:
         result = next(predictions) if isinstance(image, np.ndarray) else image
-        if isinstance(result, ModelOutputs):
-            vectors.append(result.embedding)
-        else:
-            report.failed.append((name, str(result)))
-            vectors.append(None)
-    return vectors
+        embedded.append(result.embedding if isinstance(result, ModelOutputs) else str(result))
+    return embedded
 
 
 def _preprocess_or_error(runtime: ModelRuntime, data: bytes | None) -> np.ndarray | str:

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.errors import ServiceError
-from service.model.backend import ModelOutputs
+from service.bulk import embed_batch
 from service.model.runtime import ModelRuntime
 
 
@@ -69,32 +68,17 @@ def embed_files(
     ):
         for start in range(0, len(todo), runtime.batch_size):
             chunk = todo[start : start + runtime.batch_size]
-            decoded = list(pool.map(lambda i: _pixels(runtime, datas[i]), chunk))
-            good = [
-                (i, pixels)
-                for i, pixels in zip(chunk, decoded, strict=True)
-                if not isinstance(pixels, str)
-            ]
-            failed.update(
-                {i: why for i, why in zip(chunk, decoded, strict=True) if isinstance(why, str)}
-            )
-            if good:
-                results = runtime.predict_batch([pixels for _, pixels in good])
-                fresh = {
-                    digests[i]: result.embedding
-                    for (i, _), result in zip(good, results, strict=True)
-                    if isinstance(result, ModelOutputs)
-                }
-                cache.put(fresh)
-                known.update(fresh)
+            fresh = {}
+            for i, result in zip(
+                chunk, embed_batch(runtime, pool, [datas[i] for i in chunk]), strict=True
+            ):
+                if isinstance(result, str):
+                    failed[i] = result
+                else:
+                    fresh[digests[i]] = result
+            cache.put(fresh)
+            known.update(fresh)
             bar.update(len(chunk))
     kept = [i for i in range(len(paths)) if i not in failed]
     vectors = np.stack([known[digests[i]] for i in kept]) if kept else np.zeros((0, 1), np.float32)
     return vectors, kept, [(paths[i], why) for i, why in sorted(failed.items())]
-
-
-def _pixels(runtime: ModelRuntime, data: bytes) -> np.ndarray | str:
-    try:
-        return runtime.preprocessor(data)
-    except ServiceError as exc:  # corrupt, truncated, too large
-        return str(exc)
