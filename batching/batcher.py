@@ -9,6 +9,7 @@ batches without any extra wait.
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import deque
@@ -20,6 +21,8 @@ from typing import Any, Generic, TypeVar
 from batching.batcher_types import BatchOutcome, CloseReason
 from batching.errors import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 from batching.metrics import BatchObserver
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,6 +47,10 @@ class Batcher(Generic[T, R]):
             a batch starts as soon as the worker is free (nothing waits while it is idle);
             while it is busy, the next batch fills either way.
         max_queue: most items waiting for a batch; beyond it submit raises QueueFull.
+        max_latency_s: refuse (QueueFull) an item predicted to get its result later than
+            this, from the measured time per item of recent batches and the items ahead of it.
+        hung_after_s: a batch running longer than this marks the batcher `hung` (logged,
+            reported to the observer) until it ends: the batch function is stuck.
         observer: receives metrics; optional.
     """
 
@@ -54,6 +61,8 @@ class Batcher(Generic[T, R]):
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        max_latency_s: float | None = None,
+        hung_after_s: float | None = None,
         observer: BatchObserver | None = None,
         name: str = "batcher",
     ) -> None:
@@ -63,6 +72,8 @@ class Batcher(Generic[T, R]):
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
+        self._max_latency_s = max_latency_s
+        self._hung_after_s = hung_after_s
         self._observer = observer
         self._name = name
         self._pending: deque[_Pending[T, R]] = deque()
@@ -72,8 +83,12 @@ class Batcher(Generic[T, R]):
         self._task: asyncio.Task[None] | None = None
         self._owner: ThreadPoolExecutor | None = None
         self._running_batch: list[_Pending[T, R]] = []
-        # Seconds per item of recent batches: turns queue depth into a Retry-After hint.
+        self._running_since = 0.0
+        self._last_ended = 0.0
+        # Seconds per item of recent batches (a moving average): turns the items ahead of a
+        # new one into a predicted wait, for admission and Retry-After. 0 until measured.
         self._seconds_per_item = 0.0
+        self._hung = False
 
     @property
     def running(self) -> bool:
@@ -82,6 +97,48 @@ class Batcher(Generic[T, R]):
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
+
+    @property
+    def hung(self) -> bool:
+        """A batch has been running for longer than `hung_after_s`."""
+        return self._hung
+
+    def predicted_latency_s(self, ahead: int = 0) -> float:
+        """When an item submitted now would have its result: the rest of the running batch,
+        then the batches of the items queued ahead of it (and `ahead` more, admitted but not
+        yet submitted) up to its own, at the measured time per item. Its own batch counts as
+        full: under load, later items fill it before it starts."""
+        per_item = self._seconds_per_item
+        rest = len(self._running_batch) * per_item - (time.monotonic() - self._running_since)
+        items = len(self._pending) + ahead + 1
+        batches = math.ceil(items / self._max_batch_size)
+        return max(0.0, rest) + batches * self._max_batch_size * per_item
+
+    def admit(self, ahead: int = 0) -> None:
+        """Raise QueueFull if an item submitted now would be refused: callers check this
+        before they spend work (decoding) on an item the batcher will not take. `ahead`:
+        items the caller has admitted and not yet submitted (they will queue first)."""
+        depth = len(self._pending)
+        if depth >= self._max_queue:
+            self._reject("queue_full")
+            raise QueueFull(depth, max(1.0, self.predicted_latency_s()))
+        # An idle batcher takes anything: waiting would not answer it sooner, and only batches
+        # that run can correct a time per item measured too high.
+        busy = bool(self._running_batch or self._pending or ahead)
+        if self._max_latency_s is not None and busy:
+            predicted = self.predicted_latency_s(ahead)
+            if predicted > self._max_latency_s:
+                self._reject("latency_target")
+                why = (
+                    f"overloaded: a new image would wait {predicted:.1f} s here, over the "
+                    f"{self._max_latency_s:.1f} s target"
+                )
+                # The backlog drains at one second per second: the wait until it fits.
+                raise QueueFull(depth, predicted - self._max_latency_s, why)
+
+    def _reject(self, reason: str) -> None:
+        if self._observer:
+            self._observer.item_rejected(reason)
 
     async def start(self) -> None:
         if self._task is not None:
@@ -98,10 +155,7 @@ class Batcher(Generic[T, R]):
         """
         if not self._accepting:
             raise BatcherStopped(f"{self._name} is not accepting work")
-        if len(self._pending) >= self._max_queue:
-            if self._observer:
-                self._observer.item_rejected()
-            raise QueueFull(len(self._pending), self._retry_after_s())
+        self.admit()
         now = time.monotonic()
         future: asyncio.Future[BatchOutcome[R]] = asyncio.get_running_loop().create_future()
         deadline = None if timeout_s is None else now + timeout_s
@@ -139,9 +193,6 @@ class Batcher(Generic[T, R]):
             if self._owner is not None:
                 # A batch still running after the timeout cannot be interrupted; don't wait.
                 self._owner.shutdown(wait=False, cancel_futures=True)
-
-    def _retry_after_s(self) -> float:
-        return max(1.0, math.ceil(len(self._pending) * self._seconds_per_item))
 
     def _report_depth(self) -> None:
         if self._observer:
@@ -214,7 +265,12 @@ class Batcher(Generic[T, R]):
     async def _run(self, batch: list[_Pending[T, R]], reason: CloseReason) -> None:
         assert self._owner is not None
         self._running_batch = batch
-        started = time.monotonic()
+        started = self._running_since = time.monotonic()
+        watchdog = None
+        if self._hung_after_s is not None:
+            watchdog = asyncio.get_running_loop().call_later(
+                self._hung_after_s, self._mark_hung, len(batch)
+            )
         if self._observer:
             for pending in batch:
                 self._observer.item_started(started - pending.enqueued_at)
@@ -237,11 +293,38 @@ class Batcher(Generic[T, R]):
             return
         finally:
             self._running_batch = []
-        run_s = time.monotonic() - started
-        self._seconds_per_item = run_s / len(batch)
+            if watchdog is not None:
+                watchdog.cancel()
+            if self._hung:
+                self._set_hung(False)
+                ended_after = time.monotonic() - started
+                log.warning("%s: the hung batch ended after %.1f s", self._name, ended_after)
+        ended = time.monotonic()
+        run_s = ended - started
+        # A batch that was waiting for the model also paid the hand-over from the previous
+        # one (answers out, next batch in): part of the rate at which a backlog drains.
+        waited = batch[0].enqueued_at <= self._last_ended
+        measured = (ended - (self._last_ended if waited else started)) / len(batch)
+        self._last_ended = ended
+        previous = self._seconds_per_item
+        self._seconds_per_item = measured if not previous else 0.7 * previous + 0.3 * measured
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 queued_s = started - pending.enqueued_at
                 pending.future.set_result(BatchOutcome(result, queued_s, run_s, len(batch)))
         if self._observer:
             self._observer.batch_ran(len(batch), reason, run_s, ok=True)
+
+    def _mark_hung(self, size: int) -> None:
+        log.error(
+            "%s: a batch of %d has run for over %.1f s: the model looks hung (not ready)",
+            self._name,
+            size,
+            self._hung_after_s,
+        )
+        self._set_hung(True)
+
+    def _set_hung(self, hung: bool) -> None:
+        self._hung = hung
+        if self._observer:
+            self._observer.hung(hung)

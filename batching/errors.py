@@ -1,21 +1,26 @@
 """Why a submitted item got no result."""
 
+import math
+
 
 class BatcherError(Exception):
     """Base of every error the batcher gives a caller instead of a result."""
 
 
 class QueueFull(BatcherError):
-    """The bounded queue is full; the caller should retry after `retry_after_s`."""
+    """No room: the queue is full, or an item would finish past the latency target. The
+    caller should retry after `retry_after_s`."""
 
-    def __init__(self, depth: int, retry_after_s: float) -> None:
-        super().__init__(f"queue is full ({depth} waiting); retry in {retry_after_s:.0f} s")
+    def __init__(self, depth: int, retry_after_s: float, why: str | None = None) -> None:
+        why = why or f"queue is full ({depth} waiting)"
+        super().__init__(f"{why}; retry in {max(1, math.ceil(retry_after_s))} s")
         self.depth = depth
         self.retry_after_s = retry_after_s
+        self.why = why
 
-    def __reduce__(self) -> tuple[type["QueueFull"], tuple[int, float]]:
+    def __reduce__(self) -> tuple[type["QueueFull"], tuple[int, float, str]]:
         # Crosses process boundaries (model worker -> HTTP worker) as a pickle.
-        return QueueFull, (self.depth, self.retry_after_s)
+        return QueueFull, (self.depth, self.retry_after_s, self.why)
 
 
 class DeadlineExceeded(BatcherError):

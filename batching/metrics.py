@@ -10,9 +10,10 @@ from batching.batcher_types import CloseReason
 class BatchObserver(Protocol):
     def batch_ran(self, size: int, reason: CloseReason, run_s: float, ok: bool) -> None: ...
     def item_started(self, queued_s: float) -> None: ...
-    def item_rejected(self) -> None: ...
+    def item_rejected(self, reason: str) -> None: ...
     def item_expired(self) -> None: ...
     def queue_depth(self, depth: int) -> None: ...
+    def hung(self, is_hung: bool) -> None: ...
 
 
 class PrometheusBatchObserver:
@@ -46,7 +47,16 @@ class PrometheusBatchObserver:
         )
         self._depth = Gauge("batcher_queue_depth", "Items waiting for a batch", registry=registry)
         self._rejected = Counter(
-            "batcher_rejected", "Items refused because the queue was full", registry=registry
+            "batcher_rejected",
+            "Items refused: queue_full, or latency_target (would finish too late)",
+            ["reason"],
+            registry=registry,
+        )
+        self._hung = Gauge(
+            "batcher_hung", "1 while a batch has run past the watchdog bound", registry=registry
+        )
+        self._hangs = Counter(
+            "batcher_hangs", "Batches that ran past the watchdog bound", registry=registry
         )
         self._expired = Counter(
             "batcher_expired", "Items dropped because their deadline passed", registry=registry
@@ -60,11 +70,16 @@ class PrometheusBatchObserver:
     def item_started(self, queued_s: float) -> None:
         self._wait.observe(queued_s)
 
-    def item_rejected(self) -> None:
-        self._rejected.inc()
+    def item_rejected(self, reason: str) -> None:
+        self._rejected.labels(reason=reason).inc()
 
     def item_expired(self) -> None:
         self._expired.inc()
 
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)
+
+    def hung(self, is_hung: bool) -> None:
+        self._hung.set(int(is_hung))
+        if is_hung:
+            self._hangs.inc()

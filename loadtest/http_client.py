@@ -7,7 +7,14 @@ bytes and reads responses by Content-Length (what the service always sends).
 
 import asyncio
 import uuid
+from typing import NamedTuple
 from urllib.parse import urlparse
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
 
 
 def multipart_body(
@@ -48,8 +55,8 @@ class Connection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    async def send(self, request: bytes) -> tuple[int, bytes]:
-        """Status and body; reconnects once if the server closed the idle connection."""
+    async def send(self, request: bytes) -> Reply:
+        """Status, headers and body; reconnects once if the server closed the idle connection."""
         for attempt in (1, 2):
             if self._writer is None:
                 self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
@@ -64,15 +71,14 @@ class Connection:
                 continue
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split()[1])
-            length = next(
-                int(line.split(":", 1)[1])
-                for line in lines
-                if line.lower().startswith("content-length:")
-            )
-            body = await self._reader.readexactly(length)
-            if any(line.lower() == "connection: close" for line in lines):
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines[1:] if line)
+            }
+            body = await self._reader.readexactly(int(headers["content-length"]))
+            if headers.get("connection", "").lower() == "close":
                 await self.close()
-            return status, body
+            return Reply(status, headers, body)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -35,6 +35,8 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     statuses: dict[str, int]
+    refused_p99_ms: float = float("nan")  # how fast 429s came back
+    refused_max_ms: float = float("nan")
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Samples:
     """What one load process saw inside the window."""
 
     latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    refusals: list[float] = field(default_factory=list)  # seconds, 429s
     statuses: Counter[str] = field(default_factory=Counter)
 
 
@@ -54,10 +57,17 @@ class Window:
 
 
 async def drive(
-    url: str, path: str, clients: int, window: Window, repeat: bool, tag: str
+    url: str,
+    path: str,
+    clients: int,
+    window: Window,
+    repeat: bool,
+    tag: str,
+    back_off: bool = False,
 ) -> Samples:
     """Closed-loop load from this process; `repeat` sends one image again and again (cache
-    hits), else unique ones (`tag` keeps them unique across processes)."""
+    hits), else unique ones (`tag` keeps them unique across processes). With `back_off` a
+    client told 429 waits its Retry-After, as a well-behaved client does."""
     images = itertools.repeat(base_jpegs()[0]) if repeat else unique_jpegs(tag=tag)
     samples = Samples()
     # perf_counter for latencies; the shared window is in wall-clock time.
@@ -69,15 +79,22 @@ async def drive(
         try:
             while (sent := time.perf_counter()) < stop_at:
                 request = multipart_request(connection.host, path, "file", "x.jpg", next(images))
+                retry_after_s = 0.0
                 try:
-                    code, _ = await connection.send(request)
-                    status = str(code)
+                    reply = await connection.send(request)
+                    status = str(reply.status)
+                    if reply.status == 429 and back_off:
+                        retry_after_s = float(reply.headers.get("retry-after", "1"))
                 except (OSError, asyncio.IncompleteReadError) as exc:
                     status = type(exc).__name__
                 if sent >= measure_from:  # only requests started inside the window count
                     samples.statuses[status] += 1
                     if status == "200":
                         samples.latencies.append(time.perf_counter() - sent)
+                    elif status == "429":
+                        samples.refusals.append(time.perf_counter() - sent)
+                if retry_after_s:
+                    await asyncio.sleep(min(retry_after_s, max(0.0, stop_at - time.perf_counter())))
         finally:
             await connection.close()
 
@@ -86,9 +103,9 @@ async def drive(
 
 
 def _drive_in_process(
-    url: str, path: str, clients: int, window: Window, repeat: bool, tag: str
+    url: str, path: str, clients: int, window: Window, repeat: bool, tag: str, back_off: bool
 ) -> Samples:
-    return asyncio.run(drive(url, path, clients, window, repeat, tag))
+    return asyncio.run(drive(url, path, clients, window, repeat, tag, back_off))
 
 
 def measure_load(
@@ -99,15 +116,17 @@ def measure_load(
     warmup_s: float,
     repeat: bool = False,
     processes: int = 1,
+    back_off: bool = False,
 ) -> LoadResult:
-    """`concurrency` clients over `processes` load processes (1: this process)."""
+    """`concurrency` clients over `processes` load processes (1: this process); with
+    `back_off`, clients wait out a 429's Retry-After."""
     start = time.time() + (_START_DELAY_S if processes > 1 else 0)
     window = Window(start + warmup_s, start + warmup_s + seconds)
     # Every call its own images: a second call in one run (another step, the idle phase after
     # the loaded one) must not resend the first's bytes, which the cache would answer.
     run = f"{os.getpid()}-{time.time_ns()}"
     if processes == 1:
-        parts = [_drive_in_process(url, path, concurrency, window, repeat, run)]
+        parts = [_drive_in_process(url, path, concurrency, window, repeat, run, back_off)]
     else:
         shares = [
             concurrency // processes + (i < concurrency % processes) for i in range(processes)
@@ -115,7 +134,7 @@ def measure_load(
         # spawn: a fresh interpreter, whatever the caller's threads or event loop
         with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
             futures = [
-                pool.submit(_drive_in_process, url, path, n, window, repeat, f"{run}-{i}")
+                pool.submit(_drive_in_process, url, path, n, window, repeat, f"{run}-{i}", back_off)
                 for i, n in enumerate(shares)
                 if n
             ]
@@ -123,10 +142,21 @@ def measure_load(
     latencies = [latency for part in parts for latency in part.latencies]
     statuses: Counter[str] = sum((part.statuses for part in parts), Counter())
     ok = len(latencies)
-    quantiles = statistics.quantiles(latencies, n=100) if ok > 1 else [float("nan")] * 99
+    quantiles = _percentiles(latencies)
+    refusals = [refusal for part in parts for refusal in part.refusals]
     return LoadResult(
-        concurrency, ok / seconds, 1000 * quantiles[49], 1000 * quantiles[98], dict(statuses)
+        concurrency,
+        ok / seconds,
+        1000 * quantiles[49],
+        1000 * quantiles[98],
+        dict(statuses),
+        refused_p99_ms=1000 * _percentiles(refusals)[98],
+        refused_max_ms=1000 * max(refusals, default=float("nan")),
     )
+
+
+def _percentiles(seconds: list[float]) -> list[float]:
+    return statistics.quantiles(seconds, n=100) if len(seconds) > 1 else [float("nan")] * 99
 
 
 def main() -> None:

@@ -1,17 +1,29 @@
 """Start the service (and a redis-server) as child processes for benchmarks."""
 
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO
 
 import httpx
 
 # How benchmarks, tests and the container (Dockerfile CMD) start the service: one command.
 SERVICE_COMMAND = ("python", "-m", "service", "serve")
+# EfficientNet-Lite0 with its real offline weights on the reference backend: correct answers
+# and fast enough for thousands of requests on 2 cores.
+LITE0_ENV = {
+    "RESNET_SERVE_MODEL": "tf_efficientnet_lite0",
+    "RESNET_SERVE_WEIGHTS": "lite0-package",
+    "RESNET_SERVE_BACKEND": "torch",
+    "RESNET_SERVE_PRECISION": "fp32",
+    "RESNET_SERVE_MAX_BATCH_SIZE": "8",
+}
 
 
 def free_port() -> int:
@@ -115,3 +127,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@contextmanager
+def service_at(url: str | None, env: dict[str, str]) -> Iterator[tuple[str, int | None]]:
+    """`url` when given; else a service started with `env` over this environment (its own
+    data directory) on a free loopback port, stopped afterwards. Yields the URL and the
+    started service's pid (None for a given URL)."""
+    if url is not None:
+        yield url, None
+        return
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="resnet-serve-")
+    service = start_service(os.environ | env | {"RESNET_SERVE_DATA_DIR": data_dir}, port)
+    try:
+        yield f"http://127.0.0.1:{port}", service.pid
+    finally:
+        stop(service)

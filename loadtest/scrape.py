@@ -39,7 +39,7 @@ class StepMetrics:
     batch_size_counts: dict[str, int]  # "1", "2-4", ... (histogram bucket ranges) -> batches
     cache_hit_ratio: float | None  # None when nothing went through the cache
     server_cpu_cores: float  # process CPU seconds per wall second
-    rejected: int  # queue full (429)
+    rejected: int  # refused with 429: queue full, or past the latency target
     expired: int  # deadline passed in the queue (504)
     server_errors: int  # HTTP 5xx answered
 
@@ -56,7 +56,7 @@ def step_metrics(before: Samples, after: Samples, wall_s: float) -> StepMetrics:
         batch_size_counts=_bucket_counts(before, after),
         cache_hit_ratio=hits / (hits + misses) if hits + misses else None,
         server_cpu_cores=delta("process_cpu_seconds_total") / wall_s,
-        rejected=round(delta("batcher_rejected_total")),
+        rejected=round(delta("batcher_rejected_total")),  # both reasons
         expired=round(delta("batcher_expired_total")),
         server_errors=round(
             sum(

@@ -1,22 +1,28 @@
 """create_app(settings): the FastAPI application and its lifespan (no import-time globals)."""
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from service.access import ApiKeyGuard
+from service.admission import AdmitAtTheDoor
 from service.errors import install_error_handlers
 from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector, ModelInspector
 from service.http_metrics import HttpMetrics
 from service.limits import BodyLimit
+from service.model.passing_thread import in_passing_thread
 from service.model.runtime import ModelRuntime, load_runtime
 from service.model_client import InProcessModel, ModelClient, model_batcher
 from service.pipeline import Pipeline
+from service.request_id import RequestId
 from service.routes import classify, embed, explain, health, items, search
 from service.routes.docs import serve_docs
 from service.search_index import ItemIndex, SearchIndex, open_collection_for
@@ -38,12 +44,17 @@ class ServiceParts:
 Components = Callable[[Settings, CollectorRegistry], AbstractAsyncContextManager[ServiceParts]]
 
 
-def inspector_for(
+async def inspector_for(
     runtime: ModelRuntime, settings: Settings, registry: CollectorRegistry
 ) -> InProcessInspector:
     """The fp32 inspection path beside a serving runtime, with its own admission limit."""
+    # Copying the model runs torch: not on the event loop's thread, which lives on.
+    explainer = await in_passing_thread(
+        lambda: Explainer(runtime.module, runtime.spec, replicas=settings.explain_concurrency),
+        "explainer-load",
+    )
     return InProcessInspector(
-        Explainer(runtime.module, runtime.spec, replicas=settings.explain_concurrency),
+        explainer,
         backend=runtime.backend.name,
         precision=runtime.choice.candidate.precision,
         device=runtime.device,
@@ -59,25 +70,19 @@ async def in_process(
 ) -> AsyncIterator[ServiceParts]:
     """Load the model, warm it up and open the index, all in this process."""
     # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
-    runtime = await asyncio.to_thread(load_runtime, settings)
-    await asyncio.to_thread(runtime.warm_up)
+    runtime = await in_passing_thread(lambda: load_runtime(settings), "model-load")
+    await in_passing_thread(runtime.warm_up, "model-warm-up")
     # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
     collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
     index = SearchIndex(collection, search_threads=settings.decode_threads)
-    batcher = model_batcher(
-        runtime,
-        max_wait_s=settings.max_wait_ms / 1000,
-        max_queue=settings.queue_size,
-        registry=registry,
-    )
+    batcher = model_batcher(runtime, settings, registry)
     for warning in runtime.spec.warnings:
         log.warning(warning)
     log.info("ready: %s on %s", runtime.spec.model_id, runtime.device)
-    inspector = inspector_for(runtime, settings, registry)
+    inspector = await inspector_for(runtime, settings, registry)
     try:
         yield ServiceParts(InProcessModel(runtime, batcher), index, inspector)
     finally:
-        inspector.close()
         await index.close()
 
 
@@ -100,6 +105,9 @@ def create_app(
         async with components(settings, metrics_registry) as parts:
             pipeline = Pipeline(parts.model, settings, metrics_registry)
             await pipeline.start()
+            # Everything loaded so far lives as long as the process: out of the collector's
+            # sight, a full collection no longer walks it and stalls every request in flight.
+            gc.freeze()
             app.state.pipeline = pipeline
             app.state.index = parts.index
             app.state.inspector = parts.inspector
@@ -124,10 +132,26 @@ def create_app(
     for router in (module.router for module in routers):
         app.include_router(router)
     serve_docs(app)
+    # Starlette runs the last added first: ids, metrics, CORS, the key, admission, body limit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AdmitAtTheDoor)
+    if settings.api_key is not None:
+        app.add_middleware(
+            ApiKeyGuard, key=settings.api_key.get_secret_value(), scope=settings.api_key_scope
+        )
+    if settings.cors_origin_list:  # closed unless configured: no CORS headers at all
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
+            expose_headers=["X-Request-ID", "X-Cache", "Retry-After"],
+        )
     app.add_middleware(HttpMetrics, registry=registry)
+    app.add_middleware(RequestId)
     if settings.ui:
         from service.ui.app import mount_ui  # Gradio is imported only when the page is on
 
-        app = mount_ui(app)
+        key = settings.api_key
+        app = mount_ui(app, None if key is None else key.get_secret_value())
     return app

@@ -1,7 +1,6 @@
 """The `resnet-serve` command."""
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
+from service.logs import configure_logging
 from service.settings import Settings
 
 # flag -> Settings field; only the common ones, everything else is RESNET_SERVE_* in the env.
@@ -96,10 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
         )
         parser.error(f"invalid settings: {problems}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "gate":
         from service.gate_command import run_gate_command  # torch import is slow
 
@@ -126,5 +123,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go to ours (service.logs): one format, request ids
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )

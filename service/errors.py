@@ -21,6 +21,10 @@ class BadRequest(ServiceError):
     """The request is malformed (not the image: the HTTP envelope)."""
 
 
+class Unauthorized(ServiceError):
+    """No API key, or the wrong one, where the service requires one."""
+
+
 class NotFound(ServiceError):
     pass
 
@@ -52,6 +56,7 @@ class ClientDisconnected(ServiceError):
 # status, code; looked up along the exception's MRO so subclasses inherit their parent's row.
 STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
     BadRequest: (400, "bad_request"),
+    Unauthorized: (401, "unauthorized"),
     NotFound: (404, "not_found"),
     MethodNotAllowed: (405, "method_not_allowed"),
     PayloadTooLarge: (413, "payload_too_large"),
@@ -93,7 +98,9 @@ def error_response(exc: Exception) -> JSONResponse:
     status, code, message = describe_error(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, QueueFull):
-        headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
     if status == 500:
         log.error("%s answered %d: %s", type(exc).__name__, status, exc, exc_info=code == INTERNAL)
     elif status > 500:  # not ready, deadline: expected under restarts and overload; in /metrics

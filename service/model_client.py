@@ -14,6 +14,7 @@ from service.errors import InvalidInput, NotReady
 from service.model.backend import ModelOutputs
 from service.model.runtime import ModelInput, ModelResult, ModelRuntime
 from service.model.spec import ModelSpec
+from service.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,10 @@ class ModelStatus:
     backend_choice: str  # why this backend, precision and batch size
     queue_depth: int
     jpeg_on_device: bool  # baseline JPEGs are sent undecoded, for the model's device to decode
+    hung: bool  # a batch has run past the watchdog bound
+
+
+HUNG_MESSAGE = "the model has been running one batch for longer than the watchdog allows"
 
 
 class ModelClient(Protocol):
@@ -39,6 +44,17 @@ class ModelClient(Protocol):
         """The serving model's status; raises NotReady when there is none."""
         ...
 
+    def admit(self, ahead: int = 0) -> None:
+        """Raise QueueFull now if the model would refuse one more image (queue full, or it
+        would finish past the latency target): checked before any work is spent on it.
+        `ahead`: images this process admitted that have not reached the model yet."""
+        ...
+
+    async def check(self) -> None:
+        """For /readyz: raise NotReady unless the model can serve now (reachable, and no
+        batch stuck past the watchdog bound)."""
+        ...
+
     async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
         """One image's outputs. Raises the batcher's errors (QueueFull, DeadlineExceeded, ...),
         NotReady, or InvalidInput for a JPEG that does not decode on the device."""
@@ -49,7 +65,7 @@ class ModelClient(Protocol):
     async def stop(self, drain_timeout_s: float) -> None: ...
 
 
-def model_status(runtime: ModelRuntime, queue_depth: int) -> ModelStatus:
+def model_status(runtime: ModelRuntime, queue_depth: int, hung: bool) -> ModelStatus:
     return ModelStatus(
         spec=runtime.spec,
         device=runtime.device,
@@ -58,6 +74,7 @@ def model_status(runtime: ModelRuntime, queue_depth: int) -> ModelStatus:
         backend_choice=runtime.choice.reason,
         queue_depth=queue_depth,
         jpeg_on_device=runtime.jpeg_decoder is not None,
+        hung=hung,
     )
 
 
@@ -72,18 +89,21 @@ ModelBatcher = Batcher[ModelInput, ModelResult]
 
 
 def model_batcher(
-    runtime: ModelRuntime, *, max_wait_s: float, max_queue: int, registry: CollectorRegistry
+    runtime: ModelRuntime, settings: Settings, registry: CollectorRegistry
 ) -> ModelBatcher:
     """The batcher in front of a runtime, with its metrics on `registry`.
 
     The queue holds at least two batches: a shorter one would refuse work the model could
-    take (a GPU's batch of 256 against the default queue of 64).
+    take (a GPU's batch of 256 against the default queue of 64). The latency target leaves a
+    tenth of itself for what happens outside the batcher (reading, decoding, answering).
     """
     return Batcher(
         runtime.predict_batch,
         max_batch_size=runtime.batch_size,
-        max_wait_s=max_wait_s,
-        max_queue=max(max_queue, 2 * runtime.batch_size),
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=max(settings.queue_size, 2 * runtime.batch_size),
+        max_latency_s=0.9 * settings.target_latency_ms / 1000,
+        hung_after_s=settings.watchdog_s,
         observer=PrometheusBatchObserver(registry, runtime.batch_size),
         name="model",
     )
@@ -98,12 +118,20 @@ class InProcessModel:
 
     @property
     def ready(self) -> bool:
-        return self._batcher.running
+        return self._batcher.running and not self._batcher.hung
 
     def status(self) -> ModelStatus:
+        if self._batcher.hung:
+            raise NotReady(HUNG_MESSAGE)
         if not self.ready:
             raise NotReady("the model is not loaded or is shutting down")
-        return model_status(self.runtime, self._batcher.queue_depth)
+        return model_status(self.runtime, self._batcher.queue_depth, hung=False)
+
+    def admit(self, ahead: int = 0) -> None:
+        self._batcher.admit(ahead)
+
+    async def check(self) -> None:
+        self.status()
 
     async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
         return outputs_or_raise(await self._batcher.submit(item, timeout_s=timeout_s))

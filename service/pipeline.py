@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from service.admission import OnTheWay, Ticket, reached_model
 from service.cache import (
     CacheMetrics,
     MemoryCache,
@@ -91,6 +92,7 @@ class Pipeline:
         self._view: _ModelView | None = None
         self._flights: SingleFlight[Inference] = SingleFlight()
         self._cache_writes: set[asyncio.Task[None]] = set()
+        self._on_the_way = OnTheWay()
 
     @property
     def ready(self) -> bool:
@@ -98,6 +100,17 @@ class Pipeline:
 
     def status(self) -> ModelStatus:
         """The serving model; raises NotReady when there is none (routes answer 503)."""
+        return self.model.status()
+
+    def admit(self) -> Ticket:
+        """A ticket for one more request for the model, or QueueFull if the model would
+        refuse its image (answered 429 at once)."""
+        self.model.admit(ahead=self._on_the_way.waiting)
+        return Ticket(self._on_the_way)
+
+    async def checked_status(self) -> ModelStatus:
+        """The status, after asking the model whether it can serve now (for /readyz)."""
+        await self.model.check()
         return self.model.status()
 
     def _model_view(self) -> _ModelView:
@@ -198,6 +211,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         item = await loop.run_in_executor(self._decode_pool, view.prepare, data)
         decoded = time.perf_counter()
+        reached_model()
         remaining = self._timeout_s - (decoded - started)
         outcome = await self.model.infer(item, timeout_s=max(remaining, 0.001))
         finished = time.perf_counter()

@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "resnet50.fb_swsl_ig1b_ft_in1k"
@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(
         30.0, gt=0, le=600, description="deadline from arrival to result before 504"
+    )
+    target_latency_ms: float = Field(
+        2000,
+        gt=0,
+        le=600_000,
+        description=(
+            "latency target: an image the model could not answer within it (measured batch "
+            "times, images ahead) is refused at once with 429 and Retry-After"
+        ),
+    )
+    watchdog_s: float = Field(
+        30,
+        gt=0,
+        le=3600,
+        description="a batch running longer than this turns /readyz red (a hung model)",
     )
 
     max_upload_bytes: int = Field(
@@ -140,6 +155,25 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     data_dir: Path = Field(Path("data"), description="where the index and other state live")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line with the request id"
+    )
+
+    api_key: SecretStr | None = Field(
+        None,
+        description=(
+            "when set, requests in api_key_scope need it (Authorization: Bearer, or X-API-Key) "
+            "and the web page asks for it"
+        ),
+    )
+    api_key_scope: Literal["writes", "all"] = Field(
+        "writes",
+        description="writes: index writes need the key; all: everything but /healthz, /readyz",
+    )
+    cors_origins: str = Field(
+        "",
+        description="comma-separated origins allowed to call the API from a browser; empty: none",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -157,6 +191,10 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def index_dir(self) -> Path:

@@ -11,7 +11,6 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -20,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from batching import QueueFull
 from service.errors import ServiceError
 from service.explain.explainer import CamResult, Explainer, FeatureMaps, ModelCard
+from service.model.passing_thread import in_passing_thread
 from service.workers.rpc import RpcClient
 
 T = TypeVar("T")
@@ -80,7 +80,9 @@ class InProcessInspector:
         self._limit = concurrency + queue
         self._admitted = 0
         self._seconds_each = 1.0  # running estimate, for Retry-After
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="explain")
+        # Each explanation in its own passing thread (see passing_thread): a pool of idle
+        # explain threads would slow every forward of the serving model on the CPU.
+        self._running = asyncio.Semaphore(concurrency)
         self._metrics = InspectorMetrics(registry)
         self._card: ModelCard | None = None
 
@@ -115,7 +117,8 @@ class InProcessInspector:
         self._metrics.in_flight.inc()
         started = time.perf_counter()
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, work)
+            async with self._running:
+                result = await in_passing_thread(work, f"explain-{kind}")
         except ServiceError:
             self._metrics.requests.labels(kind, "invalid").inc()
             raise
@@ -127,9 +130,6 @@ class InProcessInspector:
         self._metrics.seconds.labels(kind).observe(elapsed)
         self._metrics.requests.labels(kind, "ok").inc()
         return result
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class RemoteInspector:

@@ -19,7 +19,10 @@ from service.settings import Settings
 
 async def get_pipeline(request: Request) -> Pipeline:
     pipeline: Pipeline | None = getattr(request.app.state, "pipeline", None)
-    if pipeline is None or not pipeline.ready:
+    if pipeline is None:
+        raise NotReady("the model is not loaded yet")
+    if not pipeline.ready:
+        pipeline.status()  # raises NotReady saying why: hung, restarting, shutting down
         raise NotReady("the model is not loaded or is shutting down")
     return pipeline
 

@@ -24,8 +24,8 @@ async def readyz(
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     _: Annotated[ItemIndex, Depends(get_index)],
 ) -> ReadyResponse:
-    """Ready: model loaded and warmed up, batcher running, similarity index open."""
-    status = pipeline.status()
+    """Ready: model loaded and warmed up, no batch hung, similarity index open."""
+    status = await pipeline.checked_status()
     spec = status.spec
     return ReadyResponse(
         **model_info(spec),

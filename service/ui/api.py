@@ -23,10 +23,13 @@ class ApiError(Exception):
 
 
 class ServiceApi:
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, api_key: str | None) -> None:
         # Explanations of a large photo take seconds on a CPU: allow for them.
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ui.local", timeout=120
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://ui.local",
+            timeout=120,
+            headers={} if api_key is None else {"X-API-Key": api_key},
         )
 
     async def get(self, path: str, **params: object) -> httpx.Response:

@@ -8,6 +8,8 @@ here: a deployment with RESNET_SERVE_UI=false does not load it.
 
 import asyncio
 import csv
+import functools
+import hmac
 import io
 import json
 import os
@@ -27,18 +29,24 @@ BATCH_COLUMNS = ["file", "top-1", "score", "error", "top-5"]  # error before the
 _BATCH_CONCURRENCY = 4  # images of a batch in flight at once: enough to fill model batches
 
 
-def mount_ui(app: FastAPI, path: str = "/ui") -> FastAPI:
+def mount_ui(app: FastAPI, api_key: str | None, path: str = "/ui") -> FastAPI:
     """Mount the page on `app`. No analytics, no calls out: a production box may have no
-    internet, and this page must not try."""
+    internet, and this page must not try.
+
+    With an API key the page opens with a login (any user name, the key as password), and
+    its calls to the API carry the key: who can use the page could use the API.
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
     exports = Path(tempfile.mkdtemp(prefix="resnet-serve-ui-"))
-    blocks = build_blocks(ServiceApi(app), exports)
+    blocks = build_blocks(ServiceApi(app, api_key), exports)
     mounted: FastAPI = gr.mount_gradio_app(
         app,
         blocks,
         path=path,
+        auth=None if api_key is None else functools.partial(_knows_key, api_key),
+        auth_message="This service needs its API key: any user name, the key as password.",
         show_error=False,  # only gr.Error messages (the API's own words) reach the page
         allowed_paths=[str(exports)],
         ssr_mode=False,
@@ -51,10 +59,12 @@ def mount_ui(app: FastAPI, path: str = "/ui") -> FastAPI:
     return mounted
 
 
+def _knows_key(api_key: str, _user: str, password: str) -> bool:
+    return hmac.compare_digest(password.encode(), api_key.encode())
+
+
 def shown(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """An API refusal becomes a readable message in the page (gr.Error)."""
-    import functools
-
     import gradio as gr
 
     @functools.wraps(handler)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from index.collection import IndexInUse
 from index.store import ModelMismatch
+from service.logs import configure_logging
 from service.model.weights import ModelLoadError
 from service.settings import Settings
 from service.workers.process import EXIT_CONFIG_ERROR
@@ -43,11 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     die_with_parent()
     settings = Settings.model_validate_json(args.settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{args.name}] %(name)s: %(message)s",
-    )
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format, args.name)
     try:
         if args.role == "model":
             from service.workers.model_worker import serve_model

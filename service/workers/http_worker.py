@@ -53,6 +53,7 @@ def serve_http(
     config = uvicorn.Config(
         app,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go to ours (service.logs): one format, request ids
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
     uvicorn.Server(config).run(sockets=[socket.socket(fileno=listen_fd)])

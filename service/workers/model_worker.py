@@ -5,7 +5,7 @@ slot numbers; this process batches them and answers each with that image's outpu
 its socket only once the model is loaded and warmed up, so a connection means ready.
 """
 
-import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from service.app import inspector_for
 from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
+from service.model.passing_thread import in_passing_thread
 from service.model.runtime import load_runtime
 from service.model_client import ModelStatus, model_batcher, model_status, outputs_or_raise
 from service.settings import Settings
@@ -26,18 +27,13 @@ from service.workers.slots import SlotReader
 
 
 async def serve_model(settings: Settings, socket_path: Path) -> None:
-    runtime = await asyncio.to_thread(load_runtime, settings)
-    await asyncio.to_thread(runtime.warm_up)
+    runtime = await in_passing_thread(lambda: load_runtime(settings), "model-load")
+    await in_passing_thread(runtime.warm_up, "model-warm-up")
     registry = worker_registry()
-    batcher = model_batcher(
-        runtime,
-        max_wait_s=settings.max_wait_ms / 1000,
-        max_queue=settings.queue_size,
-        registry=registry,
-    )
+    batcher = model_batcher(runtime, settings, registry)
 
     async def describe(_: Peer) -> ModelStatus:
-        return model_status(runtime, batcher.queue_depth)
+        return model_status(runtime, batcher.queue_depth, hung=batcher.hung)
 
     async def attach(peer: Peer, path: str, count: int, shape: tuple[int, int, int]) -> None:
         if tuple(shape) != runtime.preprocessor.pixel_shape:
@@ -59,7 +55,7 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
             raise ValueError("this model worker decodes no JPEGs")  # a client bug: 500
         return outputs_or_raise(await batcher.submit(upload, timeout_s=timeout_s))
 
-    inspector = inspector_for(runtime, settings, registry)
+    inspector = await inspector_for(runtime, settings, registry)
 
     async def cam(
         _: Peer, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
@@ -86,10 +82,10 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
         "card": card,
     }
     await batcher.start()
+    gc.freeze()  # the model and its runtime live as long as the process (see service.app)
     server = await RpcServer(handlers).start(socket_path)
     try:
         await run_until_stopped(f"model worker on {runtime.device}")
     finally:
         server.close()  # no new connections; in-flight calls finish in the drain below
         await batcher.stop(drain_timeout_s=settings.request_timeout_s)
-        inspector.close()

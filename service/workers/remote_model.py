@@ -1,23 +1,29 @@
 """The HTTP worker's side of the model: pixels into shared memory, the slot number over RPC."""
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from batching import BatchOutcome, DeadlineExceeded
+from batching import BatchOutcome, DeadlineExceeded, QueueFull
 from service.errors import NotReady
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model.runtime import ModelInput
-from service.model_client import ModelStatus
+from service.model_client import HUNG_MESSAGE, ModelStatus
 from service.workers.rpc import RpcClient, WorkerUnavailable
 from service.workers.slots import PixelSlots
 
 # The model worker answers a deadline itself; this margin only guards against a hung worker.
 _HUNG_MARGIN_S = 2.0
+# After the model worker refuses an image, this worker refuses new ones itself, before
+# decoding them, for the time the model said its backlog needs to drain (at most this long,
+# so a stale view never starves a model that has caught up).
+_LOCAL_REFUSAL_MAX_S = 0.5
+_CHECK_TIMEOUT_S = 2.0  # /readyz asks the model worker; a worker this slow is not ready
 
 
 class RemoteModel:
@@ -37,6 +43,9 @@ class RemoteModel:
         self._slot_count = slot_count
         self._slots: PixelSlots | None = None
         self._status: dict[str, ModelStatus] = {}
+        self._refused: QueueFull | None = None  # the model worker's last refusal
+        self._refusing_until = 0.0
+        self._backlog_clears_at = 0.0
         self._in_use = Gauge(
             "model_slots_in_use",
             "Shared-memory pixel slots holding an image the model worker has not answered",
@@ -50,9 +59,30 @@ class RemoteModel:
 
     def status(self) -> ModelStatus:
         client = self._pick()
+        status = self._status[client.name]
+        if status.hung:  # as the last check found it
+            raise NotReady(HUNG_MESSAGE)
         # Per HTTP worker: its images waiting at (or in) the model.
         in_flight = sum(c.in_flight for c in self._clients)
-        return replace(self._status[client.name], queue_depth=in_flight)
+        return replace(status, queue_depth=in_flight)
+
+    def admit(self, ahead: int = 0) -> None:
+        # The model worker judges each image on arrival; here only its last refusal counts,
+        # and only while this worker still has images there (else it is no evidence of now).
+        refused, now = self._refused, time.monotonic()
+        waiting_there = any(client.in_flight for client in self._clients)
+        if refused is not None and now < self._refusing_until and waiting_there:
+            raise QueueFull(refused.depth, self._backlog_clears_at - now, refused.why)
+
+    async def check(self) -> None:
+        client = self._pick()
+        try:
+            async with asyncio.timeout(_CHECK_TIMEOUT_S):
+                status: ModelStatus = await client.call("describe")
+        except TimeoutError:
+            raise NotReady(f"the model worker did not answer in {_CHECK_TIMEOUT_S:.0f} s") from None
+        self._status[client.name] = status
+        self.status()
 
     async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
         client = self._pick()
@@ -64,6 +94,12 @@ class RemoteModel:
             async with asyncio.timeout(timeout_s + _HUNG_MARGIN_S):
                 outcome: BatchOutcome[ModelOutputs] = await asyncio.shield(reply)
                 return outcome
+        except QueueFull as refused:
+            now = time.monotonic()
+            self._refused = refused
+            self._backlog_clears_at = now + refused.retry_after_s
+            self._refusing_until = now + min(refused.retry_after_s, _LOCAL_REFUSAL_MAX_S)
+            raise
         except TimeoutError:
             client.cancel(call_id)
             raise DeadlineExceeded(

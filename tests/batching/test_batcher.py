@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
@@ -66,6 +67,16 @@ async def make_batcher(model: RecordingModel) -> AsyncIterator[BatcherFactory]:
         await batcher.stop(drain_timeout_s=5)
 
 
+async def observed(
+    make_batcher: BatcherFactory, **options: object
+) -> tuple[Batcher[int, int], CollectorRegistry]:
+    """A batcher reporting to its own registry."""
+    registry = CollectorRegistry()
+    size = int(options.get("max_batch_size", 8))  # type: ignore[call-overload]
+    observer = PrometheusBatchObserver(registry, size)
+    return await make_batcher(observer=observer, **options), registry
+
+
 async def wait_entered(model: RecordingModel) -> None:
     """Wait until the model thread is inside a batch."""
     assert await asyncio.to_thread(model.entered.wait, 5)
@@ -104,10 +115,7 @@ async def test_a_full_batch_does_not_wait(
 async def test_with_no_max_wait_an_idle_model_starts_at_once(
     model: RecordingModel, make_batcher: BatcherFactory
 ) -> None:
-    registry = CollectorRegistry()
-    batcher = await make_batcher(
-        max_batch_size=8, max_wait_s=0, observer=PrometheusBatchObserver(registry, 8)
-    )
+    batcher, registry = await observed(make_batcher, max_batch_size=8, max_wait_s=0)
     model.gate.clear()
     task = asyncio.create_task(batcher.submit(1))
     await wait_entered(model)  # alone: no second item, no timer, it is already running
@@ -260,3 +268,75 @@ async def test_metrics_record_sizes_and_close_reasons(model: RecordingModel) -> 
     assert sample("batcher_batches_total", reason=CloseReason.TIMEOUT, outcome="ok") == 1
     assert sample("batcher_queue_wait_seconds_count") == 5
     assert sample("batcher_queue_depth") == 0
+
+
+def slow_model(seconds_per_item: float) -> Callable[[list[int]], Sequence[int]]:
+    def run(items: list[int]) -> Sequence[int]:
+        time.sleep(seconds_per_item * len(items))
+        return items
+
+    return run
+
+
+async def test_an_item_that_would_finish_past_the_latency_target_is_refused_at_once(
+    make_batcher: BatcherFactory,
+) -> None:
+    batcher, registry = await observed(
+        make_batcher, fn=slow_model(0.2), max_batch_size=2, max_wait_s=0, max_latency_s=1.0
+    )
+    await batcher.submit(0)  # measures 0.2 s per item; nothing measured yet: admitted
+    # Each batch of 2 takes 0.4 s: the first two batches finish within 1 s, a third cannot.
+    admitted = [asyncio.create_task(batcher.submit(i)) for i in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull) as refused:
+        await batcher.submit(99)
+    assert "over the 1.0 s target" in str(refused.value)
+    # Truthful: the backlog needs about 0.6 s more before a new item would fit.
+    assert 0.2 < refused.value.retry_after_s <= 1.0
+    assert [o.value for o in await asyncio.gather(*admitted)] == [0, 1, 2, 3]
+    assert registry.get_sample_value("batcher_rejected_total", {"reason": "latency_target"}) == 1
+    assert batcher.predicted_latency_s() < 1.0  # drained: admitted again
+    await batcher.submit(5)
+
+
+async def test_items_admitted_elsewhere_count_ahead(make_batcher: BatcherFactory) -> None:
+    batcher = await make_batcher(slow_model(0.1), max_batch_size=1, max_wait_s=0, max_latency_s=1)
+    await batcher.submit(0)
+    batcher.admit(ahead=5)  # 0.6 s: fits
+    with pytest.raises(QueueFull):
+        batcher.admit(ahead=12)  # 1.3 s: the 12 being decoded will queue first
+
+
+async def test_a_batch_past_the_watchdog_bound_marks_the_batcher_hung_until_it_ends(
+    model: RecordingModel, make_batcher: BatcherFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    batcher, registry = await observed(make_batcher, max_wait_s=0, hung_after_s=0.05)
+    model.gate.clear()
+    stuck = asyncio.create_task(batcher.submit(1))
+    await wait_entered(model)
+    await asyncio.sleep(0.15)
+    assert batcher.hung
+    assert registry.get_sample_value("batcher_hung") == 1
+    assert registry.get_sample_value("batcher_hangs_total") == 1
+    assert "looks hung" in caplog.text
+    model.gate.set()
+    assert (await stuck).value == 2
+    assert not batcher.hung and registry.get_sample_value("batcher_hung") == 0
+
+
+async def test_a_batch_within_the_watchdog_bound_is_not_hung(make_batcher: BatcherFactory) -> None:
+    batcher = await make_batcher(slow_model(0.01), max_wait_s=0, hung_after_s=1)
+    await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+    await asyncio.sleep(0)
+    assert not batcher.hung
+
+
+async def test_an_idle_batcher_admits_whatever_it_measured(make_batcher: BatcherFactory) -> None:
+    batcher = await make_batcher(slow_model(0.3), max_batch_size=1, max_wait_s=0, max_latency_s=0.1)
+    await batcher.submit(0)  # 0.3 s per item: over the target on its own
+    assert (await batcher.submit(1)).value == 1  # idle: refusing would not answer it sooner
+    busy = asyncio.create_task(batcher.submit(2))
+    await asyncio.sleep(0.05)
+    with pytest.raises(QueueFull):
+        await batcher.submit(3)
+    await busy

@@ -6,16 +6,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import loadtest.processes
 from loadtest.processes import free_port, start_service
 
-LITE0_ENV = {
-    "RESNET_SERVE_MODEL": "tf_efficientnet_lite0",
-    "RESNET_SERVE_WEIGHTS": "lite0-package",
-    "RESNET_SERVE_THREADS": "2",
-    "RESNET_SERVE_BACKEND": "torch",
-    "RESNET_SERVE_PRECISION": "fp32",
-    "RESNET_SERVE_MAX_BATCH_SIZE": "8",
-}
+LITE0_ENV = loadtest.processes.LITE0_ENV | {"RESNET_SERVE_THREADS": "2"}
 
 
 @dataclass

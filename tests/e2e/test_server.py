@@ -38,7 +38,11 @@ async def post_all(url: str, images: list[bytes], timeout_s: float = 60) -> list
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    running = start_server(tmp_path, {"RESNET_SERVE_MAX_BATCH_SIZE": "8"})
+    # A burst of 32 on 2 cores may rightly pass the default latency target; batching is
+    # the point here, admission has its own tests (tests/service/test_overload.py).
+    running = start_server(
+        tmp_path, {"RESNET_SERVE_MAX_BATCH_SIZE": "8", "RESNET_SERVE_TARGET_LATENCY_MS": "60000"}
+    )
     yield running
     running.stop(signal.SIGKILL)
 
@@ -81,20 +85,26 @@ def test_sigterm_finishes_in_flight_requests_then_exits(server: Server) -> None:
 
 def test_disconnected_client_is_dropped_before_the_model(tmp_path: Path) -> None:
     slow = start_server(
-        tmp_path, {"RESNET_SERVE_MAX_BATCH_SIZE": "1", "RESNET_SERVE_MAX_WAIT_MS": "0"}
+        tmp_path,
+        {
+            "RESNET_SERVE_MAX_BATCH_SIZE": "1",
+            "RESNET_SERVE_MAX_WAIT_MS": "0",
+            "RESNET_SERVE_TARGET_LATENCY_MS": "60000",  # the backlog is the point here
+        },
     )
     try:
 
         async def scenario() -> list[httpx.Response]:
-            backlog = asyncio.create_task(post_all(slow.url, unique_jpegs(20)))
+            # Enough backlog to outlast the abandoned request's 0.3 s at batch 1.
+            backlog = asyncio.create_task(post_all(slow.url, unique_jpegs(60)))
             await asyncio.sleep(0.2)  # the backlog is queued; the next request waits behind it
             with pytest.raises(httpx.ReadTimeout):
                 await post_all(slow.url, [jpeg("chelsea")], timeout_s=0.3)
             return await backlog
 
-        assert [r.status_code for r in asyncio.run(scenario())] == [200] * 20
+        assert [r.status_code for r in asyncio.run(scenario())] == [200] * 60
         text = httpx.get(f"{slow.url}/metrics").text
-        assert metric(text, "batcher_batch_size_sum") == 20  # the abandoned image never ran
+        assert metric(text, "batcher_batch_size_sum") == 60  # the abandoned image never ran
         assert 'status="499"' in text
     finally:
         slow.stop(signal.SIGKILL)

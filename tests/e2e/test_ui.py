@@ -211,3 +211,39 @@ def test_the_page_can_be_turned_off(tmp_path: Path) -> None:
         assert json.loads(classify.text)["predictions"][0]["label"] == "espresso"
     finally:
         off.stop()
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_its_writes_carry_it(
+    page: Page, photos: dict[str, Path], tmp_path: Path
+) -> None:
+    import httpx
+
+    key = "ui-test-key-1234"
+    locked = start_server(
+        tmp_path, {"RESNET_SERVE_API_KEY": key, "RESNET_SERVE_LOG_FORMAT": "json"}
+    )
+    try:
+        wrong = {"username": "anyone", "password": "not-the-key"}
+        assert httpx.post(f"{locked.url}/ui/login", data=wrong).status_code == 400
+        page.goto(f"{locked.url}/ui/")
+        page.get_by_label("username").fill("anyone")
+        page.get_by_label("password").fill(key)
+        page.get_by_role("button", name="Login").click()
+        open_tab(page, "Search")
+        page.locator("#search-image input[type=file]").set_input_files(photos["rocket"])
+        page.locator("#item-id textarea, #item-id input").first.fill("ui/keyed")
+        page.get_by_role("button", name="Add this image to the index").click()
+        expect(page.locator("#item-status")).to_contain_text("Added ui/keyed")
+        # The API itself still wants the key for writes, and says so in the usual shape.
+        put = httpx.put(
+            f"{locked.url}/v1/items/api/unkeyed",
+            files={"file": ("r.jpg", jpeg("rocket"), "image/jpeg")},
+            headers={"X-Request-ID": "e2e-trace-1"},
+        )
+        assert put.status_code == 401 and put.json()["error"]["code"] == "unauthorized"
+        assert put.headers["x-request-id"] == "e2e-trace-1"
+    finally:
+        locked.stop()
+    lines = [json.loads(line) for line in locked.log().splitlines() if line.startswith("{")]
+    traced = [line for line in lines if line["request_id"] == "e2e-trace-1"]
+    assert traced and "PUT /v1/items/api/unkeyed" in traced[0]["message"]  # the access line

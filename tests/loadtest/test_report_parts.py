@@ -83,7 +83,7 @@ def test_step_metrics_are_deltas_of_the_service_metrics() -> None:
     hits.inc(3)
     misses.inc(1)
     cpu.inc(5)
-    batches.item_rejected()
+    batches.item_rejected("queue_full")
     after = parse_metrics(generate_latest(registry).decode())
 
     step = step_metrics(before, after, wall_s=10)

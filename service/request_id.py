@@ -1,0 +1,44 @@
+"""A request id on every response (`X-Request-ID`) and on every log line written for it.
+
+The client's id is kept when it is sane (short, printable, no spaces), so one id can follow a
+request through the caller's systems; otherwise the service makes one.
+"""
+
+import re
+import uuid
+from contextvars import ContextVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = b"x-request-id"
+_SANE = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+# "-" outside a request: start-up, batches, background work.
+current_request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+def request_id_for(headers: dict[bytes, bytes]) -> str:
+    offered = headers.get(HEADER, b"")
+    return offered.decode() if _SANE.fullmatch(offered) else uuid.uuid4().hex
+
+
+class RequestId:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_for(dict(scope["headers"]))
+        token = current_request_id.set(request_id)
+
+        async def tagged_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != HEADER]
+                message = {**message, "headers": [*headers, (HEADER, request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tagged_send)
+        finally:
+            current_request_id.reset(token)

@@ -1,0 +1,97 @@
+"""Overload and a stuck model, through the ASGI app: 429 at the door, /readyz red on a hang."""
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.admission import uses_model
+from service.app import create_app
+from service.model.runtime import ModelRuntime
+from tests.conftest import lite0_settings
+from tests.photos import jpeg
+from tests.service.test_api import assert_error, classify
+
+
+def unique(data: bytes) -> bytes:
+    return data + uuid.uuid4().bytes
+
+
+def test_requests_for_the_model_are_the_ones_admitted_at_the_door() -> None:
+    assert uses_model("POST", "/v1/classify")
+    assert uses_model("POST", "/v1/classify/batch")
+    assert uses_model("PUT", "/v1/items/a/b")
+    assert not uses_model("GET", "/v1/items/a/b")
+    assert not uses_model("POST", "/v1/explain")  # its own admission limit
+    assert not uses_model("GET", "/readyz")
+
+
+def test_an_image_past_the_latency_target_gets_429_before_any_work(
+    tmp_path: Path, stuck_model: threading.Event
+) -> None:
+    # 1 ms: once a batch has been timed, no image can be answered that fast behind another.
+    settings = lite0_settings(tmp_path, target_latency_ms=1)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = classify(client, unique(jpeg("coffee")), top_k=1)
+        assert first.status_code == 200  # nothing measured yet: admitted
+        assert classify(client, unique(jpeg("coffee"))).status_code == 200  # idle: admitted
+        stuck_model.clear()
+        held = pool.submit(classify, client, unique(jpeg("chelsea")))
+        deadline = time.monotonic() + 10
+        # Its batch has started once the third item's queue wait is recorded.
+        while "batcher_queue_wait_seconds_count 3.0" not in client.get("/metrics").text:
+            assert time.monotonic() < deadline, "the held request never reached the model"
+            time.sleep(0.02)
+        refused = classify(client, unique(jpeg("coffee")), top_k=1)
+        assert_error(refused, 429, "overloaded")
+        assert "target" in refused.json()["error"]["message"]
+        assert int(refused.headers["retry-after"]) >= 1
+        metrics = client.get("/metrics").text
+        assert 'batcher_rejected_total{reason="latency_target"} 1.0' in metrics
+        # Refused at the door, the body unread; reads are not admission-bound.
+        assert client.get("/v1/index").status_code == 200
+        stuck_model.set()
+        assert held.result(timeout=30).status_code == 200
+
+
+@pytest.fixture
+def stuck_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """Batches hang while the event is clear (the warm-up before the app starts does not)."""
+    release = threading.Event()
+    release.set()
+    real = ModelRuntime.predict_batch
+
+    def predict_batch(self: ModelRuntime, items: Sequence[object]) -> list[object]:
+        release.wait(30)
+        return real(self, items)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelRuntime, "predict_batch", predict_batch)
+    yield release
+    release.set()
+
+
+def test_a_hung_batch_turns_readiness_red_until_it_ends(
+    tmp_path: Path, stuck_model: threading.Event
+) -> None:
+    settings = lite0_settings(tmp_path, watchdog_s=0.3)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(1) as pool:
+        assert client.get("/readyz").status_code == 200
+        stuck_model.clear()
+        stuck = pool.submit(classify, client, unique(jpeg("chelsea")))
+        deadline = time.monotonic() + 10
+        while (ready := client.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "readiness stayed green over a hung batch"
+            time.sleep(0.05)
+        assert_error(ready, 503, "not_ready")
+        assert "watchdog" in ready.json()["error"]["message"]
+        assert_error(classify(client, unique(jpeg("coffee"))), 503, "not_ready")
+        assert "batcher_hung 1.0" in client.get("/metrics").text
+        stuck_model.set()
+        assert stuck.result(timeout=30).status_code == 200
+        assert client.get("/readyz").status_code == 200
+        assert "batcher_hangs_total 1.0" in client.get("/metrics").text
