@@ -127,9 +127,9 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.exposition = exposition or registry
-    install_error_handlers(app)
-    routers = (classify, embed, search, items, explain, health)
-    for router in (module.router for module in routers):
+    routers = [module.router for module in (classify, embed, search, items, explain, health)]
+    install_error_handlers(app, [route for router in routers for route in router.routes])
+    for router in routers:
         app.include_router(router)
     serve_docs(app)
     # Starlette runs the last added first: ids, metrics, CORS, the key, admission, body limit.

@@ -2,11 +2,14 @@
 
 import logging
 import math
+from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from batching import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 
@@ -96,7 +99,8 @@ def describe_error(exc: Exception) -> tuple[int, str, str]:
 
 def error_response(exc: Exception) -> JSONResponse:
     status, code, message = describe_error(exc)
-    headers: dict[str, str] = {}
+    # Starlette's own carry what the status needs (405: Allow).
+    headers: dict[str, str] = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
     if isinstance(exc, QueueFull):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, Unauthorized):
@@ -113,8 +117,25 @@ def _describe(error: dict[str, object]) -> str:
     return f"{location}: {error.get('msg')}" if location else str(error.get("msg"))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """Every method some route takes at this path (Starlette's own 405 names only the first
+    route's, and several routes share an item's path)."""
+    probe = {**scope, "method": ""}  # no route takes it: a path match is PARTIAL
+    methods = {
+        method
+        for route in routes
+        if route.matches(probe)[0] != Match.NONE
+        for method in getattr(route, "methods", None) or ()
+    }
+    return ", ".join(sorted(methods))
+
+
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """`routes`: the API's own, for the Allow header of a 405."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, HTTPException) and exc.status_code == 405:
+            exc.headers = {"Allow": allowed_methods(routes, request.scope)}
         return error_response(exc)
 
     for exc_type in (*STATUS_MAP, HTTPException, Exception):

@@ -2,6 +2,8 @@
 
 import re
 
+from starlette.convertors import Convertor, register_url_convertor
+
 from service.errors import InvalidInput
 
 MAX_ID_LENGTH = 256
@@ -25,3 +27,20 @@ def validate_item_id(item_id: str) -> str:
             f"{', '.join(f'/{s}' for s in RESERVED_LAST_SEGMENTS)})"
         )
     return item_id
+
+
+class ItemIdConvertor(Convertor[str]):
+    """An item id in a route path: any path but one ending in a reserved segment, so
+    `PUT /v1/items/a/similar` is a method the /similar route does not take (405), not an
+    item called "a/similar"."""
+
+    regex = ".+" + "".join(f"(?<!/{segment})" for segment in RESERVED_LAST_SEGMENTS)
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("item_id", ItemIdConvertor())

@@ -60,13 +60,19 @@ async def get_settings(request: Request) -> Settings:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
+        400: "malformed request (the HTTP envelope, not the image)",
+        401: "API key missing or wrong (only with RESNET_SERVE_API_KEY)",
         413: "upload over the byte or pixel limit",
         415: "not multipart/form-data or JSON, or a non-image part",
         422: "empty, corrupt or non-image upload; bad parameter",
-        429: "queue full; see Retry-After",
+        429: "overloaded (queue full, or past the latency target); see Retry-After",
         503: "not ready",
         504: "deadline passed",
     }.items()
+}
+
+ITEM_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = ERROR_RESPONSES | {
+    404: {"model": ErrorResponse, "description": "no such item"}
 }
 
 SINGLE_IMAGE_BODY: dict[str, Any] = {

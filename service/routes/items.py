@@ -16,7 +16,7 @@ from service.errors import InvalidInput, NotFound
 from service.item_ids import MAX_ID_LENGTH, validate_item_id
 from service.pipeline import Pipeline
 from service.routes.deps import (
-    ERROR_RESPONSES,
+    ITEM_ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
     get_index,
     get_pipeline,
@@ -35,7 +35,10 @@ K = Annotated[int, Query(ge=1, le=1000, description="how many results")]
 
 
 @router.get(
-    "/items/{item_id:path}/similar", response_model=SearchResponse, responses=ERROR_RESPONSES
+    "/items/{item_id:path}/similar",
+    response_model=SearchResponse,
+    responses=ITEM_ERROR_RESPONSES,
+    operation_id="similar_items",
 )
 async def similar_items(
     item_id: ItemId,
@@ -57,10 +60,11 @@ async def similar_items(
 
 @router.get(
     "/items/{item_id:path}/image",
+    operation_id="item_image",
     response_class=Response,
     responses={
         200: {"content": {"image/*": {}}, "description": "the stored image"},
-        **ERROR_RESPONSES,
+        **ITEM_ERROR_RESPONSES,
     },
 )
 async def item_image(item_id: ItemId, index: Annotated[ItemIndex, Depends(get_index)]) -> Response:
@@ -71,11 +75,32 @@ async def item_image(item_id: ItemId, index: Annotated[ItemIndex, Depends(get_in
     return Response(data, media_type=image_media_type(data))
 
 
+# What a client (and schemathesis's stateful phase) can do with an item it has just put.
+ITEM_LINKS = {
+    name: {"operationId": operation, "parameters": {"item_id": "$request.path.item_id"}}
+    for name, operation in {
+        "GetItem": "get_item",
+        "SimilarItems": "similar_items",
+        "ItemImage": "item_image",
+        "DeleteItem": "delete_item",
+    }.items()
+}
+
+
 @router.put(
-    "/items/{item_id:path}",
+    "/items/{item_id:item_id}",
+    operation_id="put_item",
     status_code=201,
     response_model=ItemResponse,
-    responses={200: {"model": ItemResponse, "description": "replaced"}, **ERROR_RESPONSES},
+    responses={
+        **ITEM_ERROR_RESPONSES,
+        201: {
+            "description": "added; Location is the item",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+            "links": ITEM_LINKS,
+        },
+        200: {"model": ItemResponse, "description": "replaced", "links": ITEM_LINKS},
+    },
     openapi_extra=SINGLE_IMAGE_BODY,
 )
 async def put_item(
@@ -98,13 +123,20 @@ async def put_item(
     image = data if settings.index_keep_images else None
     created = await index.put(item_id, inference.outputs.embedding, metadata, image)
     response.status_code = 201 if created else 200
+    if created:
+        response.headers["Location"] = f"/v1/items/{item_id}"
     stored = await index.get(item_id)
     if stored is None:  # deleted by another request in between
         raise NotFound(f"item {item_id!r} was deleted while it was being added")
     return item_response(stored, created)
 
 
-@router.get("/items/{item_id:path}", response_model=ItemResponse, responses=ERROR_RESPONSES)
+@router.get(
+    "/items/{item_id:item_id}",
+    operation_id="get_item",
+    response_model=ItemResponse,
+    responses=ITEM_ERROR_RESPONSES,
+)
 async def get_item(
     item_id: ItemId, index: Annotated[ItemIndex, Depends(get_index)]
 ) -> ItemResponse:
@@ -115,7 +147,12 @@ async def get_item(
     return item_response(stored)
 
 
-@router.delete("/items/{item_id:path}", status_code=204, responses=ERROR_RESPONSES)
+@router.delete(
+    "/items/{item_id:item_id}",
+    operation_id="delete_item",
+    status_code=204,
+    responses=ITEM_ERROR_RESPONSES,
+)
 async def delete_item(item_id: ItemId, index: Annotated[ItemIndex, Depends(get_index)]) -> Response:
     """Remove an item; answered once the removal is durable."""
     if not await index.delete(validate_item_id(item_id)):

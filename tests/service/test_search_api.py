@@ -117,8 +117,6 @@ def test_search_accepts_base64_json(client: TestClient, gallery: dict[str, str])
         "%2E%2E/etc",  # dot segments percent-encoded, or clients normalise them away
         "a/%2E/b",
         "trailing/",
-        "a/similar",
-        "a/image",
         "é",
     ],
 )
@@ -126,6 +124,21 @@ def test_bad_item_ids_are_refused_and_change_nothing(client: TestClient, item_id
     before = count(client)
     assert_error(put(client, item_id, jpeg("coffee")), 422, "invalid_input")
     assert count(client) == before
+
+
+@pytest.mark.parametrize("item_id", ["a/similar", "a/image"])
+def test_ids_ending_in_an_item_route_are_that_routes_path(client: TestClient, item_id: str) -> None:
+    before = count(client)
+    refused = put(client, item_id, jpeg("coffee"))
+    assert_error(refused, 405, "method_not_allowed")
+    assert refused.headers["allow"] == "GET"  # what the /similar and /image routes take
+    assert count(client) == before
+
+
+def test_405_lists_every_method_the_path_takes(client: TestClient) -> None:
+    refused = client.post("/v1/items/some/item")
+    assert_error(refused, 405, "method_not_allowed")
+    assert refused.headers["allow"] == "DELETE, GET, PUT"
 
 
 @pytest.mark.parametrize(
