@@ -3,6 +3,7 @@
 import json
 import logging
 import time
+import warnings
 from typing import Literal
 
 from service.request_id import current_request_id
@@ -52,3 +53,8 @@ def configure_logging(level: str, log_format: LogFormat, process_name: str = "ma
         )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
+    # A corrupt upload is answered 422; Pillow's complaints about it (truncated TIFF, bad
+    # EXIF, its own ERROR lines) would be noise, and a log flood at an attacker's will.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    logging.getLogger("PIL").setLevel(logging.CRITICAL)
+    logging.captureWarnings(True)  # any other warning: a log line with its request id

@@ -46,3 +46,14 @@ def test_fuzzed_uploads_get_200_or_4xx_and_the_server_keeps_serving(tmp_path: Pa
         assert report.codes["invalid_input"] > 0 and report.codes["payload_too_large"] > 0
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_every_mutation_takes_any_bytes() -> None:
+    from loadtest.fuzz_images import mutations
+
+    rng = random.Random(5)
+    seeds = seed_images()
+    for mutate in mutations(seeds).values():
+        for data in (b"\x00", b"II*\x00", b"\x89PNG", seeds["tiff"][:40], seeds["jpeg"]):
+            assert mutate(data, rng) is not None  # whatever the earlier mutations left
+    assert sum(1 for _ in fuzz_cases(3000, seed=7)) == 3000
