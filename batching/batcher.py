@@ -84,7 +84,6 @@ class Batcher(Generic[T, R]):
         self._owner: ThreadPoolExecutor | None = None
         self._running_batch: list[_Pending[T, R]] = []
         self._running_since = 0.0
-        self._last_ended = 0.0
         # Seconds per item of recent batches (a moving average): turns the items ahead of a
         # new one into a predicted wait, for admission and Retry-After. 0 until measured.
         self._seconds_per_item = 0.0
@@ -122,10 +121,11 @@ class Batcher(Generic[T, R]):
         if depth >= self._max_queue:
             self._reject("queue_full")
             raise QueueFull(depth, max(1.0, self.predicted_latency_s()))
-        # An idle batcher takes anything: waiting would not answer it sooner, and only batches
+        # Under two batches of backlog, anything is taken: refusing would not answer it
+        # sooner, the model must never run dry for want of admitted work, and only batches
         # that run can correct a time per item measured too high.
-        busy = bool(self._running_batch or self._pending or ahead)
-        if self._max_latency_s is not None and busy:
+        deep = depth + ahead >= 2 * self._max_batch_size
+        if self._max_latency_s is not None and deep:
             predicted = self.predicted_latency_s(ahead)
             if predicted > self._max_latency_s:
                 self._reject("latency_target")
@@ -299,13 +299,8 @@ class Batcher(Generic[T, R]):
                 self._set_hung(False)
                 ended_after = time.monotonic() - started
                 log.warning("%s: the hung batch ended after %.1f s", self._name, ended_after)
-        ended = time.monotonic()
-        run_s = ended - started
-        # A batch that was waiting for the model also paid the hand-over from the previous
-        # one (answers out, next batch in): part of the rate at which a backlog drains.
-        waited = batch[0].enqueued_at <= self._last_ended
-        measured = (ended - (self._last_ended if waited else started)) / len(batch)
-        self._last_ended = ended
+        run_s = time.monotonic() - started
+        measured = run_s / len(batch)
         previous = self._seconds_per_item
         self._seconds_per_item = measured if not previous else 0.7 * previous + 0.3 * measured
         for pending, result in zip(batch, results, strict=True):

@@ -72,12 +72,13 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="deadline from arrival to result before 504"
     )
     target_latency_ms: float = Field(
-        2000,
+        10_000,
         gt=0,
         le=600_000,
         description=(
             "latency target: an image the model could not answer within it (measured batch "
-            "times, images ahead) is refused at once with 429 and Retry-After"
+            "times, images ahead) is refused at once with 429 and Retry-After. The default is "
+            "a safety net well inside the request timeout; set your own SLO"
         ),
     )
     watchdog_s: float = Field(
