@@ -85,6 +85,9 @@ def test_disconnected_client_is_dropped_before_the_model(tmp_path: Path) -> None
         {
             "RESNET_SERVE_MAX_BATCH_SIZE": "1",
             "RESNET_SERVE_MAX_WAIT_MS": "0",
+            # The backlog is the point: under a slow machine's load the latency target would
+            # refuse part of it at once, and the abandoned request with it.
+            "RESNET_SERVE_TARGET_LATENCY_MS": "600000",
         },
     )
     try:
