@@ -55,9 +55,14 @@ class ModelClient(Protocol):
         batch stuck past the watchdog bound)."""
         ...
 
-    async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
-        """One image's outputs. Raises the batcher's errors (QueueFull, DeadlineExceeded, ...),
-        NotReady, or InvalidInput for a JPEG that does not decode on the device."""
+    async def infer(
+        self, item: ModelInput, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        """One image's outputs, and whether another process's identical image, in flight at
+        the same time, was run for it (`key` names the image: its cache key).
+
+        Raises the batcher's errors (QueueFull, DeadlineExceeded, ...), NotReady, or
+        InvalidInput for a JPEG that does not decode on the device."""
         ...
 
     async def start(self) -> None: ...
@@ -133,8 +138,11 @@ class InProcessModel:
     async def check(self) -> None:
         self.status()
 
-    async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
-        return outputs_or_raise(await self._batcher.submit(item, timeout_s=timeout_s))
+    async def infer(
+        self, item: ModelInput, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        # One process: the pipeline's own single-flight has already joined identical images.
+        return outputs_or_raise(await self._batcher.submit(item, timeout_s=timeout_s)), False
 
     async def start(self) -> None:
         await self._batcher.start()

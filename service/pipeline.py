@@ -78,8 +78,9 @@ def make_cache(settings: Settings, metrics: CacheMetrics) -> ResultCache:
 class Pipeline:
     """Bytes in, one forward pass's outputs out, within the request deadline.
 
-    Order: cache lookup, then single-flight (identical requests in flight share one run),
-    then decode in a thread pool and the batcher; the result is cached in the background.
+    Order: cache lookup, then single-flight (identical requests in flight share one run; with
+    workers, the model worker also joins those from different workers), then decode in a
+    thread pool and the batcher; the result is cached in the background.
     """
 
     def __init__(self, model: ModelClient, settings: Settings, registry: CollectorRegistry):
@@ -156,7 +157,7 @@ class Pipeline:
         inference, joined = await self._flights.run(
             key, lambda: self._compute(view, data, key, started)
         )
-        if joined:
+        if joined or inference.cache == "hit":  # another request's run answered this one
             self._cache_metrics.joins.inc()
             return replace(inference, cache="hit")
         self._cache_metrics.misses.inc()
@@ -213,7 +214,7 @@ class Pipeline:
         decoded = time.perf_counter()
         reached_model()
         remaining = self._timeout_s - (decoded - started)
-        outcome = await self.model.infer(item, timeout_s=max(remaining, 0.001))
+        outcome, shared = await self.model.infer(item, max(remaining, 0.001), key)
         finished = time.perf_counter()
         self._write_behind(key, encode_record(outcome.value))
         return Inference(
@@ -225,4 +226,5 @@ class Pipeline:
                 "total": round(1000 * (finished - started), 2),
             },
             batch_size=outcome.batch_size,
+            cache="hit" if shared else "miss",
         )

@@ -3,6 +3,9 @@
 HTTP workers connect over a Unix socket, attach their shared-memory pixel slots, and send
 slot numbers; this process batches them and answers each with that image's outputs. It binds
 its socket only once the model is loaded and warmed up, so a connection means ready.
+
+Each HTTP worker joins identical requests of its own; identical images that arrive here from
+different HTTP workers while one of them is in flight are run once too (by their cache key).
 """
 
 import gc
@@ -17,9 +20,10 @@ from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model.passing_thread import in_passing_thread
-from service.model.runtime import load_runtime
+from service.model.runtime import ModelInput, load_runtime
 from service.model_client import ModelStatus, model_batcher, model_status, outputs_or_raise
 from service.settings import Settings
+from service.single_flight import SingleFlight
 from service.workers.metrics import worker_registry
 from service.workers.process import run_until_stopped
 from service.workers.rpc import Peer, RpcServer
@@ -31,6 +35,15 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
     await in_passing_thread(runtime.warm_up, "model-warm-up")
     registry = worker_registry()
     batcher = model_batcher(runtime, settings, registry)
+    flights: SingleFlight[BatchOutcome[ModelOutputs]] = SingleFlight()
+
+    async def run_once(
+        key: str, item: ModelInput, timeout_s: float
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        async def run() -> BatchOutcome[ModelOutputs]:
+            return outputs_or_raise(await batcher.submit(item, timeout_s=timeout_s))
+
+        return await flights.run(key, run)
 
     async def describe(_: Peer) -> ModelStatus:
         return model_status(runtime, batcher.queue_depth, hung=batcher.hung)
@@ -44,16 +57,20 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
         peer.state["slots"] = reader
         peer.on_close(reader.close)
 
-    async def infer(peer: Peer, slot: int, timeout_s: float) -> BatchOutcome[ModelOutputs]:
+    async def infer(
+        peer: Peer, slot: int, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        # Copied before anything else: the slot is the sender's again once this call answers,
+        # while a flight it started may still run for others.
         pixels: np.ndarray = peer.state["slots"].copy(slot)
-        return outputs_or_raise(await batcher.submit(pixels, timeout_s=timeout_s))
+        return await run_once(key, pixels, timeout_s)
 
     async def infer_jpeg(
-        _: Peer, upload: JpegUpload, timeout_s: float
-    ) -> BatchOutcome[ModelOutputs]:
+        _: Peer, upload: JpegUpload, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         if runtime.jpeg_decoder is None:
             raise ValueError("this model worker decodes no JPEGs")  # a client bug: 500
-        return outputs_or_raise(await batcher.submit(upload, timeout_s=timeout_s))
+        return await run_once(key, upload, timeout_s)
 
     inspector = await inspector_for(runtime, settings, registry)
 

@@ -84,16 +84,18 @@ class RemoteModel:
         self._status[client.name] = status
         self.status()
 
-    async def infer(self, item: ModelInput, timeout_s: float) -> BatchOutcome[ModelOutputs]:
+    async def infer(
+        self, item: ModelInput, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         client = self._pick()
         if isinstance(item, JpegUpload):  # compressed bytes: no slot needed
-            call_id, reply = client.send("infer_jpeg", item, timeout_s)
+            call_id, reply = client.send("infer_jpeg", item, timeout_s, key)
         else:
-            call_id, reply = self._send_pixels(client, item, timeout_s)
+            call_id, reply = self._send_pixels(client, item, timeout_s, key)
         try:
             async with asyncio.timeout(timeout_s + _HUNG_MARGIN_S):
-                outcome: BatchOutcome[ModelOutputs] = await asyncio.shield(reply)
-                return outcome
+                answer: tuple[BatchOutcome[ModelOutputs], bool] = await asyncio.shield(reply)
+                return answer
         except QueueFull as refused:
             now = time.monotonic()
             self._refused = refused
@@ -110,13 +112,13 @@ class RemoteModel:
             raise
 
     def _send_pixels(
-        self, client: RpcClient, pixels: np.ndarray, timeout_s: float
-    ) -> tuple[int, "asyncio.Future[BatchOutcome[ModelOutputs]]"]:
+        self, client: RpcClient, pixels: np.ndarray, timeout_s: float, key: str
+    ) -> tuple[int, "asyncio.Future[tuple[BatchOutcome[ModelOutputs], bool]]"]:
         assert self._slots is not None  # attached before the client counts as connected
         slots = self._slots
         slot = slots.put(pixels)  # QueueFull when every slot waits at the model
         try:
-            call_id, reply = client.send("infer", slot, timeout_s)
+            call_id, reply = client.send("infer", slot, timeout_s, key)
         except BaseException:
             slots.release(slot)
             raise

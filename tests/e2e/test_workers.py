@@ -113,6 +113,32 @@ def round_trip(split: Server) -> None:
     assert metric(text, "batcher_batch_size_count") >= 4
 
 
+def test_an_image_sent_to_both_workers_at_once_runs_the_model_once(split: Server) -> None:
+    images = unique_jpegs(tag="single-flight")
+    backlog = [next(images) for _ in range(24)]  # keeps the copies below in flight together
+    same = next(images)
+    runs = "batcher_batch_size_sum"  # images the model has run
+    before = metric(httpx.get(f"{split.url}/metrics").text, runs)
+
+    async def post(data: bytes) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30) as http:  # a connection each: both workers
+            return await http.post(
+                f"{split.url}/v1/classify", files={"file": ("x.jpg", data, "image/jpeg")}
+            )
+
+    async def scenario() -> list[httpx.Response]:
+        return await asyncio.gather(*map(post, backlog), *(post(same) for _ in range(16)))
+
+    responses = asyncio.run(scenario())
+    assert [r.status_code for r in responses] == [200] * 40
+    copies = responses[24:]
+    assert all(r.json()["predictions"] == copies[0].json()["predictions"] for r in copies)
+    # One copy ran; the others joined it, in their own worker or in the model worker.
+    assert [r.headers["x-cache"] for r in copies].count("miss") == 1
+    after = metric(httpx.get(f"{split.url}/metrics").text, runs)
+    assert after - before == 24 + 1
+
+
 async def _load(url: str, seconds: float, clients: int) -> Counter[str]:
     """Closed-loop classify of unique images; outcome per request: status or error type."""
     outcomes: Counter[str] = Counter()
