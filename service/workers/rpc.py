@@ -4,7 +4,8 @@ Frames are a 4-byte length and a pickle (both ends are this package, started by 
 supervisor; the socket lives in a directory only the service user can enter). Calls are
 multiplexed on one connection and can be cancelled. A call's reply future settles exactly
 once: with the reply, or with WorkerUnavailable when the connection goes away, so whatever a
-caller holds for a call (a shared-memory slot) is released in both cases.
+caller holds for a call (a shared-memory slot) is released in both cases. A call carries the
+caller's request id, so what the worker logs while serving it names the request.
 """
 
 import asyncio
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import NotReady
+from service.request_id import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +108,10 @@ class RpcServer:
             while True:
                 message = await _read(reader)
                 if message[0] == "call":
-                    _, call_id, method, args = message
-                    task = asyncio.create_task(self._run(peer, writer, call_id, method, args))
+                    _, call_id, method, args, request_id = message
+                    task = asyncio.create_task(
+                        self._run(peer, writer, call_id, method, args, request_id)
+                    )
                     calls[call_id] = task
                     task.add_done_callback(_settle(calls, call_id, writer))
                 elif message[0] == "cancel" and (running := calls.get(message[1])) is not None:
@@ -125,8 +129,15 @@ class RpcServer:
             writer.close()
 
     async def _run(
-        self, peer: Peer, writer: asyncio.StreamWriter, call_id: int, method: str, args: tuple[Any]
+        self,
+        peer: Peer,
+        writer: asyncio.StreamWriter,
+        call_id: int,
+        method: str,
+        args: tuple[Any],
+        request_id: str,
     ) -> None:
+        current_request_id.set(request_id)  # this task's own context: the call's log lines
         try:
             value = await self._handlers[method](peer, *args)
             reply: tuple[Any, ...] = ("ok", call_id, value)
@@ -193,7 +204,7 @@ class RpcClient:
             raise WorkerUnavailable(f"the {self.name} worker is not reachable")
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writer.write(_encode(("call", call_id, method, args)))
+        self._writer.write(_encode(("call", call_id, method, args, current_request_id.get())))
         self._pending[call_id] = future
         future.add_done_callback(_retrieve)  # a cancelled caller never reads the outcome
         return call_id, future

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from batching import QueueFull
+from service.logs import RequestIdFilter
+from service.request_id import current_request_id
 from service.workers.rpc import CallCancelled, Peer, RpcClient, RpcServer, WorkerUnavailable
 from service.workers.slots import PixelSlots, SlotReader
 
@@ -38,10 +41,19 @@ class Worker:
     async def fail(self, _: Peer) -> None:
         raise QueueFull(7, 3.0)
 
+    async def whose(self, _: Peer) -> str:
+        logging.getLogger("worker").warning("serving")
+        return current_request_id.get()
+
 
 @contextlib.asynccontextmanager
 async def connected(path: Path, worker: Worker) -> AsyncIterator[RpcClient]:
-    handlers = {"echo": worker.echo, "hold": worker.hold, "fail": worker.fail}
+    handlers = {
+        "echo": worker.echo,
+        "hold": worker.hold,
+        "fail": worker.fail,
+        "whose": worker.whose,
+    }
     server = await RpcServer(handlers).start(path)
     client = RpcClient(path, "test")
     client.start()
@@ -65,6 +77,21 @@ async def test_calls_return_values_and_errors_with_their_fields(socket_path: Pat
         with pytest.raises(QueueFull) as raised:
             await client.call("fail")
         assert raised.value.retry_after_s == 3.0 and raised.value.depth == 7
+
+
+async def test_a_call_carries_the_request_id_into_the_workers_log_lines(
+    socket_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(RequestIdFilter())
+    async with connected(socket_path, Worker()) as client:
+        token = current_request_id.set("req-42")
+        try:
+            assert await client.call("whose") == "req-42"
+        finally:
+            current_request_id.reset(token)
+        assert await client.call("whose") == "-"  # outside a request
+    served = [r for r in caplog.records if r.name == "worker"]
+    assert [r.request_id for r in served] == ["req-42", "-"]  # type: ignore[attr-defined]
 
 
 async def test_a_cancelled_call_is_cancelled_in_the_worker_and_still_settles(
