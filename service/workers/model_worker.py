@@ -16,12 +16,19 @@ import numpy as np
 
 from batching import BatchOutcome
 from service.app import inspector_for
+from service.errors import NotReady
 from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model.passing_thread import in_passing_thread
 from service.model.runtime import ModelInput, load_runtime
-from service.model_client import ModelStatus, model_batcher, model_status, outputs_or_raise
+from service.model_client import (
+    HUNG_MESSAGE,
+    ModelStatus,
+    model_batcher,
+    model_status,
+    outputs_or_raise,
+)
 from service.settings import Settings
 from service.single_flight import SingleFlight
 from service.workers.metrics import worker_registry
@@ -40,6 +47,9 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
     async def run_once(
         key: str, item: ModelInput, timeout_s: float
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        if batcher.hung:  # answered 503 at once, as in one process, not queued behind it
+            raise NotReady(HUNG_MESSAGE)
+
         async def run() -> BatchOutcome[ModelOutputs]:
             return outputs_or_raise(await batcher.submit(item, timeout_s=timeout_s))
 

@@ -58,13 +58,12 @@ class RemoteModel:
         return any(client.connected for client in self._clients)
 
     def status(self) -> ModelStatus:
+        # A hung model is not judged here from a stale description: the model worker itself
+        # answers images 503 while its batch is stuck, and `check` asks it afresh.
         client = self._pick()
-        status = self._status[client.name]
-        if status.hung:  # as the last check found it
-            raise NotReady(HUNG_MESSAGE)
         # Per HTTP worker: its images waiting at (or in) the model.
         in_flight = sum(c.in_flight for c in self._clients)
-        return replace(status, queue_depth=in_flight)
+        return replace(self._status[client.name], queue_depth=in_flight)
 
     def admit(self, ahead: int = 0) -> None:
         # The model worker judges each image on arrival; here only its last refusal counts,
@@ -82,7 +81,8 @@ class RemoteModel:
         except TimeoutError:
             raise NotReady(f"the model worker did not answer in {_CHECK_TIMEOUT_S:.0f} s") from None
         self._status[client.name] = status
-        self.status()
+        if status.hung:
+            raise NotReady(HUNG_MESSAGE)
 
     async def infer(
         self, item: ModelInput, timeout_s: float, key: str

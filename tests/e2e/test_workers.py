@@ -190,6 +190,41 @@ def test_kill_9_of_a_worker_and_of_the_model_worker_under_load(split: Server) ->
     assert "model-0 (pid" in split.log() and "http-" in split.log()
 
 
+def test_the_model_workers_watchdog_turns_readiness_red_while_a_batch_overruns(
+    tmp_path: Path,
+) -> None:
+    # A bound of 1 ms: every batch overruns it while it runs, and is over soon after.
+    server = start_server(tmp_path, WORKERS | {"RESNET_SERVE_WATCHDOG_S": "0.001"})
+    try:
+        wait_ready(server.url)
+
+        async def scenario() -> tuple[Counter[str], list[httpx.Response]]:
+            load = asyncio.create_task(_load(server.url, seconds=6, clients=6))
+            red: list[httpx.Response] = []
+            async with httpx.AsyncClient(timeout=5) as http:
+                while not load.done():
+                    ready = await http.get(f"{server.url}/readyz")
+                    red += [ready] if ready.status_code != 200 else []
+                    await asyncio.sleep(0.02)
+            return await load, red
+
+        outcomes, red = asyncio.run(scenario())
+        # Images that came while a batch overran: 503 at once, not queued behind it.
+        assert set(outcomes) == {"200", "503"}, outcomes
+        assert red, "/readyz stayed green while batches overran the watchdog"
+        assert all(r.status_code == 503 and "watchdog" in r.text for r in red)
+        assert "the model looks hung" in server.log()
+        assert metric(httpx.get(f"{server.url}/metrics").text, "batcher_hangs_total") > 0
+        # Judged live, not from the last /readyz: one image at a time never waits on a batch.
+        files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
+        assert [
+            httpx.post(f"{server.url}/v1/classify", files=files).status_code for _ in range(8)
+        ] == [200] * 8
+        wait_ready(server.url)  # green again once the model is idle
+    finally:
+        server.stop()
+
+
 def test_acknowledged_writes_survive_kill_9_of_everything(tmp_path: Path) -> None:
     server = start_server(tmp_path, WORKERS)
     wait_ready(server.url)
