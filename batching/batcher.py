@@ -51,6 +51,8 @@ class Batcher(Generic[T, R]):
             this, from the measured time per item of recent batches and the items ahead of it.
         hung_after_s: a batch running longer than this marks the batcher `hung` (logged,
             reported to the observer) until it ends: the batch function is stuck.
+        owner_setup: runs once on the owner thread before its first batch (its scheduling
+            priority, say).
         observer: receives metrics; optional.
     """
 
@@ -63,6 +65,7 @@ class Batcher(Generic[T, R]):
         max_queue: int,
         max_latency_s: float | None = None,
         hung_after_s: float | None = None,
+        owner_setup: Callable[[], None] | None = None,
         observer: BatchObserver | None = None,
         name: str = "batcher",
     ) -> None:
@@ -74,6 +77,7 @@ class Batcher(Generic[T, R]):
         self._max_queue = max_queue
         self._max_latency_s = max_latency_s
         self._hung_after_s = hung_after_s
+        self._owner_setup = owner_setup
         self._observer = observer
         self._name = name
         self._pending: deque[_Pending[T, R]] = deque()
@@ -143,7 +147,9 @@ class Batcher(Generic[T, R]):
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError(f"{self._name} already started")
-        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._name}-owner")
+        self._owner = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"{self._name}-owner", initializer=self._owner_setup
+        )
         self._accepting = True
         self._task = asyncio.create_task(self._collect_and_run(), name=f"{self._name}-collector")
 

@@ -4,6 +4,7 @@
 `service.workers.remote_model.RemoteModel` sends the pixels to a model worker process.
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +15,7 @@ from service.errors import InvalidInput, NotReady
 from service.model.backend import ModelOutputs
 from service.model.runtime import ModelInput, ModelResult, ModelRuntime
 from service.model.spec import ModelSpec
+from service.model.thread_priority import lower_this_threads_priority
 from service.settings import Settings
 
 
@@ -101,6 +103,7 @@ def model_batcher(
     The queue holds at least two batches: a shorter one would refuse work the model could
     take (a GPU's batch of 256 against the default queue of 64). The latency target leaves a
     tenth of itself for what happens outside the batcher (reading, decoding, answering).
+    On a CPU the model's threads run `MODEL_NICE` steps nicer than those answering requests.
     """
     return Batcher(
         runtime.predict_batch,
@@ -109,6 +112,11 @@ def model_batcher(
         max_queue=max(settings.queue_size, 2 * runtime.batch_size),
         max_latency_s=0.9 * settings.target_latency_ms / 1000,
         hung_after_s=settings.watchdog_s,
+        owner_setup=(
+            functools.partial(lower_this_threads_priority, settings.model_nice)
+            if runtime.device == "cpu"
+            else None
+        ),
         observer=PrometheusBatchObserver(registry, runtime.batch_size),
         name="model",
     )

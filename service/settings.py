@@ -87,6 +87,16 @@ class Settings(BaseSettings):
         le=3600,
         description="a batch running longer than this turns /readyz red (a hung model)",
     )
+    model_nice: int = Field(
+        5,
+        ge=0,
+        le=19,
+        description=(
+            "on a CPU, the model's threads run this many steps nicer than the threads that "
+            "answer requests, so a refusal, a cache hit or /readyz is not kept waiting behind a "
+            "forward pass (0: equal priority)"
+        ),
+    )
 
     max_upload_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="largest accepted image file"

@@ -344,3 +344,19 @@ async def test_under_two_batches_of_backlog_anything_is_admitted(
     with pytest.raises(QueueFull):
         await batcher.submit(5)  # two batches wait: now the target counts
     await asyncio.gather(*running)
+
+
+async def test_owner_setup_runs_once_on_the_thread_that_runs_the_batches(
+    make_batcher: BatcherFactory,
+) -> None:
+    set_up_on: list[int] = []
+    batches_on: set[int] = set()
+
+    def run(items: list[int]) -> list[int]:
+        batches_on.add(threading.get_ident())
+        return items
+
+    batcher = await make_batcher(run, owner_setup=lambda: set_up_on.append(threading.get_ident()))
+    for _ in range(3):
+        await batcher.submit(1)
+    assert len(set_up_on) == 1 and batches_on == set(set_up_on)
