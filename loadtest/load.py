@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import itertools
 import os
+import random
 import statistics
 import time
 from collections import Counter
@@ -67,7 +68,8 @@ async def drive(
 ) -> Samples:
     """Closed-loop load from this process; `repeat` sends one image again and again (cache
     hits), else unique ones (`tag` keeps them unique across processes). With `back_off` a
-    client told 429 waits its Retry-After, as a well-behaved client does."""
+    client told 429 waits its Retry-After plus up to half of it again (jitter), as a
+    well-behaved client does."""
     images = itertools.repeat(base_jpegs()[0]) if repeat else unique_jpegs(tag=tag)
     samples = Samples()
     # perf_counter for latencies; the shared window is in wall-clock time.
@@ -84,7 +86,11 @@ async def drive(
                     reply = await connection.send(request)
                     status = str(reply.status)
                     if reply.status == 429 and back_off:
+                        # Retry-After is whole seconds: clients refused together that waited
+                        # exactly that long would come back together, a burst that queues
+                        # at the door. Well-behaved clients add jitter.
                         retry_after_s = float(reply.headers.get("retry-after", "1"))
+                        retry_after_s *= random.uniform(1.0, 1.5)
                 except (OSError, asyncio.IncompleteReadError) as exc:
                     status = type(exc).__name__
                 if sent >= measure_from:  # only requests started inside the window count

@@ -6,8 +6,8 @@ Starts the service (torch fp32, batch 8 unless told otherwise) with RESNET_SERVE
 on a free loopback port and loads it twice with unique 500-px JPEGs:
 1. saturated: two batches' worth of clients, enough to keep the model busy without the
    backlog reaching the target: the saturated rate;
-2. overloaded: --concurrency clients, each waiting out a 429's Retry-After as a well-behaved
-   client does.
+2. overloaded: --concurrency clients, each waiting out a 429's Retry-After (plus up to half of
+   it again, jitter) as a well-behaved client does.
 Targets: p99 of accepted requests <= the target, refusals answered in < 10 ms, accepted
 throughput within 5% of the saturated rate.
 """
