@@ -18,6 +18,7 @@ from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector, ModelInspector
 from service.http_metrics import HttpMetrics
 from service.limits import BodyLimit
+from service.model.gil import hand_the_gil_over_quickly
 from service.model.passing_thread import in_passing_thread
 from service.model.runtime import ModelRuntime, load_runtime
 from service.model_client import InProcessModel, ModelClient, model_batcher
@@ -76,6 +77,7 @@ async def in_process(
     collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
     index = SearchIndex(collection, search_threads=settings.decode_threads)
     batcher = model_batcher(runtime, settings, registry)
+    hand_the_gil_over_quickly()  # the event loop shares this process with the model
     for warning in runtime.spec.warnings:
         log.warning(warning)
     log.info("ready: %s on %s", runtime.spec.model_id, runtime.device)

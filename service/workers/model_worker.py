@@ -20,6 +20,7 @@ from service.errors import NotReady
 from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
+from service.model.gil import hand_the_gil_over_quickly
 from service.model.passing_thread import in_passing_thread
 from service.model.runtime import ModelInput, load_runtime
 from service.model_client import (
@@ -42,6 +43,7 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
     await in_passing_thread(runtime.warm_up, "model-warm-up")
     registry = worker_registry()
     batcher = model_batcher(runtime, settings, registry)
+    hand_the_gil_over_quickly()  # its event loop answers RPCs beside the model's thread
     flights: SingleFlight[BatchOutcome[ModelOutputs]] = SingleFlight()
 
     async def run_once(

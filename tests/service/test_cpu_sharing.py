@@ -1,13 +1,19 @@
-"""The model's threads run nicer than the threads that answer requests."""
+"""The model shares the CPU with the threads answering requests: they run first, and the
+model's thread gets the GIL back quickly."""
 
 import os
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from service.app import create_app
+from service.model.gil import MODEL_PROCESS_SWITCH_INTERVAL_S
 from service.model.thread_priority import lower_this_threads_priority
+from tests.conftest import lite0_settings
 
 
 def nice_of(thread: int) -> int:
@@ -39,3 +45,15 @@ def test_the_model_thread_and_its_openmp_team_run_nicer_and_nothing_else_does() 
     assert nice_of(threading.get_native_id()) == main_nice  # the caller's threads untouched
     lower_this_threads_priority(0)
     assert nice_of(threading.get_native_id()) == main_nice
+
+
+def test_the_process_that_runs_the_model_hands_the_gil_over_within_half_a_millisecond(
+    tmp_path: Path,
+) -> None:
+    default = 0.005
+    sys.setswitchinterval(default)
+    try:
+        with TestClient(create_app(lite0_settings(tmp_path))):
+            assert sys.getswitchinterval() == pytest.approx(MODEL_PROCESS_SWITCH_INTERVAL_S)
+    finally:
+        sys.setswitchinterval(default)
