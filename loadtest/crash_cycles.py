@@ -94,16 +94,27 @@ async def verify(url: str, ledger: Ledger, everything: bool = False) -> None:
         semaphore = asyncio.Semaphore(16)
 
         async def status(item_id: str) -> int:
+            # 503 says nothing about the item: with workers, one that has just restarted
+            # answers it until it reaches the index worker. Ask again until it knows.
             async with semaphore:
-                return (await http.get(f"/v1/items/{item_id}")).status_code
+                for _ in range(100):
+                    code = (await http.get(f"/v1/items/{item_id}")).status_code
+                    if code != 503:
+                        return code
+                    await asyncio.sleep(0.1)
+                return code
 
         present = sorted(ledger.present if scope is None else ledger.present & scope)
         codes = await asyncio.gather(*map(status, present))
-        ledger.lost_writes += [i for i, code in zip(present, codes, strict=True) if code != 200]
+        ledger.lost_writes += [
+            f"{i} ({code})" for i, code in zip(present, codes, strict=True) if code != 200
+        ]
         gone = ledger.deleted - ledger.cut_off
         deleted = sorted(gone if scope is None else gone & scope)
         codes = await asyncio.gather(*map(status, deleted))
-        ledger.revived_deletes += [i for i, code in zip(deleted, codes, strict=True) if code != 404]
+        ledger.revived_deletes += [
+            f"{i} ({code})" for i, code in zip(deleted, codes, strict=True) if code != 404
+        ]
 
 
 async def churn_then_kill(
@@ -148,6 +159,8 @@ def run_cycles(cycles: int, clients: int, workers: int, seed: int, data_dir: Pat
             f"cycle {cycle + 1}/{cycles}: killed after {kill_after:.1f} s; acknowledged "
             f"{ledger.writes} writes, {ledger.deletes} deletes; lost {len(ledger.lost_writes)}, "
             f"revived {len(ledger.revived_deletes)}",
+            *ledger.lost_writes[-3:],
+            *ledger.revived_deletes[-3:],
             flush=True,
         )
     port = free_port()
