@@ -1,10 +1,13 @@
-"""What the supervisor starts: one model worker per device, the index worker, N HTTP workers."""
+"""What the supervisor starts: one model worker per device, the index worker, N HTTP workers;
+and what it clears away first: what killed supervisors left behind."""
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from service.settings import Settings, available_cores
-from service.workers.supervisor import Supervisor, WorkerSpec
+from service.workers.supervisor import Supervisor, WorkerSpec, remove_leftovers
 from tests.conftest import pinned_settings
 
 
@@ -39,3 +42,23 @@ def test_http_workers_share_the_cores_unless_decode_threads_is_set(tmp_path: Pat
     explicit = Settings(data_dir=tmp_path, device="cpu", decode_threads=5)
     (http, *_) = [w for w in Supervisor(explicit, 2).plan(7, tmp_path) if w.role == "http"]
     assert settings_of(http).decode_threads == 5
+
+
+def test_what_killed_supervisors_left_behind_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead, live, this = finished.pid, os.getppid(), os.getpid()
+    names = [
+        f"resnet-serve-{dead}",  # slots of a supervisor killed with SIGKILL
+        f"resnet-serve-{dead}-k2x9a1",  # its sockets and metrics
+        f"resnet-serve-{this}",  # a dead one's, whose pid this process was given
+        f"resnet-serve-{live}",  # a running service's
+        f"resnet-serve-{live}-q8b7c6",
+        "resnet-serve-model-cache",  # not a supervisor's
+        "other-123",
+    ]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "slots").write_bytes(b"x")
+    remove_leftovers(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(names[3:])
