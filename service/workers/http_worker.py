@@ -1,6 +1,7 @@
 """An HTTP worker: the full FastAPI app (parsing, validation, decoding, cache look-ups) with the
 model and the index reached in their worker processes."""
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -24,14 +25,17 @@ def remote_components(model_sockets: list[Path], index_socket: Path, slots: Path
     async def components(
         settings: Settings, registry: CollectorRegistry
     ) -> AsyncIterator[ServiceParts]:
-        # Connections are made in the background: this worker answers at once (503 until the
-        # model worker is up), so it is never mistaken for a hung one while the model loads.
+        # At first start this worker answers at once, 503 until the model worker has loaded
+        # the model and listens, so it is never mistaken for a hung one; connections are
+        # made in the background. A worker that replaces a dead one finds the others
+        # listening: it connects first (the model, in pipeline.start), and only then takes
+        # requests from the shared socket, so none is answered 503 for want of a connection.
         model = RemoteModel(model_sockets, slots, settings.queue_size, registry)
         index = RemoteIndex(index_socket)
-        index.start()
         # Inspections run where the model is: the first model worker.
         inspection = RpcClient(model_sockets[0], "inspector")
         inspection.start()
+        await asyncio.gather(index.start(), inspection.connected_if_listening())
         try:
             yield ServiceParts(model, index, RemoteInspector(inspection))
         finally:

@@ -20,8 +20,9 @@ class RemoteIndex:
     def ready(self) -> bool:
         return self._client.connected
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._client.start()
+        await self._client.connected_if_listening()
 
     async def put(
         self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None

@@ -151,6 +151,7 @@ class RemoteModel:
     async def start(self) -> None:
         for client in self._clients:
             client.start()
+        await asyncio.gather(*(client.connected_if_listening() for client in self._clients))
 
     async def stop(self, drain_timeout_s: float) -> None:
         # uvicorn has already drained the requests; what is left is failed by the clients.

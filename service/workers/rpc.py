@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">I")
 _MAX_FRAME = 256 * 1024 * 1024  # an item PUT carries its image: up to the upload limit
+# A socket file whose worker does not answer in this long is a dead worker's (restarting).
+_PEER_WAIT_S = 2.0
 
 
 class WorkerUnavailable(NotReady):
@@ -183,6 +185,15 @@ class RpcClient:
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    async def connected_if_listening(self, timeout_s: float = _PEER_WAIT_S) -> None:
+        """Wait, at most `timeout_s`, for the connection if the worker is already listening
+        (its socket is there); a worker still starting up is not waited for."""
+        if not self.path.exists():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._connected.wait()
 
     @property
     def in_flight(self) -> int:

@@ -24,8 +24,15 @@ WORKERS = {"RESNET_SERVE_WORKERS": "2"}
 
 
 def workers(server: Server, role: str) -> list[psutil.Process]:
-    children = psutil.Process(server.process.pid).children()
-    return [c for c in children if f"service.workers {role}" in " ".join(c.cmdline())]
+    """The live workers of a role (a killed one the supervisor has not reaped yet is not)."""
+    found = []
+    for child in psutil.Process(server.process.pid).children():
+        try:
+            if f"service.workers {role}" in " ".join(child.cmdline()):
+                found.append(child)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            pass
+    return found
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -188,6 +195,55 @@ def test_kill_9_of_a_worker_and_of_the_model_worker_under_load(split: Server) ->
     files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
     assert httpx.post(f"{split.url}/v1/classify", files=files).status_code == 200
     assert "model-0 (pid" in split.log() and "http-" in split.log()
+
+
+def test_a_replacement_http_worker_takes_requests_only_once_it_reaches_the_model(
+    split: Server,
+) -> None:
+    """Connections wait in the shared listening socket while a worker restarts; the one that
+    replaces it must not take them before it can answer them (it would answer 503)."""
+    http_worker = workers(split, "http")[0]
+    cmdline = http_worker.cmdline()
+    name = cmdline[cmdline.index("--name") + 1]
+    outcomes: Counter[str] = Counter()
+    images = unique_jpegs(tag="replacement")
+
+    async def client(stop_at: float) -> None:
+        # A new connection for every request: the replacement takes its share at once.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=20, limits=limits) as http:
+            while time.monotonic() < stop_at:
+                files = {"file": ("x.jpg", next(images), "image/jpeg")}
+                try:
+                    response = await http.post(f"{split.url}/v1/classify", files=files)
+                    outcomes[str(response.status_code)] += 1
+                except httpx.TransportError:
+                    outcomes["connection lost"] += 1
+
+    def replacement_log() -> list[str]:
+        """The log lines of the killed worker's successor."""
+        lines = split.log().splitlines()
+        died = next((i for i, line in enumerate(lines) if f"pid {http_worker.pid})" in line), None)
+        return [] if died is None else [line for line in lines[died:] if f"[{name}]" in line]
+
+    async def scenario() -> None:
+        stop_at = time.monotonic() + 90
+        load = [asyncio.create_task(client(stop_at)) for _ in range(4)]
+        await _kill_later(1.0, http_worker)
+        while not any("Application startup complete" in line for line in replacement_log()):
+            assert time.monotonic() < stop_at - 10, "the killed HTTP worker was not replaced"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3)  # it takes its share of the new connections
+        for task in load:
+            task.cancel()
+        await asyncio.gather(*load, return_exceptions=True)
+
+    asyncio.run(scenario())
+    served = [line for line in replacement_log() if '"POST /v1/classify HTTP/1.1" 200' in line]
+    assert len(served) >= 5, outcomes
+    # Only the requests on the killed worker's own connections are lost.
+    assert set(outcomes) <= {"200", "connection lost"}, outcomes
+    assert outcomes["connection lost"] <= 4, outcomes
 
 
 def test_the_model_workers_watchdog_turns_readiness_red_while_a_batch_overruns(

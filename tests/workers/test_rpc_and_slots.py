@@ -3,8 +3,10 @@
 import asyncio
 import contextlib
 import logging
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -153,6 +155,32 @@ async def test_worker_death_fails_pending_calls_and_a_new_worker_is_found(
         await client.stop()
         worker.kill()
         worker.wait()
+
+
+async def test_a_new_client_waits_for_a_listening_worker_and_only_for_one(
+    socket_path: Path,
+) -> None:
+    """How a replacement HTTP worker starts: connected before it takes requests if the worker
+    is up; at once if it is not (loading), or if its socket is a dead worker's."""
+    client = RpcClient(socket_path, "test")
+    client.start()
+    try:
+        await asyncio.wait_for(client.connected_if_listening(), 0.5)  # no socket: no wait
+        assert not client.connected
+        dead = socket.socket(socket.AF_UNIX)
+        dead.bind(str(socket_path))  # a socket file nobody listens on, as a kill -9 leaves
+        dead.close()
+        started = time.monotonic()
+        await client.connected_if_listening(timeout_s=0.3)
+        assert not client.connected and time.monotonic() - started >= 0.3
+        server = await RpcServer({}).start(socket_path)
+        try:
+            await client.connected_if_listening()
+            assert client.connected
+        finally:
+            server.close()
+    finally:
+        await client.stop()
 
 
 def test_slots_are_shared_refuse_when_exhausted_and_are_reused(tmp_path: Path) -> None:
