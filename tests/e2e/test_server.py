@@ -6,10 +6,12 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from tests.e2e.server import Server, start_server
@@ -52,6 +54,18 @@ def test_container_healthcheck_passes_and_process_metrics_are_exported(server: S
     )
     assert check.returncode == 0
     assert metric(httpx.get(f"{server.url}/metrics").text, "process_cpu_seconds_total") > 0
+
+
+def test_an_idle_service_sleeps(server: Server) -> None:
+    """Nothing polls on the event loop of an idle service (the web page included): an idle
+    process that wakes a thousand times a second takes CPU from the model on a small machine."""
+    loop_thread = psutil.Process(server.process.pid)  # uvicorn's event loop: the main thread
+    httpx.get(f"{server.url}/ui/", timeout=30)  # the page has been served
+    time.sleep(1)
+    before = loop_thread.num_ctx_switches().voluntary
+    time.sleep(3)
+    wakeups_per_second = (loop_thread.num_ctx_switches().voluntary - before) / 3
+    assert wakeups_per_second < 100, wakeups_per_second
 
 
 def test_concurrent_clients_are_batched(server: Server) -> None:
