@@ -5,19 +5,24 @@
     python -m loadtest.service_vs_raw --weights random --precision fp16 --max-batch-size 256 \
         --workers 12 --concurrency 256 --processes 4 --seconds 60        # one H100, 16 cores
 
-Runs the raw in-process benchmark at the service's max batch size and at batch 1, times the
-decode + preprocess of the load's JPEGs, then starts the service (same settings) on a free
-loopback port and loads it with unique 500-px JPEGs (throughput at --concurrency, p50 at one
-client), then runs the raw benchmark again. This machine's speed drifts between runs, so the
-ratio uses the mean of the two raw figures around the service run. The idle-latency bound is
-decode + one batch-1 forward + 3 ms.
+Times the decode + preprocess of the load's JPEGs, starts the service (same settings) on a
+free loopback port, then runs --repeats rounds of: the raw in-process benchmark at the
+service's max batch size, the service loaded with unique 500-px JPEGs (throughput at
+--concurrency), the raw benchmark again; then the raw batch-1 forward, the service at one
+client (p50), and the batch-1 forward again. A machine's speed drifts, so each service phase
+is compared with the mean of the two raw runs around it, and the targets are judged on the
+medians over the rounds. The idle-latency bound is decode + one batch-1 forward + 3 ms.
+
+    python -m loadtest.service_vs_raw --weights random --workers 2 --repeats 5 --seconds 30
 """
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from loadtest.gpu_utilisation import GpuUtilisation
 from loadtest.images import unique_jpegs
@@ -78,6 +83,47 @@ def describe(name: str, result: LoadResult) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """One round: each service phase between two raw runs of its own (a machine's speed
+    drifts, so the service is compared with the raw runs around it)."""
+
+    raw_before: float  # img/s at the max batch size, around the loaded phase
+    raw_after: float
+    service_rps: float
+    single_before_ms: float  # one batch-1 forward, around the idle phase
+    single_after_ms: float
+    idle_p50_ms: float
+
+    @property
+    def share(self) -> float:
+        return self.service_rps / ((self.raw_before + self.raw_after) / 2)
+
+    def bound_ms(self, decode: float) -> float:
+        return decode + (self.single_before_ms + self.single_after_ms) / 2 + 3
+
+
+def summary(repeats: list[Repeat], decode: float) -> list[str]:
+    """A table row per repeat, then the medians the targets are judged on."""
+    rows = [
+        "| round | raw img/s before / after | service rps | share "
+        "| batch-1 ms before / after | p50 1 client | bound |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(repeats, 1):
+        rows.append(
+            f"| {i} | {r.raw_before:.1f} / {r.raw_after:.1f} | {r.service_rps:.1f} | "
+            f"{r.share:.1%} | {r.single_before_ms:.1f} / {r.single_after_ms:.1f} | "
+            f"{r.idle_p50_ms:.1f} ms | {r.bound_ms(decode):.1f} ms |"
+        )
+    share = statistics.median(r.share for r in repeats)
+    p50 = statistics.median(r.idle_p50_ms for r in repeats)
+    bound = statistics.median(r.bound_ms(decode) for r in repeats)
+    rows.append(f"median service / raw = {share:.1%} (target >= 95%)")
+    rows.append(f"median p50 at 1 client = {p50:.1f} ms; median bound = {bound:.1f} ms")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -90,6 +136,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--processes", type=int, default=1, help="load processes")
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="interleaved raw / service rounds (medians)"
+    )
     parser.add_argument("--decode-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.decode_only:  # in a subprocess, with the service's environment
@@ -104,31 +153,40 @@ def main() -> None:
     if args.weights:
         env["RESNET_SERVE_WEIGHTS"] = args.weights
     raw_seconds = args.seconds / 2
-    before = raw_images_per_second(env, args.max_batch_size, raw_seconds)
-    print(f"raw batch {args.max_batch_size} before: {before:.2f} img/s", flush=True)
-    single_ms = 1000 / raw_images_per_second(env, 1, raw_seconds / 2)
     decode = decode_ms(env)
-    print(f"raw batch 1 forward: {single_ms:.1f} ms; decode + preprocess: {decode:.1f} ms")
+    print(f"decode + preprocess: {decode:.1f} ms", flush=True)
+
+    def raw(batch_size: int, seconds: float) -> float:
+        speed = raw_images_per_second(env, batch_size, seconds)
+        print(f"raw batch {batch_size}: {speed:.2f} img/s", flush=True)
+        return speed
+
     port = free_port()
+    # One service for every round: it idles (no CPU) while the raw benchmark runs.
     service = start_service(env, port)
+    url = f"http://127.0.0.1:{port}"
+    repeats: list[Repeat] = []
     try:
-        url = f"http://127.0.0.1:{port}"
-        with GpuUtilisation() as gpu:
-            loaded = measure_load(
-                url, "/v1/classify", args.concurrency, args.seconds, 5.0, processes=args.processes
+        for round_number in range(1, args.repeats + 1):
+            print(f"round {round_number}", flush=True)
+            before = raw(args.max_batch_size, raw_seconds)
+            with GpuUtilisation() as gpu:
+                loaded = measure_load(
+                    url, "/v1/classify", args.concurrency, args.seconds, 5.0, args.processes
+                )
+            print(describe(f"service ({args.workers} workers)", loaded), flush=True)
+            print(gpu.summary(), flush=True)
+            after = raw(args.max_batch_size, raw_seconds)
+            single_before = 1000 / raw(1, raw_seconds / 2)
+            idle = measure_load(url, "/v1/classify", 1, min(args.seconds, 30), 2.0)
+            print(describe("service idle", idle), flush=True)
+            single_after = 1000 / raw(1, raw_seconds / 2)
+            repeats.append(
+                Repeat(before, after, loaded.ok_rps, single_before, single_after, idle.p50_ms)
             )
-        print(describe(f"service ({args.workers} workers)", loaded), flush=True)
-        print(gpu.summary(), flush=True)
-        idle = measure_load(url, "/v1/classify", 1, min(args.seconds, 30), 2.0)
-        print(describe("service idle", idle), flush=True)
     finally:
         stop(service)
-    after = raw_images_per_second(env, args.max_batch_size, raw_seconds)
-    print(f"raw batch {args.max_batch_size} after: {after:.2f} img/s")
-    raw = (before + after) / 2
-    print(f"service / raw = {loaded.ok_rps / raw:.1%} (target >= 95%)")
-    bound = decode + single_ms + 3
-    print(f"p50 at 1 client = {idle.p50_ms:.1f} ms; bound decode + batch-1 + 3 ms = {bound:.1f} ms")
+    print("\n".join(summary(repeats, decode)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Content checks, the Mixed profile parser and the /metrics step summary of loadtest/."""
+"""Content checks, the Mixed profile parser, the /metrics step summary and the service-vs-raw
+summary of loadtest/."""
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -9,6 +10,7 @@ from loadtest.checks import classification_problem, item_problem, search_problem
 from loadtest.mix import parse_mix
 from loadtest.runner import parse_args
 from loadtest.scrape import parse_metrics, step_metrics
+from loadtest.service_vs_raw import Repeat, summary
 
 GOOD_PREDICTIONS = {
     "predictions": [
@@ -114,3 +116,18 @@ def test_run_passes_arguments_after_a_double_dash_to_locust() -> None:
     args = parse_args(["--users", "1,4", "--", "--mix", "search=1"])
     assert args.user_counts == [1, 4]
     assert args.locust_args == ["--mix", "search=1"]
+
+
+def test_service_vs_raw_judges_each_phase_against_its_own_raw_runs_and_the_median_round() -> None:
+    rounds = [
+        # raw img/s before / after, service rps, batch-1 ms before / after, idle p50 ms
+        Repeat(10.0, 10.0, 8.0, 30.0, 40.0, 41.0),  # a slow round: 80%
+        Repeat(12.0, 8.0, 10.0, 34.0, 36.0, 39.0),  # the machine slowed mid-run: 100%
+        Repeat(10.0, 10.0, 9.7, 33.0, 33.0, 37.0),  # 97%
+    ]
+    assert rounds[1].share == 1.0
+    assert rounds[0].bound_ms(decode=2.0) == 2.0 + 35.0 + 3
+    lines = summary(rounds, decode=2.0)
+    assert "median service / raw = 97.0% (target >= 95%)" in lines
+    assert "median p50 at 1 client = 39.0 ms; median bound = 40.0 ms" in lines
+    assert len([line for line in lines if line.startswith("| ")]) == 1 + 3  # header + rounds
