@@ -52,7 +52,13 @@ def main() -> None:
                 httpx.post(f"{url}/v1/classify", files={"file": ("x.jpg", image)}, timeout=60)
             before, started = scrape(url), time.monotonic()
             result = measure_load(
-                url, "/v1/classify", args.concurrency, args.seconds, 3, True, args.processes
+                url,
+                "/v1/classify",
+                args.concurrency,
+                args.seconds,
+                3,
+                repeat=True,
+                processes=args.processes,
             )
             step = step_metrics(before, scrape(url), time.monotonic() - started)
         finally:

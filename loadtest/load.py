@@ -120,6 +120,7 @@ def measure_load(
     concurrency: int,
     seconds: float,
     warmup_s: float,
+    *,
     repeat: bool = False,
     processes: int = 1,
     back_off: bool = False,
@@ -190,8 +191,8 @@ def main() -> None:
             concurrency,
             args.seconds,
             args.warmup,
-            args.repeat,
-            args.processes,
+            repeat=args.repeat,
+            processes=args.processes,
         )
         print(
             f"| {concurrency} | {result.ok_rps:.2f} | {result.p50_ms:.1f} | "

@@ -172,7 +172,12 @@ def main() -> None:
             before = raw(args.max_batch_size, raw_seconds)
             with GpuUtilisation() as gpu:
                 loaded = measure_load(
-                    url, "/v1/classify", args.concurrency, args.seconds, 5.0, args.processes
+                    url,
+                    "/v1/classify",
+                    args.concurrency,
+                    args.seconds,
+                    5.0,
+                    processes=args.processes,
                 )
             print(describe(f"service ({args.workers} workers)", loaded), flush=True)
             print(gpu.summary(), flush=True)
