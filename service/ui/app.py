@@ -7,12 +7,14 @@ here: a deployment with RESNET_SERVE_UI=false does not load it.
 """
 
 import asyncio
+import atexit
 import csv
 import functools
 import hmac
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -39,7 +41,7 @@ def mount_ui(app: FastAPI, api_key: str | None, path: str = "/ui") -> FastAPI:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    exports = Path(tempfile.mkdtemp(prefix="resnet-serve-ui-"))
+    exports = _exports_directory()
     blocks = build_blocks(ServiceApi(app, api_key), exports)
     mounted: FastAPI = gr.mount_gradio_app(
         app,
@@ -360,8 +362,23 @@ async def _batch_row(api: ServiceApi, path: Path) -> list[Any]:
     return [name, predictions[0]["label"], round(predictions[0]["score"], 4), "", top5]
 
 
+def _exports_directory() -> Path:
+    """Where this process writes the page's downloads; removed when the process exits. Named
+    like the supervisor's own directories (resnet-serve-<pid>-...), so a supervisor's start
+    also removes one that a killed worker left behind."""
+    exports = Path(tempfile.mkdtemp(prefix=f"resnet-serve-{os.getpid()}-ui-"))
+    atexit.register(shutil.rmtree, exports, ignore_errors=True)
+    return exports
+
+
+_KEPT_EXPORTS = 32  # the newest batch downloads; older ones are removed as new ones come
+
+
 def _export(rows: list[list[Any]], directory: Path) -> tuple[Path, Path]:
     """The batch table as CSV and JSON files the page offers for download."""
+    older = sorted(directory.iterdir(), key=lambda path: path.stat().st_mtime)
+    for stale in older[: max(0, len(older) - _KEPT_EXPORTS + 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
     export = Path(tempfile.mkdtemp(dir=directory))
     csv_path, json_path = export / "classified.csv", export / "classified.json"
     with csv_path.open("w", newline="") as handle:
