@@ -1,4 +1,6 @@
-"""Index benchmark: add rate, single-query search latency, recall@10 and memory per vector.
+"""Index benchmark: add rate, single-query search latency, recall@10, memory per vector, and
+what adding and removing vectors one at a time costs at that size (as item PUTs and DELETEs
+do; the writer holds the index's exclusive lock meanwhile, so searches wait that long).
 
     python -m loadtest.bench_index --sizes 10000 100000 --kinds Flat HNSW32 IVF1024,Flat
 
@@ -20,6 +22,8 @@ from index.vector_index import VectorIndex
 
 QUERIES = 200
 CHUNK = 50_000
+SINGLE_ADDS = 2_000  # then added one at a time, as item PUTs add them
+SINGLE_REMOVES = 200  # then removed one at a time, as item DELETEs remove them
 
 
 def clustered(n: int, d: int, seed: int, clusters: int = 1000) -> np.ndarray:
@@ -66,10 +70,24 @@ def measure(kind: str, xb: np.ndarray, xq: np.ndarray, truth: np.ndarray) -> dic
         found.append(labels_found[0])
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
     quantiles = statistics.quantiles(latencies, n=100)
+    singles = clustered(SINGLE_ADDS, xb.shape[1], seed=3)
+    add_latencies = []
+    for i, vector in enumerate(singles):
+        started = time.perf_counter()
+        index.add(np.array([len(xb) + i], np.int64), vector.reshape(1, -1))
+        add_latencies.append(time.perf_counter() - started)
+    remove_latencies = []
+    for label in np.random.default_rng(4).choice(len(xb), SINGLE_REMOVES, replace=False):
+        started = time.perf_counter()
+        index.remove(np.array([label], np.int64))
+        remove_latencies.append(time.perf_counter() - started)
     del index
     return {
         "train_s": train_s,
         "add_per_s": len(xb) / add_s,
+        "single_add_ms": 1000 * statistics.mean(add_latencies),
+        "single_add_max_ms": 1000 * max(add_latencies),
+        "single_remove_ms": 1000 * statistics.mean(remove_latencies),
         "p50_ms": 1000 * quantiles[49],
         "p99_ms": 1000 * quantiles[98],
         "qps": 1 / statistics.mean(latencies),
@@ -91,9 +109,10 @@ def main() -> None:
         f"{os.cpu_count()} cores"
     )
     print(
-        "| n | index | train s | add vec/s | search p50 ms | p99 ms | qps | recall@10 | bytes/vec |"
+        "| n | index | train s | add vec/s | search p50 ms | p99 ms | qps | recall@10 | bytes/vec "
+        f"| {SINGLE_ADDS:,} single adds: mean / max ms | {SINGLE_REMOVES} single removes: mean ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.sizes:
         xb = clustered(n, args.dim, seed=1)
         xq = clustered(QUERIES, args.dim, seed=2)
@@ -106,7 +125,9 @@ def main() -> None:
             print(
                 f"| {n:,} | {kind} | {r['train_s']:.1f} | {r['add_per_s']:,.0f} | "
                 f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['qps']:,.0f} | {r['recall']:.3f} | "
-                f"{r['bytes_per_vector']:,.0f} |",
+                f"{r['bytes_per_vector']:,.0f} | "
+                f"{r['single_add_ms']:.2f} / {r['single_add_max_ms']:.0f} | "
+                f"{r['single_remove_ms']:.2f} |",
                 flush=True,
             )
         del xb
