@@ -17,6 +17,7 @@ medians over the rounds. The idle-latency bound is decode + one batch-1 forward 
 """
 
 import argparse
+import functools
 import os
 import statistics
 import subprocess
@@ -164,26 +165,19 @@ def main() -> None:
     port = free_port()
     # One service for every round: it idles (no CPU) while the raw benchmark runs.
     service = start_service(env, port)
-    url = f"http://127.0.0.1:{port}"
+    classify = functools.partial(measure_load, f"http://127.0.0.1:{port}", "/v1/classify")
     repeats: list[Repeat] = []
     try:
         for round_number in range(1, args.repeats + 1):
             print(f"round {round_number}", flush=True)
             before = raw(args.max_batch_size, raw_seconds)
             with GpuUtilisation() as gpu:
-                loaded = measure_load(
-                    url,
-                    "/v1/classify",
-                    args.concurrency,
-                    args.seconds,
-                    5.0,
-                    processes=args.processes,
-                )
+                loaded = classify(args.concurrency, args.seconds, 5.0, processes=args.processes)
             print(describe(f"service ({args.workers} workers)", loaded), flush=True)
             print(gpu.summary(), flush=True)
             after = raw(args.max_batch_size, raw_seconds)
             single_before = 1000 / raw(1, raw_seconds / 2)
-            idle = measure_load(url, "/v1/classify", 1, min(args.seconds, 30), 2.0)
+            idle = classify(1, min(args.seconds, 30), 2.0)
             print(describe("service idle", idle), flush=True)
             single_after = 1000 / raw(1, raw_seconds / 2)
             repeats.append(
