@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 from fastapi import FastAPI
 from PIL import Image
 
+from service.process_dirs import temporary_dir
 from service.ui.api import ApiError, ServiceApi
 
 P = ParamSpec("P")
@@ -363,10 +364,9 @@ async def _batch_row(api: ServiceApi, path: Path) -> list[Any]:
 
 
 def _exports_directory() -> Path:
-    """Where this process writes the page's downloads; removed when the process exits. Named
-    like the supervisor's own directories (resnet-serve-<pid>-...), so a supervisor's start
-    also removes one that a killed worker left behind."""
-    exports = Path(tempfile.mkdtemp(prefix=f"resnet-serve-{os.getpid()}-ui-"))
+    """Where this process writes the page's downloads; removed when the process exits, and
+    named for it, so a supervisor's start also removes one that a killed worker left."""
+    exports = temporary_dir("ui")
     atexit.register(shutil.rmtree, exports, ignore_errors=True)
     return exports
 

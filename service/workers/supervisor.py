@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.process_dirs import own_name, remove_leftovers, temporary_dir
 from service.settings import Settings, available_cores
 from service.workers.metrics import MULTIPROC_ENV
 from service.workers.process import EXIT_CONFIG_ERROR
@@ -60,38 +61,13 @@ def model_devices(settings: Settings) -> list[str]:
     return [f"cuda:{i}" for i in range(count)] or ["cpu"]
 
 
-_PREFIX = "resnet-serve-"  # then the supervisor's pid: its slots, its sockets and metrics
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_leftovers(directory: Path) -> None:
-    """What supervisors killed with SIGKILL left in `directory`: slot files in /dev/shm hold RAM
-    until a reboot, and a new supervisor given a dead one's pid could not make its own. A
-    directory whose pid is this process or no live one is a leftover. (Assumes the directory
-    is not shared with another pid namespace, as a container's own /tmp and /dev/shm are not.)
-    """
-    for path in directory.glob(f"{_PREFIX}*"):
-        pid, _, _ = path.name.removeprefix(_PREFIX).partition("-")
-        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
-            shutil.rmtree(path, ignore_errors=True)
-
-
 class Supervisor:
     def __init__(self, settings: Settings, http_workers: int) -> None:
         self.settings = settings
         self.http_workers = http_workers
         self._stopping = asyncio.Event()
         self._exit_code = 0
-        self._shm = shared_memory_dir() / f"{_PREFIX}{os.getpid()}"
+        self._shm = shared_memory_dir() / own_name()  # its slots
         self.workers: list[WorkerSpec] = []
 
     def plan(self, listen_fd: int, sockets: Path) -> list[WorkerSpec]:
@@ -136,8 +112,7 @@ class Supervisor:
         """Serve until SIGTERM/SIGINT or a configuration error; returns the exit status."""
         remove_leftovers(self._shm.parent)
         remove_leftovers(Path(tempfile.gettempdir()))
-        # Sockets and metrics.
-        runtime = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+        runtime = temporary_dir()  # sockets and metrics
         metrics = runtime / "metrics"
         metrics.mkdir()
         self._shm.mkdir(mode=0o700)

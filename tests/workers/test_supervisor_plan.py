@@ -6,8 +6,9 @@ import os
 import subprocess
 from pathlib import Path
 
+from service.process_dirs import remove_leftovers
 from service.settings import Settings, available_cores
-from service.workers.supervisor import Supervisor, WorkerSpec, remove_leftovers
+from service.workers.supervisor import Supervisor, WorkerSpec
 from tests.conftest import pinned_settings
 
 
