@@ -142,6 +142,8 @@ def main() -> None:
     )
     parser.add_argument("--decode-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.decode_only:  # in a subprocess, with the service's environment
         _print_decode_ms(args.decode_only)
         return
