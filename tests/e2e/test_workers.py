@@ -120,9 +120,20 @@ def round_trip(split: Server) -> None:
     assert metric(text, "batcher_batch_size_count") >= 4
 
 
-def test_an_image_sent_to_both_workers_at_once_runs_the_model_once(split: Server) -> None:
+@pytest.fixture
+def patient(tmp_path: Path) -> "Server":
+    """Two workers whose model takes a long backlog: no latency-target refusal on a slow
+    machine (this test is about joining, not admission)."""
+    server = start_server(tmp_path, WORKERS | {"RESNET_SERVE_TARGET_LATENCY_MS": "120000"})
+    wait_ready(server.url)
+    yield server  # type: ignore[misc]
+    server.stop()
+
+
+def test_an_image_sent_to_both_workers_at_once_runs_the_model_once(patient: Server) -> None:
+    split = patient
     images = unique_jpegs(tag="single-flight")
-    backlog = [next(images) for _ in range(24)]  # keeps the copies below in flight together
+    backlog = [next(images) for _ in range(48)]  # keeps the copies below in flight together
     same = next(images)
     runs = "batcher_batch_size_sum"  # images the model has run
     before = metric(httpx.get(f"{split.url}/metrics").text, runs)
@@ -133,17 +144,30 @@ def test_an_image_sent_to_both_workers_at_once_runs_the_model_once(split: Server
                 f"{split.url}/v1/classify", files={"file": ("x.jpg", data, "image/jpeg")}
             )
 
+    async def backlog_waits() -> None:
+        """Until images of the backlog wait at the model: copies sent then queue behind them
+        together, whichever worker is slower to send its own (a busy machine)."""
+        async with httpx.AsyncClient(timeout=30) as http:
+            while True:  # bounded by the scenario's timeout
+                text = (await http.get(f"{split.url}/metrics")).text
+                if metric(text, "model_slots_in_use") >= 16:
+                    return
+                await asyncio.sleep(0.005)
+
     async def scenario() -> list[httpx.Response]:
-        return await asyncio.gather(*map(post, backlog), *(post(same) for _ in range(16)))
+        queued = [asyncio.create_task(post(data)) for data in backlog]
+        await asyncio.wait_for(backlog_waits(), timeout=30)
+        copies = await asyncio.gather(*(post(same) for _ in range(16)))
+        return [*await asyncio.gather(*queued), *copies]
 
     responses = asyncio.run(scenario())
-    assert [r.status_code for r in responses] == [200] * 40
-    copies = responses[24:]
+    assert [r.status_code for r in responses] == [200] * 64
+    copies = responses[48:]
     assert all(r.json()["predictions"] == copies[0].json()["predictions"] for r in copies)
     # One copy ran; the others joined it, in their own worker or in the model worker.
     assert [r.headers["x-cache"] for r in copies].count("miss") == 1
     after = metric(httpx.get(f"{split.url}/metrics").text, runs)
-    assert after - before == 24 + 1
+    assert after - before == 48 + 1
 
 
 async def _load(url: str, seconds: float, clients: int) -> Counter[str]:
