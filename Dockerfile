@@ -39,6 +39,6 @@ USER app
 VOLUME ["/data", "/weights"]
 EXPOSE 8000
 
-HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
     CMD ["python", "-m", "service.healthcheck"]
 CMD ["python", "-m", "service", "serve"]

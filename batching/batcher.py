@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -92,6 +93,10 @@ class Batcher(Generic[T, R]):
         # new one into a predicted wait, for admission and Retry-After. 0 until measured.
         self._seconds_per_item = 0.0
         self._hung = False
+        # Set while nothing is queued or running: other work on the same cores (a backend
+        # search) waits for it, so it runs in the gaps between batches.
+        self._idle = threading.Event()
+        self._idle.set()
 
     @property
     def running(self) -> bool:
@@ -105,6 +110,24 @@ class Batcher(Generic[T, R]):
     def hung(self) -> bool:
         """A batch has been running for longer than `hung_after_s`."""
         return self._hung
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """From any thread: block until nothing is queued or running, at most `timeout_s`;
+        True if it was idle."""
+        return self._idle.wait(timeout_s)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    def resize(self, *, max_batch_size: int, max_queue: int) -> None:
+        """New limits from the next batch on (the batch function's replacement runs bigger or
+        smaller batches); call on the event loop's thread, like submit."""
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError("max_batch_size and max_queue must be >= 1")
+        self._max_batch_size = max_batch_size
+        self._max_queue = max_queue
+        self._wakeup.set()  # a batch that is full at the new size starts now
 
     def predicted_latency_s(self, ahead: int = 0) -> float:
         """When an item submitted now would have its result: the rest of the running batch,
@@ -166,6 +189,7 @@ class Batcher(Generic[T, R]):
         future: asyncio.Future[BatchOutcome[R]] = asyncio.get_running_loop().create_future()
         deadline = None if timeout_s is None else now + timeout_s
         self._pending.append(_Pending(item, future, now, deadline))
+        self._idle.clear()
         self._report_depth()
         self._wakeup.set()
         try:
@@ -267,6 +291,8 @@ class Batcher(Generic[T, R]):
         if len(live) != len(self._pending):
             self._pending = live
             self._report_depth()
+            if not live and not self._running_batch:
+                self._idle.set()
 
     async def _run(self, batch: list[_Pending[T, R]], reason: CloseReason) -> None:
         assert self._owner is not None
@@ -299,6 +325,8 @@ class Batcher(Generic[T, R]):
             return
         finally:
             self._running_batch = []
+            if not self._pending:
+                self._idle.set()
             if watchdog is not None:
                 watchdog.cancel()
             if self._hung:

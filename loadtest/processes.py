@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -69,6 +69,19 @@ def start_service(
             return False
 
     return _wait_until_ready(process, ready, ready_timeout_s, "service")
+
+
+def readiness(url: str, timeout_s: float = 60) -> dict[str, Any]:
+    """/readyz's answer once it is 200. With HTTP workers, each answers 503 until it reaches
+    the model, so the one that answered start_service may not be the one asked next."""
+    deadline = time.monotonic() + timeout_s
+    while True:  # bounded by the deadline
+        answer = httpx.get(f"{url}/readyz", timeout=10)
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            answer.raise_for_status()
+            body: dict[str, Any] = answer.json()
+            return body
+        time.sleep(0.2)
 
 
 def start_redis(port: int) -> subprocess.Popen[bytes]:

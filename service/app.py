@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -14,14 +15,11 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from service.access import ApiKeyGuard
 from service.admission import AdmitAtTheDoor
 from service.errors import install_error_handlers
-from service.explain.explainer import Explainer
-from service.explain.inspector import InProcessInspector, ModelInspector
+from service.explain.inspector import ModelInspector
 from service.http_metrics import HttpMetrics
 from service.limits import BodyLimit
-from service.model.gil import hand_the_gil_over_quickly
-from service.model.passing_thread import in_passing_thread
-from service.model.runtime import ModelRuntime, load_runtime
-from service.model_client import InProcessModel, ModelClient, model_batcher
+from service.model_client import InProcessModel, ModelClient
+from service.model_host import ModelHost
 from service.pipeline import Pipeline
 from service.request_id import RequestId
 from service.routes import classify, embed, explain, health, items, search
@@ -45,45 +43,19 @@ class ServiceParts:
 Components = Callable[[Settings, CollectorRegistry], AbstractAsyncContextManager[ServiceParts]]
 
 
-async def inspector_for(
-    runtime: ModelRuntime, settings: Settings, registry: CollectorRegistry
-) -> InProcessInspector:
-    """The fp32 inspection path beside a serving runtime, with its own admission limit."""
-    # Copying the model runs torch: not on the event loop's thread, which lives on.
-    explainer = await in_passing_thread(
-        lambda: Explainer(runtime.module, runtime.spec, replicas=settings.explain_concurrency),
-        "explainer-load",
-    )
-    return InProcessInspector(
-        explainer,
-        backend=runtime.backend.name,
-        precision=runtime.choice.candidate.precision,
-        device=runtime.device,
-        concurrency=settings.explain_concurrency,
-        queue=settings.explain_queue,
-        registry=registry,
-    )
-
-
 @asynccontextmanager
 async def in_process(
     settings: Settings, registry: CollectorRegistry
 ) -> AsyncIterator[ServiceParts]:
-    """Load the model, warm it up and open the index, all in this process."""
+    """Host the model and open the index, all in this process."""
+    host = ModelHost(settings, registry)
     # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
-    runtime = await in_passing_thread(lambda: load_runtime(settings), "model-load")
-    await in_passing_thread(runtime.warm_up, "model-warm-up")
+    await host.load()
     # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
-    collection = await asyncio.to_thread(open_collection_for, settings, runtime.spec)
+    collection = await asyncio.to_thread(open_collection_for, settings, host.runtime.spec)
     index = SearchIndex(collection, search_threads=settings.decode_threads)
-    batcher = model_batcher(runtime, settings, registry)
-    hand_the_gil_over_quickly()  # the event loop shares this process with the model
-    for warning in runtime.spec.warnings:
-        log.warning(warning)
-    log.info("ready: %s on %s", runtime.spec.model_id, runtime.device)
-    inspector = await inspector_for(runtime, settings, registry)
     try:
-        yield ServiceParts(InProcessModel(runtime, batcher), index, inspector)
+        yield ServiceParts(InProcessModel(host), index, host.inspector)
     finally:
         await index.close()
 
@@ -151,7 +123,9 @@ def create_app(
         )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(RequestId)
-    if settings.ui:
+    if settings.ui and importlib.util.find_spec("gradio") is None:
+        log.warning("the web page at /ui needs the gradio package, which is not installed: off")
+    elif settings.ui:
         from service.ui.app import mount_ui  # Gradio is imported only when the page is on
 
         key = settings.api_key

@@ -52,6 +52,11 @@ class NotReady(ServiceError):
     pass
 
 
+class Unavailable(ServiceError):
+    """The service cannot do this now or here: an optional package is not installed, or the
+    device has no memory left for it. Not the request's fault."""
+
+
 class ClientDisconnected(ServiceError):
     """The client went away; nobody reads this answer."""
 
@@ -69,6 +74,7 @@ STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
     QueueFull: (429, "overloaded"),
     ClientDisconnected: (499, "client_closed_request"),
     NotReady: (503, "not_ready"),
+    Unavailable: (503, "unavailable"),
     BatcherStopped: (503, "not_ready"),
     DeadlineExceeded: (504, "deadline_exceeded"),
     BatchFailed: (500, "inference_failed"),

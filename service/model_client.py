@@ -5,8 +5,9 @@
 """
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -17,6 +18,9 @@ from service.model.runtime import ModelInput, ModelResult, ModelRuntime
 from service.model.spec import ModelSpec
 from service.model.thread_priority import lower_this_threads_priority
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.model_host import ModelHost
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,9 @@ class ModelStatus:
     queue_depth: int
     jpeg_on_device: bool  # baseline JPEGs are sent undecoded, for the model's device to decode
     hung: bool  # a batch has run past the watchdog bound
+    # Where the host serves differently from its configuration, and why (see Fallbacks).
+    warnings: tuple[str, ...] = ()
+    backend_search: str | None = None  # the background search's progress or outcome
 
 
 HUNG_MESSAGE = "the model has been running one batch for longer than the watchdog allows"
@@ -72,16 +79,20 @@ class ModelClient(Protocol):
     async def stop(self, drain_timeout_s: float) -> None: ...
 
 
-def model_status(runtime: ModelRuntime, queue_depth: int, hung: bool) -> ModelStatus:
+def model_status(
+    runtime: ModelRuntime, queue_depth: int, hung: bool, backend_search: str | None = None
+) -> ModelStatus:
     return ModelStatus(
         spec=runtime.spec,
         device=runtime.device,
         backend=runtime.backend.name,
-        max_batch_size=runtime.batch_size,
+        max_batch_size=runtime.largest_batch,
         backend_choice=runtime.choice.reason,
         queue_depth=queue_depth,
-        jpeg_on_device=runtime.jpeg_decoder is not None,
+        jpeg_on_device=runtime.jpeg_decoder is not None and runtime.jpeg_decoder.working,
         hung=hung,
+        warnings=tuple(runtime.fallbacks.warnings),
+        backend_search=backend_search,
     )
 
 
@@ -96,17 +107,24 @@ ModelBatcher = Batcher[ModelInput, ModelResult]
 
 
 def model_batcher(
-    runtime: ModelRuntime, settings: Settings, registry: CollectorRegistry
+    run_batch: Callable[[list[ModelInput]], list[ModelResult]],
+    runtime: ModelRuntime,
+    settings: Settings,
+    registry: CollectorRegistry,
+    largest: int,
 ) -> ModelBatcher:
-    """The batcher in front of a runtime, with its metrics on `registry`.
+    """The batcher in front of a runtime (`run_batch` runs whichever is live), with its
+    metrics on `registry`; `largest`: the biggest batch size a replacement may bring.
 
     The queue holds at least two batches: a shorter one would refuse work the model could
     take (a GPU's batch of 256 against the default queue of 64). The latency target leaves a
     tenth of itself for what happens outside the batcher (reading, decoding, answering).
     On a CPU the model's threads run `MODEL_NICE` steps nicer than those answering requests.
+    The runtime's fallback counts are exported on the same registry.
     """
+    runtime.fallbacks.bind(registry)
     return Batcher(
-        runtime.predict_batch,
+        run_batch,
         max_batch_size=runtime.batch_size,
         max_wait_s=settings.max_wait_ms / 1000,
         max_queue=max(settings.queue_size, 2 * runtime.batch_size),
@@ -117,31 +135,31 @@ def model_batcher(
             if runtime.device == "cpu"
             else None
         ),
-        observer=PrometheusBatchObserver(registry, runtime.batch_size),
+        observer=PrometheusBatchObserver(registry, max(largest, runtime.batch_size)),
         name="model",
     )
 
 
 class InProcessModel:
-    """The batcher and backend in this process."""
+    """The model host in this process."""
 
-    def __init__(self, runtime: ModelRuntime, batcher: ModelBatcher):
-        self.runtime = runtime
-        self._batcher = batcher
+    def __init__(self, host: "ModelHost"):
+        self.host = host
 
     @property
     def ready(self) -> bool:
-        return self._batcher.running and not self._batcher.hung
+        batcher = self.host.batcher
+        return batcher.running and not batcher.hung
 
     def status(self) -> ModelStatus:
-        if self._batcher.hung:
+        if self.host.batcher.hung:
             raise NotReady(HUNG_MESSAGE)
         if not self.ready:
             raise NotReady("the model is not loaded or is shutting down")
-        return model_status(self.runtime, self._batcher.queue_depth, hung=False)
+        return self.host.status(self.host.batcher.queue_depth, hung=False)
 
     def admit(self, ahead: int = 0) -> None:
-        self._batcher.admit(ahead)
+        self.host.batcher.admit(ahead)
 
     async def check(self) -> None:
         self.status()
@@ -150,10 +168,11 @@ class InProcessModel:
         self, item: ModelInput, timeout_s: float, key: str
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         # One process: the pipeline's own single-flight has already joined identical images.
-        return outputs_or_raise(await self._batcher.submit(item, timeout_s=timeout_s)), False
+        outcome = await self.host.batcher.submit(item, timeout_s=timeout_s)
+        return outputs_or_raise(outcome), False
 
     async def start(self) -> None:
-        await self._batcher.start()
+        await self.host.start()
 
     async def stop(self, drain_timeout_s: float) -> None:
-        await self._batcher.stop(drain_timeout_s=drain_timeout_s)
+        await self.host.stop(drain_timeout_s=drain_timeout_s)

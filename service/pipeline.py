@@ -44,7 +44,8 @@ class Inference:
 class _ModelView:
     """What the pipeline derives from the serving model; rebuilt if a restart changes it."""
 
-    identity: tuple[str, str]  # fingerprint, backend
+    # fingerprint, backend, and whether JPEGs go to the device (its decoder may switch off)
+    identity: tuple[str, str, bool]
     namespace: str  # of cache keys
     shape: tuple[int, int]  # classes, embedding size
     preprocessor: Preprocessor
@@ -117,7 +118,7 @@ class Pipeline:
     def _model_view(self) -> _ModelView:
         status = self.model.status()
         spec = status.spec
-        identity = (spec.fingerprint, status.backend)
+        identity = (spec.fingerprint, status.backend, status.jpeg_on_device)
         if self._view is None or self._view.identity != identity:
             self._view = _ModelView(
                 identity,

@@ -69,6 +69,13 @@ class ReadyResponse(ModelInfo):
     embedding_dim: int
     max_batch_size: int
     backend_choice: str = Field(description="why this backend and precision were chosen")
+    backend_search: str | None = Field(
+        None,
+        description=(
+            "the background search for a faster backend after a first start: its progress "
+            "and estimate while it runs, then its outcome; null when none ran"
+        ),
+    )
     queue_depth: int
 
 

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, Unavailable
 from service.model.backend import ServingModule
+from service.model.device_memory import is_out_of_memory, release_cached_memory
+from service.model.fallbacks import Fallbacks
 from service.model.spec import ModelSpec
 
 CamMethod = Literal["gradcam", "gradcam++", "eigencam", "layercam"]
@@ -94,13 +96,44 @@ def resolve_stages(module: torch.nn.Module) -> tuple[Stage, ...]:
     )
 
 
-class Explainer:
-    """fp32 replicas of the model; `replica()` lends one to one caller at a time."""
+def cpu_replica(module: torch.nn.Module) -> torch.nn.Module:
+    """An fp32 copy of `module` on the CPU, made without a second copy on its device."""
+    memo: dict[int, Any] = {
+        id(p): torch.nn.Parameter(p.detach().to("cpu", torch.float32, copy=True), p.requires_grad)
+        for p in module.parameters()
+    }
+    memo |= {id(b): b.detach().to("cpu", copy=True) for b in module.buffers()}
+    return copy.deepcopy(module, memo).float().eval()
 
-    def __init__(self, module: torch.nn.Module, spec: ModelSpec, replicas: int) -> None:
+
+class Explainer:
+    """fp32 replicas of the model; `replica()` lends one to one caller at a time.
+
+    The replicas live on the model's device; where it has no room for them they are made
+    on the CPU instead (slower explanations, said once in `fallbacks`), so a full GPU never
+    stops the service from starting.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        spec: ModelSpec,
+        replicas: int,
+        fallbacks: Fallbacks | None = None,
+    ) -> None:
         self.spec = spec
         self.stages = resolve_stages(module)
-        self._free = [copy.deepcopy(module).float().eval() for _ in range(replicas)]
+        try:
+            self._free = [copy.deepcopy(module).float().eval() for _ in range(replicas)]
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_cached_memory()
+            self._free = [cpu_replica(module) for _ in range(replicas)]
+            (fallbacks or Fallbacks()).warn(
+                "explain_device",
+                "explanations run on the CPU: the device had no room for their fp32 replicas",
+            )
         self._lock = threading.Lock()
         config = spec.data_config
         self._normaliser = ServingModule(torch.nn.Identity(), config["mean"], config["std"])
@@ -137,8 +170,14 @@ class Explainer:
 
     def cam(self, pixels: np.ndarray, class_id: int | None, method: str, stage: Stage) -> CamResult:
         """A class activation map (grad-cam package) of one image for one class."""
-        from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        try:  # optional: a deployment without it still serves everything else
+            from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        except ImportError as exc:
+            raise Unavailable(
+                "class activation maps need the grad-cam package, which is not installed "
+                "here (pip install grad-cam)"
+            ) from exc
 
         kinds = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
         kind = kinds.get(method, LayerCAM)

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 import numpy as np
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from batching import QueueFull
-from service.errors import ServiceError
+from service.errors import ServiceError, Unavailable
 from service.explain.explainer import CamResult, Explainer, FeatureMaps, ModelCard
+from service.model.device_memory import is_out_of_memory, release_cached_memory
 from service.model.passing_thread import in_passing_thread
 from service.workers.rpc import RpcClient
 
@@ -67,15 +69,13 @@ class InProcessInspector:
         self,
         explainer: Explainer,
         *,
-        backend: str,
-        precision: str,
-        device: str,
+        serving: Callable[[], tuple[str, str, str]],
         concurrency: int,
         queue: int,
         registry: CollectorRegistry,
     ) -> None:
         self._explainer = explainer
-        self._serving = (backend, precision, device)
+        self._serving = serving  # backend, precision, device: what serves now
         self._concurrency = concurrency
         self._limit = concurrency + queue
         self._admitted = 0
@@ -84,7 +84,7 @@ class InProcessInspector:
         # explain threads would slow every forward of the serving model on the CPU.
         self._running = asyncio.Semaphore(concurrency)
         self._metrics = InspectorMetrics(registry)
-        self._card: ModelCard | None = None
+        self._card: tuple[tuple[str, str, str], ModelCard] | None = None
 
     async def cam(
         self, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
@@ -104,9 +104,11 @@ class InProcessInspector:
         return await self._run("kernels", self._explainer.kernels)
 
     async def card(self) -> ModelCard:
-        if self._card is None:  # measured once: the model does not change while it serves
-            self._card = await self._run("card", lambda: self._explainer.card(*self._serving))
-        return self._card
+        serving = self._serving()
+        if self._card is None or self._card[0] != serving:  # measured once per backend
+            card = await self._run("card", lambda: self._explainer.card(*serving))
+            self._card = (serving, card)
+        return self._card[1]
 
     async def _run(self, kind: str, work: Callable[[], T]) -> T:
         if self._admitted >= self._limit:
@@ -119,6 +121,14 @@ class InProcessInspector:
         try:
             async with self._running:
                 result = await in_passing_thread(work, f"explain-{kind}")
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_cached_memory()
+            self._metrics.requests.labels(kind, "out_of_memory").inc()
+            raise Unavailable(
+                "the device ran out of memory for this explanation; try again later"
+            ) from exc
         except ServiceError:
             self._metrics.requests.labels(kind, "invalid").inc()
             raise

@@ -14,7 +14,7 @@ from service.finetune import model_dir
 from service.finetune.data import DataError, Dataset, load_folder
 from service.finetune.embeddings import EmbeddingCache, embed_files
 from service.finetune.train import History, train_full, train_head
-from service.model.openvino_backend import cpu_supports_bf16
+from service.model.cpu_features import cpu_supports_bf16
 from service.model.runtime import load_parts, load_runtime
 from service.model.spec import ModelSpec
 from service.model.weights import ModelLoadError

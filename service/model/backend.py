@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from service.model.fallbacks import Fallbacks
+
 
 @dataclass(frozen=True)
 class ModelOutputs:
@@ -131,11 +133,16 @@ class TorchBackend:
         device: torch.device,
         precision: str = "fp32",
         compile: bool = False,
+        fallbacks: Fallbacks | None = None,
     ):
         if precision not in _AUTOCAST:
             raise ValueError(f"torch backend precision must be one of {sorted(_AUTOCAST)}")
         self.device = device
         self.precision = precision
+        # Pinned host memory makes the upload asynchronous; where it cannot be had (a locked
+        # memory limit, a driver fault) the copy is pageable, slower but correct.
+        self._pin = device.type == "cuda"
+        self._fallbacks = fallbacks or Fallbacks()
         self.name = f"torch{'-compile' if compile else ''}-{device.type}-{precision}"
         served = (
             serving_module(module, data_config).to(device).to(memory_format=torch.channels_last)
@@ -148,15 +155,28 @@ class TorchBackend:
         if isinstance(pixels, torch.Tensor):
             batch = pixels.to(self.device)  # decoded on the device: already there
         else:
-            batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))
-            if self.device.type == "cuda":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            batch = self._upload(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)))
         dtype = _AUTOCAST[self.precision]
         with torch.autocast(
             self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
         ):
             probabilities, embeddings = self._module(batch)
         return ModelOutputs(probabilities.cpu().numpy(), embeddings.cpu().numpy())
+
+    def _upload(self, batch: torch.Tensor) -> torch.Tensor:
+        """Host pixels to the device: one copy per batch, from pinned memory where it works."""
+        if self.device.type == "cpu":
+            return batch
+        if self._pin:
+            try:
+                return batch.pin_memory().to(self.device, non_blocking=True)
+            except RuntimeError as exc:
+                self._pin = False
+                self._fallbacks.warn(
+                    "pinned_memory", f"uploads use pageable memory: pinning failed ({exc})"
+                )
+        self._fallbacks.count("pageable_copy")
+        return batch.to(self.device)
 
 
 _AUTOCAST: dict[str, torch.dtype | None] = {

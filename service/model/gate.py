@@ -1,5 +1,6 @@
 """Accuracy gate: a faster backend must agree with the fp32 torch reference on real images."""
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,6 +35,7 @@ def check(
     *,
     real_weights: bool,
     batch: int = 8,
+    pause: Callable[[], object] | None = None,
 ) -> GateResult:
     """Compare candidate outputs with the reference outputs of the same images.
 
@@ -41,7 +43,7 @@ def check(
     classes mean nothing, so only the embedding and (centred log-probability) logit cosines.
     """
     ref_probabilities, ref_embeddings = reference
-    probabilities, embeddings = outputs(candidate, images, batch)
+    probabilities, embeddings = outputs(candidate, images, batch, pause)
     embedding_cosine = float(np.median(np.sum(embeddings * ref_embeddings, axis=1)))
     logit_cosine = float(np.median(_row_cosine(_logits(probabilities), _logits(ref_probabilities))))
     top1 = float(np.mean(probabilities.argmax(1) == ref_probabilities.argmax(1)))
@@ -64,10 +66,17 @@ def check(
 
 
 def outputs(
-    backend: InferenceBackend, images: np.ndarray, batch: int = 8
+    backend: InferenceBackend,
+    images: np.ndarray,
+    batch: int = 8,
+    pause: Callable[[], object] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and embeddings of `images`, `batch` at a time."""
-    parts = [backend.forward(images[i : i + batch]) for i in range(0, len(images), batch)]
+    """Probabilities and embeddings of `images`, `batch` at a time (`pause` before each)."""
+    parts = []
+    for i in range(0, len(images), batch):
+        if pause is not None:
+            pause()
+        parts.append(backend.forward(images[i : i + batch]))
     return (
         np.concatenate([p.probabilities for p in parts]),
         np.concatenate([p.embedding for p in parts]),

@@ -6,6 +6,7 @@ the OpenVINO version and the precision, so a restart reads IR files instead of c
 
 import hashlib
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -17,6 +18,7 @@ import openvino as ov
 import torch
 
 from service.model.backend import ModelOutputs, Pixels, serving_module
+from service.model.cpu_features import cpu_has_int8_dot_product
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def load_openvino(
     threads: int,
     cache_dir: Path,
     calibration: list[np.ndarray] | None = None,
+    fast: bool = False,
 ) -> OpenVinoBackend:
     """Compile the model for the CPU, converting/quantizing only when no cached IR exists."""
     xml = cache_dir / "model.xml"
@@ -65,7 +68,7 @@ def load_openvino(
         if precision == "int8":
             if not calibration:
                 raise ValueError("int8 needs calibration images")
-            model = _quantize(model, calibration)
+            model = _quantize(model, calibration, fast)
         _save_atomically(model, cache_dir)
         log.info(
             "built OpenVINO %s model in %.1f s (%s)",
@@ -83,11 +86,6 @@ def load_openvino(
     return OpenVinoBackend(core.compile_model(core.read_model(xml), "CPU", config), precision)
 
 
-def cpu_supports_bf16() -> bool:
-    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "BF16" in capabilities
-
-
 def _convert(module: torch.nn.Module, data_config: dict[str, Any]) -> ov.Model:
     _, height, width = data_config["input_size"]
     example = torch.zeros(1, height, width, 3, dtype=torch.uint8)
@@ -102,23 +100,13 @@ def _convert(module: torch.nn.Module, data_config: dict[str, Any]) -> ov.Model:
         )
 
 
-def cpu_has_int8_dot_product() -> bool:
-    """VNNI or AMX: int8 products accumulate in 32 bits. Without them (AVX2 only), the u8 x s8
-    pair sums saturate at 16 bits unless weights are kept to 7 bits (NNCF's overflow fix)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False  # unknown: assume the safe side
-    return any(flag in flags.split() for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
 def quantization_recipe() -> str:
     """What `_quantize` does on this CPU, for the cache key of its artefacts."""
     overflow = "first-layer" if cpu_has_int8_dot_product() else "all-layers"
     return f"stem-fp32|full-bias-correction|overflow-fix-{overflow}"
 
 
-def _quantize(model: ov.Model, calibration: list[np.ndarray]) -> ov.Model:
+def _quantize(model: ov.Model, calibration: list[np.ndarray], fast: bool = False) -> ov.Model:
     import nncf  # imported here: slow, and only int8 needs it
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
@@ -136,16 +124,25 @@ def _quantize(model: ov.Model, calibration: list[np.ndarray]) -> ov.Model:
         model,
         nncf.Dataset(calibration, lambda image: image[None]),
         subset_size=len(calibration),
-        fast_bias_correction=False,
+        fast_bias_correction=fast,
         ignored_scope=nncf.IgnoredScope(names=weighted[:1]),
         advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow),
     )
 
 
 def _save_atomically(model: ov.Model, target: Path) -> None:
-    staging = target.with_name(target.name + ".tmp")
+    """Written beside `target` and renamed onto it: a process killed while writing leaves a
+    staging folder that nothing reads. Replicas that share the data directory may build the
+    same model at once; the first rename wins and the others keep its files."""
+    staging = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    try:
+        staging.rename(target)
+    except OSError:  # another replica's files are there already (or a stale folder)
+        if not (target / "model.xml").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+            return
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,21 +1,24 @@
-"""Choose the backend, precision and batch size, on the machine the service runs on.
+"""Backend candidates: which exist here, how each is built and timed, and the cached decision.
 
-`auto` tries every candidate the hardware supports, drops those that fail the accuracy gate
-against the fp32 torch reference, and keeps the fastest. The decision, with its measurements,
-is cached on disk next to the converted models, keyed by the model fingerprint, the
-candidate set, the library versions and the CPU, so a restart skips the work.
+`auto` considers every candidate the hardware and the installed libraries support (the
+search itself is service.model.backend_search). The decision, with its measurements, is
+cached on disk next to the converted models, keyed by the model fingerprint, the candidate
+set, the library versions and the CPU, so a restart skips the work.
 """
 
 import hashlib
+import importlib.util
 import json
 import logging
+import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
 import torch
 
 from service.images import Preprocessor
@@ -25,13 +28,9 @@ from service.model.backend import (
     TorchBackend,
     batch_buckets,
 )
-from service.model.gate import GATE_IMAGES, GateResult, check, outputs
-from service.model.openvino_backend import (
-    artefact_dir,
-    cpu_supports_bf16,
-    load_openvino,
-    quantization_recipe,
-)
+from service.model.cpu_features import cpu_supports_bf16
+from service.model.device_memory import is_out_of_memory, release_cached_memory
+from service.model.fallbacks import Fallbacks
 from service.model.samples import sample_images
 from service.model.spec import ModelSpec
 from service.settings import Settings
@@ -44,6 +43,9 @@ BATCH_SIZES = {"cpu": (1, 2, 4, 8, 16), "cuda": (1, 8, 16, 32, 64, 128, 256)}
 # measures launch overhead and noise, not the model (fp32 once won that way).
 COMPARE_AT = {"cpu": 8, "cuda": 64}
 _SPEED_SECONDS = 1.5
+# Called before each forward of a measurement: a search beside a serving model waits there
+# for the model to be idle (see ModelHost), so it runs in the gaps between batches.
+Pause = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class ModelParts:
     spec: ModelSpec
     preprocessor: Preprocessor
     real_weights: bool  # False for random weights: top-1 agreement then means nothing
+    # What the host does differently from its configuration (a dropped candidate, a device
+    # that cannot pin memory, ...): every backend built from these parts reports here.
+    fallbacks: Fallbacks = field(default_factory=Fallbacks)
 
 
 @dataclass
@@ -72,6 +77,11 @@ class Choice:
     batch_size: int
     reason: str
     measurements: list[dict[str, object]] = field(default_factory=list)
+
+
+def openvino_installed() -> bool:
+    """OpenVINO is optional (a GPU box need not have it): its candidates need it."""
+    return importlib.util.find_spec("openvino") is not None
 
 
 def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
@@ -89,6 +99,13 @@ def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
         possible.append(Candidate("openvino", "int8"))
         if settings.backend == "torch-compile":  # only on request: see Settings.backend
             possible += [Candidate("torch-compile", "fp32"), Candidate("torch-compile", "bf16")]
+    if not openvino_installed():
+        if settings.backend == "openvino":
+            raise ValueError(
+                "RESNET_SERVE_BACKEND=openvino needs the openvino package, which is not "
+                "installed here (pip install openvino nncf)"
+            )
+        possible = [c for c in possible if c.backend != "openvino"]
     chosen = [
         c
         for c in possible
@@ -103,25 +120,49 @@ def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
     return chosen
 
 
-def build(candidate: Candidate, parts: ModelParts, settings: Settings) -> InferenceBackend:
+def build(
+    candidate: Candidate,
+    parts: ModelParts,
+    settings: Settings,
+    *,
+    calibration_images: int = CALIBRATION_IMAGES,
+    fast: bool = False,
+) -> InferenceBackend:
+    """The candidate's backend. int8 only: `calibration_images` and `fast` (cheap bias
+    correction) make the quick quantization that estimates whether the full one can win."""
     spec = parts.spec
     if candidate.backend == "torch":
-        return TorchBackend(parts.module, spec.data_config, parts.device, candidate.precision)
+        return TorchBackend(
+            parts.module,
+            spec.data_config,
+            parts.device,
+            candidate.precision,
+            fallbacks=parts.fallbacks,
+        )
     if candidate.backend == "torch-compile":
         compiled = TorchBackend(
-            parts.module, spec.data_config, parts.device, candidate.precision, compile=True
+            parts.module,
+            spec.data_config,
+            parts.device,
+            candidate.precision,
+            compile=True,
+            fallbacks=parts.fallbacks,
         )
         largest = settings.max_batch_size or max(BATCH_SIZES[parts.device.type])
         return BucketedBackend(compiled, batch_buckets(largest))
+    # Imported here: OpenVINO is optional, and slow to import.
+    from service.model.openvino_backend import artefact_dir, load_openvino, quantization_recipe
+
     calibration = None
     if candidate.precision == "int8":
-        samples = sample_images(CALIBRATION_IMAGES, seed=1)
+        samples = sample_images(calibration_images, seed=1)
         calibration = [parts.preprocessor.pixels(image) for image in samples]
+    recipe = f"{quantization_recipe()}{'|fast' if fast else ''}"
     cache_dir = artefact_dir(
         settings.model_cache_dir,
         spec.fingerprint,
         candidate.precision,
-        f"samples-{CALIBRATION_IMAGES}-seed-1|{quantization_recipe()}" if calibration else "",
+        f"samples-{calibration_images}-seed-1|{recipe}" if calibration else "",
     )
     return load_openvino(
         parts.module,
@@ -130,97 +171,53 @@ def build(candidate: Candidate, parts: ModelParts, settings: Settings) -> Infere
         threads=settings.threads,
         cache_dir=cache_dir,
         calibration=calibration,
+        fast=fast,
     )
-
-
-def choose(parts: ModelParts, settings: Settings) -> tuple[Choice, InferenceBackend]:
-    """The backend to serve with; measured once per machine and model, then read from disk."""
-    spec = parts.spec
-    options = candidates(settings, parts.device)
-    record = _decision_path(settings, spec, options, parts.device)
-    cached = _read_decision(record)
-    if cached is not None:
-        log.info("backend choice from %s: %s (%s)", record, cached.candidate, cached.reason)
-        return cached, build(cached.candidate, parts, settings)
-    if len(options) == 1:
-        (only,) = options
-        backend = build(only, parts, settings)
-        batch = settings.max_batch_size or preferred_batch_size(backend, spec, parts.device)
-        choice = Choice(only, batch, "pinned by RESNET_SERVE_BACKEND/PRECISION")
-        _write_decision(record, choice)
-        return choice, backend
-    evaluated = evaluate(options, parts, settings)
-    measurements = [e.as_dict() for e in evaluated]
-    passing = [e for e in evaluated if e.gate.passed]
-    if not passing:
-        raise RuntimeError(f"no backend passed the accuracy gate: {measurements}")
-    best = max(passing, key=lambda e: e.images_per_s)
-    batch = settings.max_batch_size or preferred_batch_size(best.backend, spec, parts.device)
-    reason = (
-        f"fastest of {len(options)} candidates passing the accuracy gate "
-        f"({best.images_per_s:.1f} img/s); rejected: "
-        + (
-            ", ".join(f"{e.candidate} ({e.gate.reason})" for e in evaluated if not e.gate.passed)
-            or "none"
-        )
-    )
-    choice = Choice(best.candidate, batch, reason, measurements)
-    _write_decision(record, choice)
-    return choice, best.backend
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    candidate: Candidate
-    backend: InferenceBackend
-    gate: GateResult
-    images_per_s: float
-    seconds: float  # to build (convert, quantize) and check
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "candidate": str(self.candidate),
-            "img_per_s": round(self.images_per_s, 2),
-            "build_and_check_s": round(self.seconds, 1),
-            **self.gate.as_dict(),
-        }
-
-
-def evaluate(options: list[Candidate], parts: ModelParts, settings: Settings) -> list[Evaluation]:
-    """Gate (against torch fp32 on real sample images) and speed of every candidate."""
-    samples = sample_images(GATE_IMAGES, seed=2)
-    images = np.stack([parts.preprocessor.pixels(image) for image in samples])
-    reference = outputs(
-        TorchBackend(parts.module, parts.spec.data_config, parts.device, "fp32"), images
-    )
-    evaluated = []
-    for option in options:
-        started = time.perf_counter()
-        backend = build(option, parts, settings)
-        gate = check(backend, option.precision, images, reference, real_weights=parts.real_weights)
-        compare_at = settings.max_batch_size or COMPARE_AT[parts.device.type]
-        speed = images_per_second(backend, parts.spec, compare_at)
-        evaluated.append(Evaluation(option, backend, gate, speed, time.perf_counter() - started))
-        log.info("candidate %s: %.1f img/s, gate %s (%s)", option, speed, gate.passed, gate.reason)
-    return evaluated
 
 
 def images_per_second(
-    backend: InferenceBackend, spec: ModelSpec, batch_size: int, seconds: float = _SPEED_SECONDS
+    backend: InferenceBackend,
+    spec: ModelSpec,
+    batch_size: int,
+    seconds: float = _SPEED_SECONDS,
+    pause: Pause | None = None,
 ) -> float:
+    """Images per second of forward time; time spent in `pause` (before each forward) is not
+    counted."""
     _, height, width = spec.data_config["input_size"]
     batch = np.random.default_rng(0).integers(0, 256, (batch_size, height, width, 3), np.uint8)
     backend.forward(batch)  # warm-up
-    done, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds or done < 2 * batch_size:
+    done, busy = 0, 0.0
+    while busy < seconds or done < 2 * batch_size:
+        if pause is not None:
+            pause()
+        started = time.perf_counter()
         backend.forward(batch)
+        busy += time.perf_counter() - started
         done += batch_size
-    return done / elapsed
+    return done / busy
 
 
-def preferred_batch_size(backend: InferenceBackend, spec: ModelSpec, device: torch.device) -> int:
-    """The smallest batch within 5% of the best measured throughput: bigger only adds latency."""
-    speeds = {size: images_per_second(backend, spec, size) for size in BATCH_SIZES[device.type]}
+def preferred_batch_size(
+    backend: InferenceBackend, spec: ModelSpec, device: torch.device, pause: Pause | None = None
+) -> int:
+    """The smallest batch within 5% of the best measured throughput: bigger only adds latency.
+
+    Sizes from the first that runs out of device memory up are left out (and said so)."""
+    speeds: dict[int, float] = {}
+    for size in BATCH_SIZES[device.type]:
+        try:
+            speeds[size] = images_per_second(backend, spec, size, pause=pause)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc) or not speeds:
+                raise
+            release_cached_memory()
+            log.warning(
+                "batch size %d does not fit in the device's memory: measured up to %d",
+                size,
+                max(speeds),
+            )
+            break
     best = max(speeds.values())
     chosen = min(size for size, speed in speeds.items() if speed >= 0.95 * best)
     log.info(
@@ -231,7 +228,7 @@ def preferred_batch_size(backend: InferenceBackend, spec: ModelSpec, device: tor
     return chosen
 
 
-def _decision_path(
+def decision_path(
     settings: Settings, spec: ModelSpec, options: list[Candidate], device: torch.device
 ) -> Path:
     identity = {
@@ -241,14 +238,22 @@ def _decision_path(
         "threads": settings.threads,
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
-        "versions": [torch.__version__, ov.__version__],
-        "int8_recipe": quantization_recipe(),
+        "versions": library_versions(),
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return settings.model_cache_dir / f"choice-{key}.json"
 
 
-def _read_decision(path: Path) -> Choice | None:
+def library_versions() -> list[str]:
+    """What changes a candidate's results: torch, and OpenVINO with its int8 recipe."""
+    if not openvino_installed():
+        return [torch.__version__]
+    from service.model.openvino_backend import quantization_recipe
+
+    return [torch.__version__, version("openvino"), quantization_recipe()]
+
+
+def read_decision(path: Path) -> Choice | None:
     try:
         raw = json.loads(path.read_text())
         return Choice(
@@ -261,8 +266,9 @@ def _read_decision(path: Path) -> Choice | None:
         return None
 
 
-def _write_decision(path: Path, choice: Choice) -> None:
+def write_decision(path: Path, choice: Choice) -> None:
+    """Atomically: replicas sharing a data directory may decide at the same time."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(asdict(choice), indent=2))
     temporary.replace(path)

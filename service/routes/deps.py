@@ -66,7 +66,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         415: "not multipart/form-data or JSON, or a non-image part",
         422: "empty, corrupt or non-image upload; bad parameter",
         429: "overloaded (queue full, or past the latency target); see Retry-After",
-        503: "not ready",
+        503: "not ready, or unavailable here (an optional package, the device's memory)",
         504: "deadline passed",
     }.items()
 }

@@ -27,8 +27,10 @@ async def readyz(
     """Ready: model loaded and warmed up, no batch hung, similarity index open."""
     status = await pipeline.checked_status()
     spec = status.spec
+    info = model_info(spec)
+    info["warnings"] += status.warnings  # what the model host does differently, and why
     return ReadyResponse(
-        **model_info(spec),
+        **info,
         status="ready",
         device=status.device,
         backend=status.backend,
@@ -36,6 +38,7 @@ async def readyz(
         embedding_dim=spec.embedding_dim,
         max_batch_size=status.max_batch_size,
         backend_choice=status.backend_choice,
+        backend_search=status.backend_search,
         queue_depth=status.queue_depth,
     )
 

@@ -15,21 +15,13 @@ from typing import Any
 import numpy as np
 
 from batching import BatchOutcome
-from service.app import inspector_for
 from service.errors import NotReady
 from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
-from service.model.gil import hand_the_gil_over_quickly
-from service.model.passing_thread import in_passing_thread
-from service.model.runtime import ModelInput, load_runtime
-from service.model_client import (
-    HUNG_MESSAGE,
-    ModelStatus,
-    model_batcher,
-    model_status,
-    outputs_or_raise,
-)
+from service.model.runtime import ModelInput
+from service.model_client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
+from service.model_host import ModelHost
 from service.settings import Settings
 from service.single_flight import SingleFlight
 from service.workers.metrics import worker_registry
@@ -39,11 +31,9 @@ from service.workers.slots import SlotReader
 
 
 async def serve_model(settings: Settings, socket_path: Path) -> None:
-    runtime = await in_passing_thread(lambda: load_runtime(settings), "model-load")
-    await in_passing_thread(runtime.warm_up, "model-warm-up")
-    registry = worker_registry()
-    batcher = model_batcher(runtime, settings, registry)
-    hand_the_gil_over_quickly()  # its event loop answers RPCs beside the model's thread
+    host = ModelHost(settings, worker_registry())
+    await host.load()
+    batcher = host.batcher
     flights: SingleFlight[BatchOutcome[ModelOutputs]] = SingleFlight()
 
     async def run_once(
@@ -58,13 +48,12 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
         return await flights.run(key, run)
 
     async def describe(_: Peer) -> ModelStatus:
-        return model_status(runtime, batcher.queue_depth, hung=batcher.hung)
+        return host.status(batcher.queue_depth, hung=batcher.hung)
 
     async def attach(peer: Peer, path: str, count: int, shape: tuple[int, int, int]) -> None:
-        if tuple(shape) != runtime.preprocessor.pixel_shape:
-            raise ValueError(
-                f"slots of {shape}; this model takes {runtime.preprocessor.pixel_shape}"
-            )
+        pixel_shape = host.runtime.preprocessor.pixel_shape
+        if tuple(shape) != pixel_shape:
+            raise ValueError(f"slots of {shape}; this model takes {pixel_shape}")
         reader = SlotReader(Path(path), count, shape)
         peer.state["slots"] = reader
         peer.on_close(reader.close)
@@ -80,11 +69,11 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
     async def infer_jpeg(
         _: Peer, upload: JpegUpload, timeout_s: float, key: str
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
-        if runtime.jpeg_decoder is None:
+        if host.runtime.jpeg_decoder is None:
             raise ValueError("this model worker decodes no JPEGs")  # a client bug: 500
         return await run_once(key, upload, timeout_s)
 
-    inspector = await inspector_for(runtime, settings, registry)
+    inspector = host.inspector
 
     async def cam(
         _: Peer, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
@@ -110,11 +99,11 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
         "kernels": kernels,
         "card": card,
     }
-    await batcher.start()
+    await host.start()
     gc.freeze()  # the model and its runtime live as long as the process (see service.app)
     server = await RpcServer(handlers).start(socket_path)
     try:
-        await run_until_stopped(f"model worker on {runtime.device}")
+        await run_until_stopped(f"model worker on {host.runtime.device}")
     finally:
         server.close()  # no new connections; in-flight calls finish in the drain below
-        await batcher.stop(drain_timeout_s=settings.request_timeout_s)
+        await host.stop(drain_timeout_s=settings.request_timeout_s)

@@ -360,3 +360,21 @@ async def test_owner_setup_runs_once_on_the_thread_that_runs_the_batches(
     for _ in range(3):
         await batcher.submit(1)
     assert len(set_up_on) == 1 and batches_on == set(set_up_on)
+
+
+async def test_resizing_takes_effect_from_the_next_batch(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=2, max_wait_s=0)
+    model.gate.clear()
+    first = asyncio.create_task(batcher.submit(0))
+    await wait_entered(model)  # a batch of one runs; six more queue behind it
+    queued = [asyncio.create_task(batcher.submit(i)) for i in range(1, 7)]
+    await asyncio.sleep(0)
+    batcher.resize(max_batch_size=4, max_queue=8)
+    assert batcher.max_batch_size == 4
+    model.gate.set()
+    await asyncio.gather(first, *queued)
+    assert [len(batch) for batch in model.batches] == [1, 4, 2]
+    with pytest.raises(ValueError):
+        batcher.resize(max_batch_size=0, max_queue=8)

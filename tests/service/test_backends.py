@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.model import openvino_backend, selection
+from service.model import backend_search, openvino_backend, selection
 from service.model.backend import InferenceBackend, ModelOutputs, TorchBackend
 from service.model.gate import GATE_IMAGES, check, outputs
 from service.model.runtime import load_parts, load_runtime
@@ -99,7 +99,7 @@ def test_auto_choice_is_gated_measured_and_cached(
     def no_second_search(*_: object, **__: object) -> None:
         raise AssertionError("the cached choice should have been used")
 
-    monkeypatch.setattr(selection, "evaluate", no_second_search)
+    monkeypatch.setattr(backend_search, "evaluate", no_second_search)
     monkeypatch.setattr(selection, "preferred_batch_size", no_second_search)
     again = load_runtime(settings)
     assert again.choice.candidate == choice.candidate and again.batch_size == choice.batch_size
