@@ -72,6 +72,7 @@ class Plan:
     compile: bool
     raw_seconds: float  # per raw measurement
     load_seconds: float  # per load measurement
+    warmup_s: float  # load before each measurement starts
     clients: int
     load_processes: int
     http_workers: int  # the service under load
@@ -90,6 +91,7 @@ GPU = Plan(
     compile=True,
     raw_seconds=2.0,
     load_seconds=20.0,
+    warmup_s=5.0,
     clients=256,
     load_processes=4,
     http_workers=12,
@@ -106,7 +108,8 @@ REHEARSAL = Plan(
     raw_batches=(1, 4),
     compile=False,
     raw_seconds=0.3,
-    load_seconds=2.0,
+    load_seconds=1.5,
+    warmup_s=0.5,
     clients=8,
     load_processes=2,
     http_workers=2,
@@ -357,7 +360,7 @@ def service(plan: Plan, report: Report, data_dir: Path) -> None:
         report.note(f"backend choice: {ready['backend_choice']}")
         for warning in ready["warnings"]:
             report.note(f"service warning: {warning}")
-        idle = measure_load(url, "/v1/classify", 1, plan.load_seconds, 2.0)
+        idle = measure_load(url, "/v1/classify", 1, plan.load_seconds, plan.warmup_s)
         report.row(
             "service",
             "p50 at 1 client",
@@ -371,7 +374,7 @@ def service(plan: Plan, report: Report, data_dir: Path) -> None:
                 "/v1/classify",
                 plan.clients,
                 plan.load_seconds,
-                5.0,
+                plan.warmup_s,
                 processes=plan.load_processes,
             )
         report.row(
@@ -457,7 +460,7 @@ def front_end(plan: Plan, report: Report, data_dir: Path) -> None:
                 "/v1/classify",
                 plan.frontend_clients,
                 plan.load_seconds,
-                2.0,
+                plan.warmup_s,
                 repeat=True,
                 processes=plan.load_processes,
             )
