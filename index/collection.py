@@ -16,7 +16,7 @@ from typing import IO, Any
 import numpy as np
 
 from index.rwlock import ReadWriteLock
-from index.store import ItemStore, StoredItem
+from index.store import ItemStore, StoredItem, stored_form
 from index.vector_index import FLAT, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class Collection:
         self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None
     ) -> bool:
         """Add or replace; durable when it returns. True if the id was new."""
+        vector = stored_form(vector)  # the index holds what a rebuild from the store would
         label, replaced = self.store.put(item_id, vector, metadata, image)
         with self._lock.writing():
             if replaced is not None:

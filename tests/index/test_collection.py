@@ -166,3 +166,48 @@ def test_writes_during_searches_never_break_a_search(tmp_path: Path) -> None:
         thread.join()
     assert not errors, errors[0]
     assert all(collection.get(f"stable-{i}") for i in range(200))
+
+
+def test_vectors_are_stored_as_float16_and_score_within_1e3_of_float32(tmp_path: Path) -> None:
+    d = 2048  # the service's embedding size: the widest sum of rounding errors
+    xb = clustered(300, d, seed=3)
+    collection = Collection(tmp_path, d=d, fingerprint="fp-1", model="m")
+    OPENED.append(collection)
+    for i, vector in enumerate(xb):
+        collection.put(f"item-{i}", vector, {}, None)
+    (blob,) = collection.store._db.execute(
+        "SELECT vector FROM items WHERE id = 'item-0'"
+    ).fetchone()
+    assert len(blob) == 2 * d  # half of float32
+    query = clustered(1, d, seed=4)[0]
+    exact = xb @ query
+    for hit in collection.search(query, k=20):
+        assert abs(hit.score - exact[int(hit.id.split("-")[1])]) < 1e-3
+    collection.close()
+    reopened = Collection(tmp_path, d=d, fingerprint="fp-1", model="m")  # rebuilt from float16
+    OPENED.append(reopened)
+    similar = reopened.similar("item-7", k=5)
+    assert similar is not None and similar[0].score == pytest.approx(
+        float(np.max(np.delete(xb @ xb[7], 7))), abs=1e-3
+    )
+
+
+def test_a_store_written_with_float32_vectors_still_reads_them(tmp_path: Path) -> None:
+    xb = clustered(20, D_TEST, seed=5)
+    collection = open_collection(tmp_path)
+    for i, vector in enumerate(xb):
+        collection.put(f"item-{i}", vector, {}, None)
+    with collection.store._lock:  # as a release before float16 wrote them
+        for i, vector in enumerate(xb):
+            collection.store._db.execute(
+                "UPDATE items SET vector = ? WHERE id = ?", (vector.tobytes(), f"item-{i}")
+            )
+    collection.close()
+    OPENED.remove(collection)
+    (tmp_path / "snapshot.json").unlink()  # rebuild the index from the store
+    reopened = open_collection(tmp_path)
+    stored = reopened.store.vector("item-3")
+    assert stored is not None and np.array_equal(stored, xb[3])
+    assert ids_of(reopened.search(xb[3], k=1)) == ["item-3"]
+    reopened.put("item-3", xb[3], {}, None)  # rewritten as float16 beside float32 neighbours
+    assert [len(labels) for labels, _ in reopened.store.vectors()] == [20]
