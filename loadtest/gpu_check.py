@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -115,7 +115,7 @@ REHEARSAL = Plan(
     http_workers=2,
     frontend_workers=(1, 2),
     frontend_clients=8,
-    service_env={
+    service_env={  # pinned: the background search is tested on its own (tests/e2e)
         "RESNET_SERVE_BACKEND": "torch",
         "RESNET_SERVE_PRECISION": "fp32",
         "RESNET_SERVE_MAX_BATCH_SIZE": "4",
@@ -348,10 +348,18 @@ def service(plan: Plan, report: Report, data_dir: Path) -> None:
     try:
         report.row(
             "service",
-            f"start-up: {plan.http_workers} HTTP workers, backend search, warm-up",
+            f"ready: {plan.http_workers} HTTP workers, model load, warm-up",
             f"{time.perf_counter() - started:.0f} s",
         )
-        ready = readiness(url)
+        ready = _searched(url)
+        search = ready["backend_search"]
+        report.row(
+            "service",
+            "until the background backend search is done",
+            f"{time.perf_counter() - started:.0f} s after the start",
+        )
+        if search is not None and not search.startswith("done"):
+            report.note(f"still searching, so the figures below are the reference's: {search}")
         report.row(
             "service",
             "backend chosen",
@@ -405,6 +413,17 @@ def service(plan: Plan, report: Report, data_dir: Path) -> None:
         report.row("service", "fallbacks taken", str(fallbacks or "none"), "none", not fallbacks)
     finally:
         stop(process)
+
+
+def _searched(url: str, timeout_s: float = 420) -> dict[str, Any]:
+    """/readyz once no backend search runs any more: the figures are the final backend's."""
+    deadline = time.monotonic() + timeout_s
+    while True:  # bounded by the deadline
+        ready = readiness(url)
+        search = ready["backend_search"]
+        if search is None or search.startswith("done") or time.monotonic() > deadline:
+            return ready
+        time.sleep(1.0)
 
 
 def _url() -> tuple[int, str]:
