@@ -114,7 +114,7 @@ def reference_candidate(
     """What serves while the search runs: torch fp32 on a CPU; fp16 on a GPU where it passes
     the gate (twice as fast there, and checked in a second)."""
     fp32 = Candidate("torch", "fp32")
-    if parts.device.type != "cuda":
+    if parts.device.type != "cuda" or settings.precision == "fp32":
         return fp32, selection.build(fp32, parts, settings)
     fp16 = Candidate("torch", "fp16")
     images, reference = _gate_inputs(parts)
@@ -134,6 +134,9 @@ def first_choice(parts: ModelParts, settings: Settings) -> tuple[Choice, Inferen
     decided = _decided(parts, settings)
     if decided is not None:
         return (*decided, False)
+    if settings.backend != "auto" or settings.precision not in ("auto", "fp32"):
+        # The torch fp32 reference is not among what was asked for: decide before serving.
+        return (*search_backends(parts, settings), False)
     candidate, backend = reference_candidate(parts, settings)
     batch = settings.max_batch_size or selection.COMPARE_AT[parts.device.type]
     reason = "the reference, serving while a faster backend is searched for in the background"

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import model_host
 from service.app import create_app
-from service.model import selection
+from service.model import backend_search, selection
 from service.model.backend import InferenceBackend, ModelOutputs
 from service.model.backend_search import GateHistory, SearchProgress, evaluate
 from service.model.runtime import load_parts
@@ -174,3 +174,17 @@ def test_progress_estimates_what_is_left_from_what_is_done() -> None:
     assert "1 of 2 candidates tried" in progress.describe() and "s left" in progress.describe()
     progress.finish("openvino-cpu-fp32 at batch 4")
     assert progress.describe() == "done: openvino-cpu-fp32 at batch 4"
+
+
+def test_settings_that_leave_the_reference_out_decide_before_serving(
+    lite0: ModelParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decided = (selection.Choice(Candidate("openvino", "fp32"), 4, "searched"), Drifting("ov"))
+    monkeypatch.setattr(backend_search, "search_backends", lambda *_: decided)
+    settings = lite0_settings(tmp_path, backend="openvino", precision="auto")
+    choice, _, search_due = backend_search.first_choice(lite0, settings)
+    assert choice.reason == "searched" and not search_due  # never torch fp32 meanwhile
+    settings = lite0_settings(tmp_path, backend="auto", precision="fp32", max_batch_size=None)
+    choice, backend_now, search_due = backend_search.first_choice(lite0, settings)
+    assert choice.candidate == Candidate("torch", "fp32") and search_due
+    assert choice.batch_size == selection.COMPARE_AT["cpu"] and backend_now.name == "torch-cpu-fp32"
