@@ -60,6 +60,8 @@ class CollectionStats:
     model: str
     tombstones: int
     changes_since_snapshot: int
+    index_bytes_per_item: int  # the FAISS index's memory per item (see VectorIndex)
+    store_vector_bytes: int  # a vector in the store (float16)
 
 
 class Collection:
@@ -235,6 +237,7 @@ class Collection:
     def stats(self) -> CollectionStats:
         with self._lock.reading():
             kind, tombstones, count = self._index.kind, self._index.tombstones, self._index.ntotal
+            per_item = self._index.bytes_per_item
         return CollectionStats(
             count=count,
             d=self.d,
@@ -244,6 +247,8 @@ class Collection:
             model=self.model,
             tombstones=tombstones,
             changes_since_snapshot=self._changes,
+            index_bytes_per_item=per_item,
+            store_vector_bytes=2 * self.d,
         )
 
     # --- start-up ---------------------------------------------------------------------------

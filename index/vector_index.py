@@ -9,6 +9,8 @@ import faiss
 import numpy as np
 
 FLAT = "Flat"
+_ID_BYTES = 8  # an int64 label
+_REVERSE_MAP_BYTES = 32  # IDMap2's label -> position hash map, per entry (libstdc++)
 
 
 class VectorIndex:
@@ -44,6 +46,27 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         return int(self._index.ntotal) - len(self._tombstones)
+
+    @property
+    def bytes_per_item(self) -> int:
+        """Memory an item costs in this index, from its structure: its code (the vector as the
+        index keeps it), its id, and for HNSW its graph links."""
+        index = self._index
+        ids = 0
+        if isinstance(index, faiss.IndexIDMap2):
+            index = faiss.downcast_index(index.index)
+            ids = _ID_BYTES + _REVERSE_MAP_BYTES
+        hnsw = _hnsw_of(index)
+        if hnsw is not None:
+            m = int(hnsw.hnsw.nb_neighbors(1))  # type: ignore[attr-defined]  # stub lags
+            # 2M neighbours on the base level, M on each upper one (reached with chance 1/M
+            # per level), and the node's level and offset.
+            links = 4 * (2 * m + m / (m - 1)) + 4 + 8
+            return ids + int(faiss.downcast_index(hnsw.storage).sa_code_size()) + round(links)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            return int(ivf.code_size) + _ID_BYTES  # each inverted list stores code and id
+        return ids + int(index.sa_code_size())
 
     @property
     def tombstones(self) -> int:

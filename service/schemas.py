@@ -158,3 +158,7 @@ class IndexResponse(BaseModel):
     factory: str
     model: str
     fingerprint: str
+    index_bytes_per_item: int = Field(
+        description="memory an item costs in the FAISS index: its code, its id, graph links"
+    )
+    store_vector_bytes: int = Field(description="bytes of one stored vector (float16)")

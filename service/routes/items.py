@@ -171,6 +171,8 @@ async def index_info(index: Annotated[ItemIndex, Depends(get_index)]) -> IndexRe
         factory=stats.factory,
         model=stats.model,
         fingerprint=stats.fingerprint,
+        index_bytes_per_item=stats.index_bytes_per_item,
+        store_vector_bytes=stats.store_vector_bytes,
     )
 
 

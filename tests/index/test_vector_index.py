@@ -74,3 +74,16 @@ def test_untrained_ivf_searches_exactly_until_it_has_enough_vectors() -> None:
 def test_search_on_an_empty_index_returns_nothing() -> None:
     _, I = VectorIndex(D_TEST).search(clustered(2, D_TEST), 5)
     assert I.shape == (2, 5) and (I == -1).all()
+
+
+def test_memory_per_item_follows_the_index_kind() -> None:
+    d = 2048
+    flat, hnsw = VectorIndex(d, "Flat"), VectorIndex(d, "HNSW32")
+    assert flat.bytes_per_item == 4 * d + 40  # float32 code, id, id map entry
+    links = hnsw.bytes_per_item - flat.bytes_per_item
+    assert 4 * 64 <= links <= 4 * 64 + 32  # 2M neighbours a node on the base level, and more
+    compressed = VectorIndex(d, "IVF4,SQ8")
+    compressed.train(clustered(4 * 39, d))
+    assert compressed.bytes_per_item == d + 8  # a byte a dimension, and the id in its list
+    untrained = VectorIndex(d, "IVF4,SQ8")  # serves exactly (Flat) until it is trained
+    assert untrained.bytes_per_item == flat.bytes_per_item

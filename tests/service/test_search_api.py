@@ -97,6 +97,8 @@ def test_index_info_names_the_model_of_the_vectors(
     assert info["dimension"] == 1280 and info["kind"] == "Flat"
     assert info["fingerprint"] == ready["fingerprint"] and info["model"] == ready["model"]
     assert info["count"] >= len(gallery)
+    assert info["index_bytes_per_item"] == 4 * 1280 + 40  # float32 code, id, id map entry
+    assert info["store_vector_bytes"] == 2 * 1280  # float16
 
 
 def test_search_accepts_base64_json(client: TestClient, gallery: dict[str, str]) -> None:
