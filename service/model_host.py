@@ -18,6 +18,7 @@ from dataclasses import replace as replaced
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector
 from service.model.backend_search import SearchCancelled, SearchProgress, search_backends
 from service.model.gil import hand_the_gil_over_quickly
@@ -51,7 +52,6 @@ class ModelHost:
         self._inspector: InProcessInspector | None = None
         self._progress: SearchProgress | None = None
         self._stopping = threading.Event()
-        self._search: threading.Thread | None = None
         # Set once no search is due or running any more (its winner, if any, serving).
         self.searched = threading.Event()
         self._backend = Gauge(
@@ -128,13 +128,12 @@ class ModelHost:
         else:
             self._progress = SearchProgress()
             loop = asyncio.get_running_loop()
-            self._search = threading.Thread(
+            threading.Thread(
                 target=self._search_and_replace,
                 args=(self._parts, loop),
                 name="backend-search",
                 daemon=True,  # Ctrl-C never waits for a half-done candidate
-            )
-            self._search.start()
+            ).start()
             log.info(
                 "searching for a faster backend in the background; serving meanwhile on %s",
                 self.runtime.backend.name,
@@ -203,8 +202,6 @@ async def inspector_for(
     host: ModelHost, settings: Settings, registry: CollectorRegistry
 ) -> InProcessInspector:
     """The fp32 inspection path beside the served model, with its own admission limit."""
-    from service.explain.explainer import Explainer
-
     runtime = host.runtime
     # Copying the model runs torch: not on the event loop's thread, which lives on.
     explainer = await in_passing_thread(

@@ -50,7 +50,7 @@ class ModelRuntime:
     def largest_batch(self) -> int:
         """The most images one forward runs: the batch size, or less once the device ran
         out of memory at it."""
-        return min(self.batch_size, self.ceiling.largest)
+        return self.ceiling.largest
 
     def predict_batch(self, items: Sequence[ModelInput]) -> list[ModelResult]:
         """Run on the batcher's owner thread: one batch, one forward, one result per item."""
