@@ -38,6 +38,9 @@ _YIELD_S = 1.0
 # The swap itself is a few assignments on the event loop; a loop that does not run it in
 # this long is shutting down.
 _SWAP_TIMEOUT_S = 30.0
+# How long a stop waits for the search to reach its next step (a model conversion or int8
+# quantization cannot be interrupted; past this the process exits without it).
+_SEARCH_STOP_S = 60.0
 
 
 class ModelHost:
@@ -52,6 +55,7 @@ class ModelHost:
         self._inspector: InProcessInspector | None = None
         self._progress: SearchProgress | None = None
         self._stopping = threading.Event()
+        self._search: threading.Thread | None = None
         # Set once no search is due or running any more (its winner, if any, serving).
         self.searched = threading.Event()
         self._backend = Gauge(
@@ -128,12 +132,13 @@ class ModelHost:
         else:
             self._progress = SearchProgress()
             loop = asyncio.get_running_loop()
-            threading.Thread(
+            self._search = threading.Thread(
                 target=self._search_and_replace,
                 args=(self._parts, loop),
                 name="backend-search",
-                daemon=True,  # Ctrl-C never waits for a half-done candidate
-            ).start()
+                daemon=True,  # a conversion that outlasts the stop must not hold the exit
+            )
+            self._search.start()
             log.info(
                 "searching for a faster backend in the background; serving meanwhile on %s",
                 self.runtime.backend.name,
@@ -142,6 +147,10 @@ class ModelHost:
     async def stop(self, drain_timeout_s: float) -> None:
         self._stopping.set()  # the search ends at its next step; what it wrote is atomic
         await self.batcher.stop(drain_timeout_s=drain_timeout_s)
+        if self._search is not None:
+            # A thread still inside torch when the interpreter exits aborts the process
+            # ("terminate called"): let it reach its next step, which is a forward away.
+            await asyncio.to_thread(self._search.join, _SEARCH_STOP_S)
 
     async def replace(self, runtime: ModelRuntime, why: str) -> None:
         """Serve `runtime` (built and warmed beside the live one) from the next batch on."""
@@ -164,8 +173,11 @@ class ModelHost:
         )
 
     def _yield_to_serving(self) -> None:
-        """Before each forward pass of the search: wait for the model to be idle, for up to
-        _YIELD_S (so a saturated model still lets the search creep on)."""
+        """Before each forward pass of the search: stop there if the service is stopping;
+        else wait for the model to be idle, for up to _YIELD_S (so a saturated model still
+        lets the search creep on)."""
+        if self._stopping.is_set():
+            raise SearchCancelled
         self.batcher.wait_idle(_YIELD_S)
 
     def _search_and_replace(self, parts: ModelParts, loop: asyncio.AbstractEventLoop) -> None:

@@ -42,8 +42,9 @@ PROBE_MARGIN = 0.02
 _COST = {"torch": 1.0, "torch-compile": 4.0, "openvino": 2.0, "openvino-int8": 8.0}
 
 
-class SearchCancelled(Exception):
-    """The service is shutting down: the search stops at its next step."""
+class SearchCancelled(BaseException):
+    """The service is shutting down: the search stops at its next step. A BaseException,
+    like asyncio's CancelledError, so no handler of a candidate's failures swallows it."""
 
 
 @dataclass
@@ -301,8 +302,6 @@ def evaluate(
                 pause=pause,
             )
             speed = selection.images_per_second(backend, parts.spec, compare_at, pause=pause)
-        except SearchCancelled:
-            raise
         except Exception as exc:  # whatever one candidate does, the others are still compared
             release_cached_memory()
             failed.append(Failure(option, _describe(exc)))
