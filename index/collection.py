@@ -1,27 +1,47 @@
-"""A searchable collection: the durable store plus the FAISS index derived from it.
+"""A searchable collection: the durable store plus the FAISS indexes derived from it.
 
-Threading contract: `put`, `delete`, `snapshot`, `rebuild` and `close` come from ONE writer
-thread (the service gives the collection a single-thread executor); `search`, `similar`,
-`get` and `stats` may come from any number of threads at once.
+What serves searches is a generation (an immutable main index, see index.generation) plus a
+small delta index that takes the additions made since the generation was built. Writes touch
+only the store, the delta and the live-label bitmap, so no write does work proportional to
+the collection: a delete clears a bit; an add goes to the delta. A background builder thread
+makes the next generation beside the live one (a new plan as the collection grows, or a
+merge of the delta and a drop of deleted vectors), writes it to disk, adds the labels that
+arrived meanwhile to a fresh delta, and swaps both in at once.
+
+Threading contract: `put`, `delete`, `rebuild` and `close` come from ONE writer thread (the
+service gives the collection a single-thread executor); `search`, `similar`, `get` and
+`stats` may come from any number of threads at once.
 """
 
 import fcntl
 import json
 import logging
+import math
 import os
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import faiss
 import numpy as np
 
+from index.filters import Filter, MetadataPostings
+from index.generation import BuildCancelled, Generation, build, candidates, rerank
+from index.live_labels import LiveLabels, pack
+from index.plan import AUTO, IndexPlan, choose, rebuild_reason
 from index.rwlock import ReadWriteLock
 from index.store import ItemStore, StoredItem, stored_form
 from index.vector_index import FLAT, VectorIndex
+from service.model.thread_priority import lower_this_threads_priority
 
 log = logging.getLogger(__name__)
 
-TRAIN_SAMPLE = 100_000
+SNAPSHOT_FORMAT = 2
+FINAL_CATCH_UP = 200  # labels the swap adds while writes wait; more are added before it
+FLAT_DELTA_LIMIT = 20_000  # exact search over the delta stays under a few milliseconds
+BUILD_RETRY_S = 60.0  # after a failed build, the next try waits this long
 
 
 @dataclass(frozen=True)
@@ -54,14 +74,26 @@ class SearchHit:
 class CollectionStats:
     count: int
     d: int
-    kind: str
-    factory: str
+    kind: str  # the FAISS factory serving now ("Flat": exact)
+    factory: str  # INDEX_FACTORY ("auto", or a factory string)
+    reason: str  # why this kind and these parameters
+    nprobe: int  # IVF lists searched per query (0: not IVF)
     fingerprint: str
     model: str
-    tombstones: int
-    changes_since_snapshot: int
-    index_bytes_per_item: int  # the FAISS index's memory per item (see VectorIndex)
+    tombstones: int  # deleted vectors still in the index, dropped by the next build
+    changes_since_snapshot: int  # additions in the delta, not yet in a snapshot
+    building: str | None  # why a background build is running, or None
+    last_build_error: str | None
+    index_bytes_per_item: int  # the main FAISS index's memory per item (see VectorIndex)
     store_vector_bytes: int  # a vector in the store (float16)
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """What searches use: swapped as one reference, so a search sees one consistent pair."""
+
+    generation: Generation
+    delta: VectorIndex  # labels above the generation's watermark; changed under the lock
 
 
 class Collection:
@@ -72,22 +104,29 @@ class Collection:
         d: int,
         fingerprint: str,
         model: str,
-        factory: str = FLAT,
+        factory: str = AUTO,
         snapshot_every: int = 1000,
         nprobe: int = 16,
         ef_search: int = 64,
+        target_ms: float = 5.0,
+        exact_up_to: int | None = None,
     ) -> None:
         """Open (or create) the collection in `directory`.
 
         Raises IndexInUse when another process has it open, and ModelMismatch when it holds
-        vectors of another model.
+        vectors of another model. `snapshot_every`: additions the delta takes before they
+        are merged into a new generation (at least; a tenth of the collection above 10k).
+        `exact_up_to` overrides the measured size up to which `auto` searches exactly.
         """
         self.directory = directory
         self.fingerprint = fingerprint
         self.model = model
         self.factory = factory
         self._snapshot_every = snapshot_every
-        self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
+        self._nprobe = nprobe
+        self._ef_search = ef_search
+        self._target_ms = target_ms
+        self._exact_up_to = exact_up_to
         files = CollectionFiles(directory)
         self._header_path = files.snapshot_header
         directory.mkdir(parents=True, exist_ok=True)
@@ -97,10 +136,25 @@ class Collection:
         except BaseException:
             self._process_lock.close()
             raise
-        self._lock = ReadWriteLock()
-        self._index, snapshot_seq = self._load_snapshot() or (self._build(), self.store.last_seq())
-        self._changes = self._catch_up(snapshot_seq)
-        self._maybe_restructure()
+        self._lock = ReadWriteLock()  # the delta: one add at a time, no search meanwhile
+        self._apply = threading.Lock()  # a write (store and memory) against a swap
+        self._build_lock = threading.Lock()  # one build at a time
+        self._live = LiveLabels()
+        self._postings = MetadataPostings()
+        self._read_live_items()
+        generation = self._opening_generation(self._load_snapshot())
+        self._serving = _Serving(generation, self._delta_for(generation))
+        added = self._catch_up(self._serving.delta, generation.watermark)[1]
+        if added:
+            log.info("index caught up on %d items added after its snapshot", added)
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._building: str | None = None
+        self._asked: bool | None = None  # a build asked for: fresh (True) or a merge
+        self._last_build_error: str | None = None
+        self._builder = threading.Thread(target=self._run_builds, name="index-builder", daemon=True)
+        self._builder.start()
+        self._wake.set()
 
     @property
     def d(self) -> int:
@@ -112,99 +166,59 @@ class Collection:
         self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None
     ) -> bool:
         """Add or replace; durable when it returns. True if the id was new."""
-        vector = stored_form(vector)  # the index holds what a rebuild from the store would
-        label, replaced = self.store.put(item_id, vector, metadata, image)
-        with self._lock.writing():
+        vector = stored_form(vector)  # the index holds what a build from the store would
+        with self._apply:
+            label, replaced = self.store.put(item_id, vector, metadata, image)
+            delta = self._serving.delta
+            with self._lock.writing():
+                delta.add(np.array([label], np.int64), vector.reshape(1, -1))
+            self._postings.add(label, metadata)
+            self._live.set(label)
             if replaced is not None:
-                self._index.remove(np.array([replaced], np.int64))
-            self._index.add(np.array([label], np.int64), vector.reshape(1, -1))
-        self._after_write()
+                self._live.clear(replaced)
+        self._wake.set()
         return replaced is None
 
     def delete(self, item_id: str) -> bool:
         """Remove; durable when it returns. False if the id was unknown."""
-        label = self.store.delete(item_id)
-        if label is None:
-            return False
-        with self._lock.writing():
-            self._index.remove(np.array([label], np.int64))
-        self._after_write()
+        with self._apply:
+            label = self.store.delete(item_id)
+            if label is None:
+                return False
+            self._live.clear(label)
+        self._wake.set()
         return True
 
-    def _after_write(self) -> None:
-        self._changes += 1
-        self._maybe_restructure()
-        if self._changes >= self._snapshot_every:
-            self.snapshot()
-
-    def _maybe_restructure(self) -> None:
-        if self._index.needs_training or self._index.needs_compaction():
-            self.rebuild()
-
     def rebuild(self) -> None:
-        """Build a fresh index from the store (training IVF, dropping tombstones), then swap.
+        """Build a fresh index from the store now, on this thread (after vectors were
+        replaced in place, as `index reindex` does), and swap it in."""
+        self._build_and_swap(self._wanted_plan(), "rebuild asked for", True)
 
-        Searches keep using the old index while the new one is built.
-        """
-        fresh = self._build()
-        with self._lock.writing():
-            self._index = fresh
-        self.snapshot()
+    def build_in_background(self, *, fresh: bool = False) -> None:
+        """Start a background build now (a merge, or with `fresh` a new index trained again),
+        as if the collection had asked for one; returns at once."""
+        self._asked = fresh
+        self._wake.set()
 
-    def _build(self) -> VectorIndex:
-        index = VectorIndex(self.d, self.factory, **self._search_params)
-        count = self.store.count()
-        if index.is_ivf and count >= index.train_min:
-            index.train(self._training_sample(count))
-        for labels, vectors in self.store.vectors():
-            index.add(labels, vectors)
-        log.info("built %s index over %d vectors", index.kind, index.ntotal)
-        return index
-
-    def _training_sample(self, count: int) -> np.ndarray:
-        rng = np.random.default_rng(0)
-        keep = min(1.0, TRAIN_SAMPLE / count)
-        chunks = [vectors[rng.random(len(vectors)) < keep] for _, vectors in self.store.vectors()]
-        return np.concatenate(chunks)
-
-    def snapshot(self) -> None:
-        """Write the index to disk atomically; the change log before it is then dropped.
-
-        The FAISS file is written under a new name first; the small JSON header that names
-        it is the commit point, replaced atomically. A crash at any moment leaves either the
-        old snapshot or the new one.
-        """
-        seq = self.store.last_seq()  # the writer thread is here, so the index matches seq
-        data_name = f"index-{seq}.faiss"
-        with self._lock.reading():
-            self._index.write(self.directory / data_name)
-            tombstones = sorted(self._index.tombstone_labels())
-        _fsync_file(self.directory / data_name)
-        header = {
-            "seq": seq,
-            "d": self.d,
-            "factory": self.factory,
-            "fingerprint": self.fingerprint,
-            "tombstones": tombstones,
-            "data": data_name,
-        }
-        temporary = self._header_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(header))
-        _fsync_file(temporary)
-        os.replace(temporary, self._header_path)
-        _fsync_directory(self.directory)
-        for old in self.directory.glob("index-*.faiss"):
-            if old.name != data_name:
-                old.unlink()
-        self.store.forget_changes(seq)
-        self._changes = 0
+    def settle(self, timeout: float = 600.0) -> None:
+        """Wait until no background build runs or is due (tests and bulk tools)."""
+        deadline = time.monotonic() + timeout
+        while self._building is not None or self._build_due() is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the index is still building after {timeout:g} s")
+            self._wake.set()
+            time.sleep(0.02)
 
     def close(self) -> None:
-        """Snapshot if anything changed, then release the files. Safe to call twice."""
+        """Stop the background builder and release the files. Safe to call twice.
+
+        Nothing needs writing: the last snapshot plus the labels above its watermark in the
+        store are the index."""
         if self._process_lock.closed:
             return
-        if self._changes:
-            self.snapshot()
+        self._closing.set()
+        self._wake.set()
+        self._builder.join(timeout=120)
         self.store.close()
         self._process_lock.close()  # releases the flock
 
@@ -217,77 +231,291 @@ class Collection:
         """The image stored with an item (None: unknown id, or stored without its image)."""
         return self.store.image(item_id)
 
-    def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[SearchHit]:
-        with self._lock.reading():
-            D, I = self._index.search(vector.reshape(1, -1), k + (exclude is not None))
-        found = self.store.by_labels([int(i) for i in I[0] if i >= 0])
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude: str | None = None,
+        where: Filter | None = None,
+    ) -> list[SearchHit]:
+        """The k nearest live items (matching `where`, when given), best first."""
+        serving = self._serving
+        want = k + (exclude is not None)
+        allowed, matching = self._allowed(where)
+        if matching == 0:
+            return []
+        generation = serving.generation
+        nprobe = generation.plan.nprobe
+        nlist = generation.main.nlist
+        if where is not None and nlist:
+            # A filter matching a fraction f of the items finds 1/f fewer per list.
+            nprobe = min(nlist, math.ceil(nprobe * self._live.count / matching))
+        query = np.asarray(vector, np.float32)
+        scores, labels = self._nearest(serving, query, want, allowed, nprobe)
+        if len(labels) < min(want, matching) and nprobe < nlist:
+            scores, labels = self._nearest(serving, query, want, allowed, nlist)
+        found = self.store.by_labels(labels.tolist())
         hits = [
-            SearchHit(found[int(i)].id, float(score), found[int(i)].metadata)
-            for score, i in zip(D[0], I[0], strict=True)
+            SearchHit(found[label].id, float(score), found[label].metadata)
+            for score, label in zip(scores.tolist(), labels.tolist(), strict=True)
             # A label can vanish between search and lookup when a delete lands in between.
-            if int(i) in found and found[int(i)].id != exclude
+            if label in found and found[label].id != exclude
         ]
         return hits[:k]
 
-    def similar(self, item_id: str, k: int) -> list[SearchHit] | None:
+    def similar(self, item_id: str, k: int, where: Filter | None = None) -> list[SearchHit] | None:
         """Nearest items to a stored item (itself excluded); None if the id is unknown."""
         vector = self.store.vector(item_id)
-        return None if vector is None else self.search(vector, k, exclude=item_id)
+        return None if vector is None else self.search(vector, k, exclude=item_id, where=where)
 
     def stats(self) -> CollectionStats:
+        serving = self._serving
+        main, delta, plan = serving.generation.main, serving.delta, serving.generation.plan
         with self._lock.reading():
-            kind, tombstones, count = self._index.kind, self._index.tombstones, self._index.ntotal
-            per_item = self._index.bytes_per_item
+            in_delta = delta.ntotal
         return CollectionStats(
-            count=count,
+            count=self._live.count,
             d=self.d,
-            kind=kind,
+            kind=plan.factory,
             factory=self.factory,
+            reason=plan.reason,
+            nprobe=plan.nprobe,
             fingerprint=self.fingerprint,
             model=self.model,
-            tombstones=tombstones,
-            changes_since_snapshot=self._changes,
-            index_bytes_per_item=per_item,
+            tombstones=max(0, main.ntotal + in_delta - self._live.count),
+            changes_since_snapshot=in_delta,
+            building=self._building,
+            last_build_error=self._last_build_error,
+            index_bytes_per_item=main.bytes_per_item,
             store_vector_bytes=2 * self.d,
         )
 
-    # --- start-up ---------------------------------------------------------------------------
+    def _allowed(self, where: Filter | None) -> tuple[np.ndarray, int]:
+        """Packed bits of the labels a search may return, and how many there are."""
+        if where is None:
+            return self._live.bits(), self._live.count
+        bits = self._live.bits()
+        size = 8 * len(bits)
+        mask = self._postings.matching(where, size) & np.unpackbits(bits, bitorder="little").astype(
+            bool
+        )
+        return pack(mask), int(np.count_nonzero(mask))
 
-    def _load_snapshot(self) -> tuple[VectorIndex, int] | None:
+    def _nearest(
+        self, serving: _Serving, query: np.ndarray, want: int, allowed: np.ndarray, nprobe: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and labels of the best `want` (or more) allowed items, best first."""
+        main = serving.generation.main
+        exact = main.exact
+        wanted = candidates(want, exact)
+        D, I = main.search(query[None], wanted, live=allowed, nprobe=nprobe)  # immutable
+        with self._lock.reading():
+            dD, dI = serving.delta.search(query[None], wanted, live=allowed, nprobe=nprobe)
+        scores = np.concatenate([D[0], dD[0]])
+        labels = np.concatenate([I[0], dI[0]])
+        keep = labels >= 0
+        scores, labels = scores[keep], labels[keep]
+        order = np.argsort(-scores, kind="stable")[:wanted]
+        scores, labels = scores[order], labels[order]
+        if not exact:
+            scores, labels = rerank(self.store, query, labels.tolist())
+        return scores[:want], labels[:want]
+
+    # --- generations ------------------------------------------------------------------------
+
+    def _wanted_plan(self) -> IndexPlan:
+        return choose(
+            self.factory,
+            self._live.count,
+            self.d,
+            target_ms=self._target_ms,
+            nprobe=self._nprobe,
+            exact_up_to=self._exact_up_to,
+        )
+
+    def _delta_limit(self, delta: VectorIndex) -> int:
+        share = self._live.count // 10
+        if delta.exact:
+            share = min(share, FLAT_DELTA_LIMIT)
+        return max(self._snapshot_every, share)
+
+    def _opening_generation(self, snapshot: Generation | None) -> Generation:
+        """The snapshot, if its delta would be small; else a generation built now (no
+        snapshot yet, or a bulk import added more than a delta should hold)."""
+        if snapshot is not None:
+            pending = self.store.count_above(snapshot.watermark)
+            limit = self._delta_limit(self._delta_for(snapshot))
+            if pending <= limit:
+                return snapshot
+            log.info("%d items were added after the index snapshot; building it now", pending)
+        wanted = self._wanted_plan()
+        if snapshot is not None and rebuild_reason(snapshot.plan, wanted, self._live.count):
+            snapshot = None  # the collection outgrew the snapshot's plan: a fresh one
+        return self._build(wanted if snapshot is None else snapshot.plan, base=snapshot)
+
+    def _build_due(self) -> tuple[IndexPlan, str, bool] | None:
+        """The plan, the reason and whether to train afresh, when a build is due."""
+        serving = self._serving
+        plan = serving.generation.plan
+        if self._asked is not None:
+            return plan, "asked for", self._asked
+        wanted = self._wanted_plan()
+        reason = rebuild_reason(plan, wanted, self._live.count)
+        if reason is not None:
+            return wanted, reason, True
+        main = serving.generation.main
+        with self._lock.reading():
+            in_delta = serving.delta.ntotal
+        dead = main.ntotal + in_delta - self._live.count
+        if dead > max(100, main.ntotal // 10):
+            return plan, f"{dead} deleted vectors to drop", False
+        if in_delta >= self._delta_limit(serving.delta):
+            return plan, f"{in_delta} recent additions to merge", False
+        return None
+
+    def _run_builds(self) -> None:
+        faiss.omp_set_num_threads(1)  # this thread's OpenMP teams only: searches keep the rest
+        lower_this_threads_priority(19)
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing.is_set():
+                return
+            due = self._build_due()
+            if due is None:
+                continue
+            self._asked = None
+            try:
+                self._build_and_swap(*due)
+                self._wake.set()  # another may be due already: look again
+            except BuildCancelled:
+                return
+            except Exception as exc:  # the index in use keeps serving; retried later
+                log.exception("background index build failed (%s)", due[1])
+                self._last_build_error = f"{type(exc).__name__}: {exc}"
+                if self._closing.wait(BUILD_RETRY_S):
+                    return
+                self._wake.set()
+
+    def _build_and_swap(self, plan: IndexPlan, reason: str, fresh: bool) -> None:
+        with self._build_lock:
+            self._building = reason
+            try:
+                base = None if fresh else self._serving.generation
+                generation = self._build(plan, base=base)
+                delta = self._delta_for(generation)
+                upto = generation.watermark
+                while True:  # most of the catch-up, while writes go on
+                    upto, added = self._catch_up(delta, upto)
+                    if added < FINAL_CATCH_UP:
+                        break
+                with self._apply:  # the rest, with writes held for a moment
+                    self._catch_up(delta, upto)
+                    with self._lock.writing():
+                        self._serving = _Serving(generation, delta)
+                self._last_build_error = None
+                log.info("index swapped in (%s): %s", reason, generation.plan.reason)
+            finally:
+                self._building = None
+
+    def _build(self, plan: IndexPlan, *, base: Generation | None) -> Generation:
+        generation = build(
+            self.store,
+            plan,
+            self._live,
+            base=base,
+            ef_search=self._ef_search,
+            cancelled=lambda: (
+                getattr(self, "_closing", None) is not None and self._closing.is_set()
+            ),
+        )
+        self._write_snapshot(generation)  # before it serves: nothing writes to it any more
+        return generation
+
+    def _delta_for(self, generation: Generation) -> VectorIndex:
+        main = generation.main
+        if main.nlist:  # the same trained lists and codes: cheap to add to and to search
+            return main.empty_like()
+        return VectorIndex.create(self.d, FLAT)
+
+    def _catch_up(self, delta: VectorIndex, after: int) -> tuple[int, int]:
+        """Add the store's labels above `after` to a delta nobody searches yet (or under the
+        lock); returns the last label added and how many."""
+        added = 0
+        for labels, vectors in self.store.vectors(after=after):
+            if delta is self._serving.delta:
+                with self._lock.writing():
+                    delta.add(labels, vectors)
+            else:
+                delta.add(labels, vectors)
+            added += len(labels)
+            after = int(labels[-1])
+        return after, added
+
+    # --- disk -------------------------------------------------------------------------------
+
+    def _write_snapshot(self, generation: Generation) -> None:
+        """Write a generation atomically; it replaces the previous one on disk.
+
+        The FAISS file is written under a new name first; the small JSON header that names
+        it is the commit point, replaced atomically. A crash at any moment leaves either the
+        old snapshot or the new one, and the store has every label above its watermark.
+        """
+        data_name = f"index-{generation.watermark}.faiss"
+        temporary_data = self.directory / f"{data_name}.tmp"
+        generation.main.write(temporary_data)
+        _fsync_file(temporary_data)
+        os.replace(temporary_data, self.directory / data_name)
+        header = {
+            "format": SNAPSHOT_FORMAT,
+            "watermark": generation.watermark,
+            "d": self.d,
+            "factory": self.factory,
+            "fingerprint": self.fingerprint,
+            "plan": asdict(generation.plan),
+            "data": data_name,
+        }
+        temporary = self._header_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(header))
+        _fsync_file(temporary)
+        os.replace(temporary, self._header_path)
+        _fsync_directory(self.directory)
+        for old in self.directory.glob("index-*.faiss*"):
+            if old.name != data_name:
+                old.unlink(missing_ok=True)
+
+    def _load_snapshot(self) -> Generation | None:
         if not self._header_path.exists():
             return None
         try:
             header = json.loads(self._header_path.read_text())
-            wanted = {"d": self.d, "factory": self.factory, "fingerprint": self.fingerprint}
+            wanted = {
+                "format": SNAPSHOT_FORMAT,
+                "d": self.d,
+                "factory": self.factory,
+                "fingerprint": self.fingerprint,
+            }
             if {key: header.get(key) for key in wanted} != wanted:
                 log.info("index snapshot is for other settings %s; rebuilding", header)
                 return None
-            index = VectorIndex.read(
-                self.directory / header["data"],
-                self.d,
-                self.factory,
-                set(header["tombstones"]),
-                **self._search_params,
+            main = VectorIndex.read(
+                self.directory / header["data"], self.d, ef_search=self._ef_search
             )
+            plan = IndexPlan(**header["plan"])
+            if plan.nprobe and plan.factory != FLAT and self.factory != AUTO:
+                plan = IndexPlan(plan.factory, self._nprobe, plan.built_for, plan.reason)
+            return Generation(main, plan, int(header["watermark"]))
         except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
             # FAISS raises RuntimeError for a damaged file; json raises ValueError.
             log.warning("index snapshot in %s unreadable (%s); rebuilding", self.directory, exc)
             return None
-        return index, int(header["seq"])
 
-    def _catch_up(self, seq: int) -> int:
-        """Apply changes logged after the snapshot; returns how many there were."""
-        changes = list(self.store.changes_since(seq))
-        added_after = {change.label for change in changes if change.op == "add"}
-        for change in changes:
-            if change.op == "add" and change.vector is not None:
-                self._index.add(np.array([change.label], np.int64), change.vector.reshape(1, -1))
-            elif change.op == "del" and change.label not in added_after:
-                # Only labels the snapshot holds; later adds that were deleted were skipped.
-                self._index.remove(np.array([change.label], np.int64))
-        if changes:
-            log.info("index caught up on %d changes since its snapshot", len(changes))
-        return len(changes)
+    def _read_live_items(self) -> None:
+        for rows in self.store.labels_and_metadata():
+            labels = np.array([row[0] for row in rows], np.int64)
+            self._live.set_many(labels)
+            for label, metadata in rows:
+                self._postings.add(int(label), json.loads(metadata))
 
 
 class IndexInUse(RuntimeError):

@@ -1,8 +1,9 @@
 """Durable item store: SQLite in WAL mode, the source of truth the FAISS index derives from.
 
 Each write commits with synchronous=FULL before it is acknowledged, so an acknowledged add
-or delete survives kill -9 and power loss. Every change is also appended to a change log
-that lets a FAISS snapshot catch up on start-up instead of being rebuilt.
+or delete survives kill -9 and power loss. Labels only grow (AUTOINCREMENT, never reused), so
+an index snapshot that holds every label up to W catches up by adding the labels above W;
+deletes need no log, since the live labels are read from the items themselves.
 
 Vectors are stored as float16: half the bytes of float32, and for unit vectors the cosine
 scores move by less than 1e-3. Stores written before keep their float32 vectors readable
@@ -30,11 +31,7 @@ CREATE TABLE IF NOT EXISTS items (
     added_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    label INTEGER NOT NULL,
-    op TEXT NOT NULL CHECK (op IN ('add', 'del'))
-);
+DROP TABLE IF EXISTS changes;  -- the change log of earlier releases; labels replace it
 """
 
 
@@ -48,14 +45,6 @@ class StoredItem:
     label: int
     metadata: dict[str, Any]
     added_at: float
-
-
-@dataclass(frozen=True)
-class Change:
-    seq: int
-    label: int
-    op: str
-    vector: np.ndarray | None  # None when the item was deleted later
 
 
 def stored_form(vector: np.ndarray) -> np.ndarray:
@@ -103,10 +92,13 @@ class ItemStore:
 
     @staticmethod
     def recorded_model(path: Path) -> dict[str, str]:
-        """The model, fingerprint and dimension a store's vectors were made with."""
+        """The model, fingerprint and dimension a store's vectors were made with, and
+        `count`, how many items it holds."""
         db = sqlite3.connect(path)
         try:
-            return dict(db.execute("SELECT key, value FROM meta").fetchall())
+            recorded = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            recorded["count"] = str(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+            return recorded
         finally:
             db.close()
 
@@ -155,16 +147,41 @@ class ItemStore:
             old = self._db.execute("SELECT label FROM items WHERE id = ?", (item_id,)).fetchone()
             if old:
                 self._db.execute("DELETE FROM items WHERE label = ?", (old[0],))
-                self._db.execute("INSERT INTO changes (label, op) VALUES (?, 'del')", (old[0],))
             cursor = self._db.execute(
                 "INSERT INTO items (id, vector, metadata, added_at) VALUES (?, ?, ?, ?)",
                 (item_id, blob, json.dumps(metadata), time.time()),
             )
             label = int(cursor.lastrowid or 0)
-            self._db.execute("INSERT INTO changes (label, op) VALUES (?, 'add')", (label,))
             if image is not None:
                 self._db.execute("INSERT OR REPLACE INTO images VALUES (?, ?)", (item_id, image))
         return label, (int(old[0]) if old else None)
+
+    def add_many(self, items: list[tuple[str, np.ndarray, str]]) -> None:
+        """Insert new items (id, unit vector, metadata JSON) in one transaction; durable on
+        return. The ids must not exist yet (bulk import checks with `existing`)."""
+        now = time.time()
+        rows = [(item_id, _encode(vector), metadata, now) for item_id, vector, metadata in items]
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT INTO items (id, vector, metadata, added_at) VALUES (?, ?, ?, ?)", rows
+            )
+
+    def existing(self, ids: list[str]) -> set[str]:
+        """Which of these ids are stored."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)
+                found.update(row[0] for row in rows)
+        return found
+
+    def count_above(self, label: int) -> int:
+        """How many live items have a label above this one (added after a snapshot)."""
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM items WHERE label > ?", (label,))
+            return int(row.fetchone()[0])
 
     def delete(self, item_id: str) -> int | None:
         """Remove an item; returns its label, or None if it did not exist. Durable on return."""
@@ -174,7 +191,6 @@ class ItemStore:
                 return None
             self._db.execute("DELETE FROM items WHERE label = ?", (row[0],))
             self._db.execute("DELETE FROM images WHERE id = ?", (item_id,))
-            self._db.execute("INSERT INTO changes (label, op) VALUES (?, 'del')", (row[0],))
         return int(row[0])
 
     def get(self, item_id: str) -> StoredItem | None:
@@ -203,46 +219,68 @@ class ItemStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
-    def last_seq(self) -> int:
+    def max_label(self) -> int:
+        """The highest label ever given (0 for none); every label above it is still to come."""
         with self._lock:
-            row = self._db.execute("SELECT MAX(seq) FROM changes").fetchone()
-        return int(row[0] or 0)
+            row = self._db.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'items'"
+            ).fetchone()
+        return int(row[0]) if row else 0
 
-    def vectors(self, chunk: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every (labels, vectors) in label order, a chunk at a time (for rebuilds)."""
-        after = -1
+    def vectors(
+        self, *, after: int = 0, upto: int | None = None, chunk: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every (labels, vectors) with after < label <= upto, in label order, a chunk at a
+        time. Reads on a connection of its own, so a long read never holds up a write."""
+        last = upto if upto is not None else 2**62
+        reader = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            while True:
+                rows = reader.execute(
+                    "SELECT label, vector FROM items WHERE label > ? AND label <= ? "
+                    "ORDER BY label LIMIT ?",
+                    (after, last, chunk),
+                ).fetchall()
+                if not rows:
+                    return
+                labels = np.array([row[0] for row in rows], dtype=np.int64)
+                yield labels, self._matrix([row[1] for row in rows])
+                after = int(labels[-1])
+        finally:
+            reader.close()
+
+    def vectors_of(self, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(labels found, their vectors), for re-ranking candidates exactly."""
+        if not labels:
+            return np.zeros(0, np.int64), np.zeros((0, self.d), np.float32)
+        marks = ",".join("?" * len(labels))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT label, vector FROM items WHERE label IN ({marks})", labels
+            ).fetchall()
+        found = np.array([row[0] for row in rows], dtype=np.int64)
+        return found, self._matrix([row[1] for row in rows])
+
+    def labels_and_metadata(self, chunk: int = 50_000) -> Iterator[list[tuple[int, str]]]:
+        """Every live (label, metadata JSON), a chunk at a time (start-up)."""
+        after = 0
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT label, vector FROM items WHERE label > ? ORDER BY label LIMIT ?",
+                    "SELECT label, metadata FROM items WHERE label > ? ORDER BY label LIMIT ?",
                     (after, chunk),
                 ).fetchall()
             if not rows:
                 return
-            labels = np.array([row[0] for row in rows], dtype=np.int64)
-            if all(len(row[1]) == 2 * self.d for row in rows):  # one copy for the chunk
-                joined = np.frombuffer(b"".join(row[1] for row in rows), np.float16)
-                vectors = joined.reshape(len(rows), self.d).astype(np.float32)
-            else:  # a store from before float16, possibly partly rewritten since
-                vectors = np.stack([_decode(row[1], self.d) for row in rows])
-            yield labels, vectors
-            after = int(labels[-1])
+            yield rows
+            after = int(rows[-1][0])
 
-    def changes_since(self, seq: int) -> Iterator[Change]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT c.seq, c.label, c.op, i.vector FROM changes c "
-                "LEFT JOIN items i ON i.label = c.label WHERE c.seq > ? ORDER BY c.seq",
-                (seq,),
-            ).fetchall()
-        for row_seq, label, op, blob in rows:
-            vector = _decode(blob, self.d) if blob is not None else None
-            yield Change(int(row_seq), int(label), str(op), vector)
-
-    def forget_changes(self, upto_seq: int) -> None:
-        """Drop change-log entries a durable snapshot already contains."""
-        with self._lock:
-            self._db.execute("DELETE FROM changes WHERE seq <= ?", (upto_seq,))
+    def _matrix(self, blobs: list[bytes]) -> np.ndarray:
+        if all(len(blob) == 2 * self.d for blob in blobs):  # one copy for the chunk
+            joined = np.frombuffer(b"".join(blobs), np.float16)
+            return joined.reshape(len(blobs), self.d).astype(np.float32)
+        # a store from before float16, possibly partly rewritten since
+        return np.stack([_decode(blob, self.d) for blob in blobs])
 
     def image_ids(self) -> list[str]:
         with self._lock:

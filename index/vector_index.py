@@ -1,6 +1,10 @@
-"""FAISS inner-product index over unit vectors (cosine), keyed by int64 labels.
+"""One FAISS index over unit vectors, keyed by int64 labels.
 
-Not thread-safe by itself: the Collection serialises writes against searches.
+Exact indexes score by inner product (cosine). Approximate ones are built on L2, which ranks
+unit vectors as cosine does and trains balanced IVF lists; their scores are converted back
+to cosine (1 - L2/2), and the collection re-ranks their candidates exactly anyway.
+
+Not thread-safe by itself: the collection never adds to an index that is being searched.
 """
 
 from pathlib import Path
@@ -8,158 +12,127 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.live_labels import selector
+
 FLAT = "Flat"
 _ID_BYTES = 8  # an int64 label
-_REVERSE_MAP_BYTES = 32  # IDMap2's label -> position hash map, per entry (libstdc++)
+_ID_MAP_BYTES = 8  # IDMap's position -> label array
 
 
 class VectorIndex:
-    """Exact search by default; HNSW and IVF through a FAISS factory string.
-
-    IVF must be trained: until `train_min` vectors exist it searches exactly (a flat index);
-    then `needs_training` turns true and the owner builds a new index: `train` on a sample,
-    `add` every vector, and swap it in. HNSW cannot remove vectors, so removals there are
-    tombstones filtered out of results until the owner rebuilds.
-    """
-
-    def __init__(
-        self, d: int, factory: str = FLAT, *, nprobe: int = 16, ef_search: int = 64
-    ) -> None:
-        self.d = d
-        self.factory = factory
-        self.nprobe = nprobe  # IVF lists visited per query
+    def __init__(self, index: faiss.Index, *, ef_search: int = 64) -> None:
+        self._index = index
         self.ef_search = ef_search  # HNSW candidate list size
-        self._target = _make(d, factory)
-        self.is_ivf = faiss.try_extract_index_ivf(self._target) is not None
-        self.train_min = _ivf_train_min(self._target) if self.is_ivf else 0
-        # An untrained IVF serves from an exact index until it has enough data to train.
-        self._index = _make(d, FLAT) if self.is_ivf else self._target
-        self._removable = "HNSW" not in factory
-        self._tombstones: set[int] = set()
+        self.exact = _is_exact(index)
+
+    @classmethod
+    def create(cls, d: int, factory: str = FLAT, *, ef_search: int = 64) -> "VectorIndex":
+        if factory == FLAT:
+            return cls(faiss.IndexIDMap(faiss.IndexFlatIP(d)), ef_search=ef_search)
+        probe = faiss.index_factory(d, factory, faiss.METRIC_L2)
+        if faiss.try_extract_index_ivf(probe) is None:  # IVF carries ids; the others need a map
+            probe = faiss.IndexIDMap(probe)
+        return cls(probe, ef_search=ef_search)
 
     @property
-    def kind(self) -> str:
-        if self.is_ivf and self._index is not self._target:
-            return f"{self.factory} (untrained: exact until {self.train_min} vectors)"
-        return self.factory
+    def d(self) -> int:
+        return int(self._index.d)
 
     @property
     def ntotal(self) -> int:
-        return int(self._index.ntotal) - len(self._tombstones)
+        return int(self._index.ntotal)
+
+    @property
+    def nlist(self) -> int:
+        ivf = faiss.try_extract_index_ivf(self._index)
+        return 0 if ivf is None else int(ivf.nlist)
+
+    @property
+    def can_remove(self) -> bool:
+        return self._hnsw() is None  # HNSW graphs cannot drop a node
+
+    @property
+    def needs_training(self) -> bool:
+        return not self._index.is_trained
 
     @property
     def bytes_per_item(self) -> int:
         """Memory an item costs in this index, from its structure: its code (the vector as the
         index keeps it), its id, and for HNSW its graph links."""
-        index = self._index
-        ids = 0
-        if isinstance(index, faiss.IndexIDMap2):
-            index = faiss.downcast_index(index.index)
-            ids = _ID_BYTES + _REVERSE_MAP_BYTES
-        hnsw = _hnsw_of(index)
-        if hnsw is not None:
-            m = int(hnsw.hnsw.nb_neighbors(1))  # type: ignore[attr-defined]  # stub lags
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None:
+            return int(ivf.code_size) + _ID_BYTES  # each inverted list stores code and id
+        inner = faiss.downcast_index(self._index.index)  # type: ignore[attr-defined]  # IDMap
+        if isinstance(inner, faiss.IndexHNSW):
+            m = int(inner.hnsw.nb_neighbors(1))  # type: ignore[attr-defined]  # stub lags
             # 2M neighbours on the base level, M on each upper one (reached with chance 1/M
             # per level), and the node's level and offset.
             links = 4 * (2 * m + m / (m - 1)) + 4 + 8
-            return ids + int(faiss.downcast_index(hnsw.storage).sa_code_size()) + round(links)
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            return int(ivf.code_size) + _ID_BYTES  # each inverted list stores code and id
-        return ids + int(index.sa_code_size())
-
-    @property
-    def tombstones(self) -> int:
-        return len(self._tombstones)
-
-    @property
-    def needs_training(self) -> bool:
-        return self.is_ivf and self._index is not self._target and self.ntotal >= self.train_min
+            code = int(faiss.downcast_index(inner.storage).sa_code_size())
+            return _ID_MAP_BYTES + code + round(links)
+        return _ID_MAP_BYTES + int(inner.sa_code_size())
 
     def train(self, sample: np.ndarray) -> None:
-        """Train an empty IVF index on a sample of the collection; it serves IVF from now on."""
-        if self._index.ntotal:
-            raise ValueError("train a new, empty index, then add the vectors")
-        self._target.train(np.ascontiguousarray(sample, dtype=np.float32))
-        self._index = self._target
+        self._index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
     def add(self, labels: np.ndarray, xb: np.ndarray) -> None:
-        self._index.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), labels)
-
-    def remove(self, labels: np.ndarray) -> None:
-        if self._removable:
-            self._index.remove_ids(labels)  # type: ignore[arg-type]  # faiss's stub lags its API
-        else:
-            self._tombstones.update(int(label) for label in labels)
-
-    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """D (scores, higher is closer) and I (labels, -1 for none), each (n, k)."""
-        k_search = min(k + len(self._tombstones), int(self._index.ntotal))
-        if k_search == 0:
-            return np.zeros((len(xq), k), np.float32), np.full((len(xq), k), -1, np.int64)
-        params: faiss.SearchParameters | None = None
-        if _hnsw_of(self._index) is not None:
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k_search))  # type: ignore[attr-defined]
-        elif faiss.try_extract_index_ivf(self._index) is not None:
-            params = faiss.SearchParametersIVF(nprobe=self.nprobe)  # type: ignore[call-arg]
-        D, I = self._index.search(
-            np.ascontiguousarray(xq, dtype=np.float32), k_search, params=params
+        self._index.add_with_ids(
+            np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(labels, np.int64)
         )
-        if self._tombstones:
-            D, I = _drop(D, I, self._tombstones, k)
-        return D[:, :k], I[:, :k]
+
+    def remove(self, dead: np.ndarray) -> int:
+        """Drop the labels whose bit is set in `dead` (packed bits); how many were dropped."""
+        return int(self._index.remove_ids(selector(dead)))
+
+    def copy(self) -> "VectorIndex":
+        return VectorIndex(faiss.clone_index(self._index), ef_search=self.ef_search)
+
+    def empty_like(self) -> "VectorIndex":
+        """The same structure and training, without vectors (for items added later)."""
+        empty = faiss.clone_index(self._index)
+        empty.reset()
+        return VectorIndex(empty, ef_search=self.ef_search)
+
+    def search(
+        self, xq: np.ndarray, k: int, *, live: np.ndarray | None = None, nprobe: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine scores (higher is closer) and labels (-1 for none), each (n, k).
+
+        `live`: packed bits of the labels that may be returned (kept alive by the caller).
+        """
+        k = min(k, self.ntotal)
+        if k == 0:
+            return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
+        chosen = None if live is None else selector(live)
+        params: faiss.SearchParameters
+        if faiss.try_extract_index_ivf(self._index) is not None:
+            params = faiss.SearchParametersIVF(sel=chosen, nprobe=max(1, nprobe))  # type: ignore[call-arg]
+        elif self._hnsw() is not None:
+            params = faiss.SearchParametersHNSW(sel=chosen, efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
+        else:
+            params = faiss.SearchParameters(sel=chosen)  # type: ignore[call-arg]
+        D, I = self._index.search(np.ascontiguousarray(xq, dtype=np.float32), k, params=params)
+        if not self.exact:
+            D = 1.0 - D / 2.0  # squared L2 between unit vectors -> cosine
+        return D, I
 
     def write(self, path: Path) -> None:
         """Write the FAISS index to a file (streamed: no in-memory copy)."""
         faiss.write_index(self._index, str(path))
 
     @classmethod
-    def read(
-        cls, path: Path, d: int, factory: str, tombstones: set[int], **search: int
-    ) -> "VectorIndex":
-        index = cls(d, factory, **search)
+    def read(cls, path: Path, d: int, *, ef_search: int = 64) -> "VectorIndex":
         loaded = faiss.read_index(str(path))
         if loaded.d != d:
             raise ValueError(f"snapshot has dimension {loaded.d}, expected {d}")
-        index._index = loaded
-        if not index.is_ivf or faiss.try_extract_index_ivf(loaded) is not None:
-            index._target = loaded
-        index._tombstones = set(tombstones)
-        return index
+        return cls(loaded, ef_search=ef_search)
 
-    def tombstone_labels(self) -> set[int]:
-        return set(self._tombstones)
-
-    def needs_compaction(self) -> bool:
-        """Tombstones cost search time and memory; rebuild once they are a tenth of the index."""
-        return len(self._tombstones) > max(100, int(self._index.ntotal) // 10)
+    def _hnsw(self) -> faiss.IndexHNSW | None:
+        inner = self._index
+        if isinstance(inner, faiss.IndexIDMap):
+            inner = faiss.downcast_index(inner.index)
+        return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
-def _make(d: int, factory: str) -> faiss.Index:
-    # IVF indexes carry their own ids; the others need an id map.
-    probe = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    if faiss.try_extract_index_ivf(probe) is not None:
-        return probe
-    return faiss.index_factory(d, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-
-
-def _ivf_train_min(index: faiss.Index) -> int:
-    # FAISS warns below 39 training points per centroid.
-    return 39 * int(faiss.extract_index_ivf(index).nlist)
-
-
-def _hnsw_of(index: faiss.Index) -> faiss.IndexHNSW | None:
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    return inner if isinstance(inner, faiss.IndexHNSW) else None
-
-
-def _drop(D: np.ndarray, I: np.ndarray, dropped: set[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-    keep_D = np.zeros((len(D), k), np.float32)
-    keep_I = np.full((len(I), k), -1, np.int64)
-    for row in range(len(I)):
-        kept = [
-            (d, i) for d, i in zip(D[row], I[row], strict=True) if i >= 0 and int(i) not in dropped
-        ]
-        for col, (d, i) in enumerate(kept[:k]):
-            keep_D[row, col], keep_I[row, col] = d, i
-    return keep_D, keep_I
+def _is_exact(index: faiss.Index) -> bool:
+    return bool(index.metric_type == faiss.METRIC_INNER_PRODUCT)  # only Flat is built on it

@@ -22,7 +22,7 @@ from service.model_client import InProcessModel, ModelClient
 from service.model_host import ModelHost
 from service.pipeline import Pipeline
 from service.request_id import RequestId
-from service.routes import classify, embed, explain, health, items, search
+from service.routes import classify, embed, explain, health, items, items_batch, search
 from service.routes.docs import serve_docs
 from service.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.settings import Settings
@@ -101,7 +101,9 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.exposition = exposition or registry
-    routers = [module.router for module in (classify, embed, search, items, explain, health)]
+    routers = [
+        module.router for module in (classify, embed, search, items, items_batch, explain, health)
+    ]
     install_error_handlers(app, [route for router in routers for route in router.routes])
     for router in routers:
         app.include_router(router)

@@ -55,12 +55,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_folder.add_argument("--no-progress", action="store_true", help="no progress bar")
     reindex = actions.add_parser("reindex", help="re-embed stored images with the current model")
     reindex.add_argument("--no-progress", action="store_true", help="no progress bar")
+    import_vectors = actions.add_parser(
+        "import-vectors",
+        help="add embeddings computed elsewhere from a Parquet file (id, vector, metadata); "
+        "resumable",
+    )
+    import_vectors.add_argument("file", type=Path, help="Parquet: id, vector[, metadata]")
+    import_vectors.add_argument(
+        "--fingerprint",
+        required=True,
+        help="the model fingerprint the vectors were made with (GET /v1/index reports the "
+        "index's); anything else is refused",
+    )
+    import_vectors.add_argument("--no-progress", action="store_true", help="no progress bar")
     actions.add_parser("rebuild", help="rebuild the FAISS index from the item store")
     finetune = commands.add_parser(
         "finetune", help="train on a folder of your photos (a subfolder per class)"
     )
     actions.add_parser("stats", help="print index statistics as JSON")
-    for action in (add_folder, reindex, actions.choices["rebuild"], actions.choices["stats"]):
+    for action in (
+        add_folder,
+        import_vectors,
+        reindex,
+        actions.choices["rebuild"],
+        actions.choices["stats"],
+    ):
         _add_setting_flags(action, INDEX_FLAGS)
     from service.finetune.arguments import add_arguments
 

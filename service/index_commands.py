@@ -1,4 +1,4 @@
-"""`resnet-serve index ...`: add-folder, reindex, rebuild, stats."""
+"""`resnet-serve index ...`: add-folder, import-vectors, reindex, rebuild, stats."""
 
 import argparse
 import dataclasses
@@ -9,10 +9,11 @@ import sys
 from index.collection import CollectionFiles, IndexInUse
 from index.store import ItemStore, ModelMismatch
 from service.bulk import add_folder, reindex
-from service.model.runtime import load_runtime
+from service.model.runtime import load_parts, load_runtime
 from service.model.weights import ModelLoadError
 from service.search_index import open_collection, open_collection_for
 from service.settings import Settings
+from service.vector_import import ExpectedModel, ImportRefused, import_vectors
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,51 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
                 collection.close()
         elif args.action == "reindex":
             report = reindex(load_runtime(settings), settings, not args.no_progress)
+        elif args.action == "import-vectors":
+            return _import_vectors(args, settings)
         else:
             return _stats_or_rebuild(args.action, settings)
-    except (IndexInUse, ModelMismatch, ModelLoadError) as exc:
+    except (IndexInUse, ModelMismatch, ModelLoadError, ImportRefused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
     # Skipped files are reported, not fatal; fail only when nothing at all could be indexed.
     return 1 if report.failed and not (report.added or report.already_present) else 0
+
+
+def _import_vectors(args: argparse.Namespace, settings: Settings) -> int:
+    """Import, then open the collection once: it builds the index for what came in (in the
+    background on a running service, that would take its first minutes), and writes it."""
+    if not args.file.is_file():
+        print(f"{args.file} is not a file", file=sys.stderr)
+        return 2
+    expected = _expected_model(settings)
+    report = import_vectors(
+        args.file, args.fingerprint, expected, settings.index_dir, not args.no_progress
+    )
+    print(report.summary())
+    if report.added:
+        print("building the index over the imported vectors ...", flush=True)
+        collection = open_collection(
+            settings, d=expected.d, fingerprint=expected.fingerprint, model=expected.model
+        )
+        try:
+            collection.settle()
+            print(json.dumps(dataclasses.asdict(collection.stats()), indent=2))
+        finally:
+            collection.close()
+    return 1 if report.failed and not (report.added or report.already_present) else 0
+
+
+def _expected_model(settings: Settings) -> ExpectedModel:
+    """The model whose vectors the index takes: the one its items were made with, or, for an
+    empty index, the configured model (loaded to learn its fingerprint)."""
+    path = CollectionFiles(settings.index_dir).store
+    recorded = ItemStore.recorded_model(path) if path.exists() else {}
+    if int(recorded.get("count", 0)) and recorded.get("fingerprint"):
+        return ExpectedModel(recorded["fingerprint"], int(recorded["d"]), recorded["model"])
+    spec = load_parts(settings).spec
+    return ExpectedModel(spec.fingerprint, spec.embedding_dim, spec.model_id)
 
 
 def _stats_or_rebuild(action: str, settings: Settings) -> int:

@@ -48,6 +48,21 @@ class BatchItem(BaseModel):
     error: ErrorDetail | None = None
 
 
+class BatchPutItem(BaseModel):
+    index: int = Field(description="position in `files` and `items`")
+    id: str | None = Field(description="the item id (null when the entry had none)")
+    created: bool | None = Field(default=None, description="true: added; false: replaced an item")
+    error: ErrorDetail | None = None
+
+
+class BatchPutResponse(ModelInfo):
+    results: list[BatchPutItem]
+    added: int
+    replaced: int
+    failed: int
+    timings_ms: dict[str, float]
+
+
 class BatchClassifyResponse(ModelInfo):
     results: list[BatchItem]
     timings_ms: dict[str, float]
@@ -154,8 +169,19 @@ class ModelCardResponse(BaseModel):
 class IndexResponse(BaseModel):
     count: int
     dimension: int
-    kind: str
-    factory: str
+    kind: str = Field(description="the FAISS index serving now (Flat: exact)")
+    factory: str = Field(description="INDEX_FACTORY: auto, or the factory string asked for")
+    reason: str = Field(description="why this kind and these parameters")
+    nprobe: int = Field(description="IVF lists searched per query (0: not IVF)")
+    tombstones: int = Field(description="deleted vectors the next background build drops")
+    pending: int = Field(
+        description="items added since the last snapshot (in the delta index; re-added from "
+        "the store on a restart)"
+    )
+    building: str | None = Field(description="why a background build is running, or null")
+    last_build_error: str | None = Field(
+        description="why the last background build failed (the index in use kept serving)"
+    )
     model: str
     fingerprint: str
     index_bytes_per_item: int = Field(

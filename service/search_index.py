@@ -8,6 +8,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from index.collection import Collection, CollectionStats, SearchHit
+from index.filters import Filter
 from index.store import StoredItem
 from service.model.spec import ModelSpec
 from service.settings import Settings
@@ -26,6 +27,8 @@ def open_collection(settings: Settings, *, d: int, fingerprint: str, model: str)
         snapshot_every=settings.index_snapshot_every,
         nprobe=settings.index_nprobe,
         ef_search=settings.index_ef_search,
+        target_ms=settings.index_target_ms,
+        exact_up_to=settings.index_exact_up_to,
     )
 
 
@@ -57,9 +60,15 @@ class ItemIndex(Protocol):
 
     async def image(self, item_id: str) -> bytes | None: ...
 
-    async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]: ...
+    async def search(
+        self, vector: np.ndarray, k: int, where: Filter | None = None
+    ) -> list[SearchHit]:
+        """The k nearest items (matching the metadata filter `where`, when given)."""
+        ...
 
-    async def similar(self, item_id: str, k: int) -> list[SearchHit] | None: ...
+    async def similar(
+        self, item_id: str, k: int, where: Filter | None = None
+    ) -> list[SearchHit] | None: ...
 
     async def stats(self) -> CollectionStats: ...
 
@@ -98,11 +107,15 @@ class SearchIndex:
     async def image(self, item_id: str) -> bytes | None:
         return await self._read(self.collection.image, item_id)
 
-    async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
-        return await self._read(self.collection.search, vector, k)
+    async def search(
+        self, vector: np.ndarray, k: int, where: Filter | None = None
+    ) -> list[SearchHit]:
+        return await self._read(self.collection.search, vector, k, None, where)
 
-    async def similar(self, item_id: str, k: int) -> list[SearchHit] | None:
-        return await self._read(self.collection.similar, item_id, k)
+    async def similar(
+        self, item_id: str, k: int, where: Filter | None = None
+    ) -> list[SearchHit] | None:
+        return await self._read(self.collection.similar, item_id, k, where)
 
     async def stats(self) -> CollectionStats:
         return await self._read(self.collection.stats)

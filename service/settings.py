@@ -124,12 +124,30 @@ class Settings(BaseSettings):
     )
 
     index_factory: str = Field(
-        "Flat", description="FAISS factory string: Flat (exact), HNSW32, IVF1024,Flat, ..."
+        "auto",
+        description=(
+            "auto: exact while that is fast enough, then IVF with 4-bit PQ codes re-ranked "
+            "exactly, rebuilt in the background as the collection grows; or a FAISS factory "
+            "string: Flat (exact), HNSW32, IVF1024,Flat, ..."
+        ),
     )
-    index_nprobe: int = Field(16, ge=1, description="IVF lists searched per query")
+    index_target_ms: float = Field(
+        5.0, gt=0, description="search latency `auto` plans for (exact while under half of it)"
+    )
+    index_exact_up_to: int | None = Field(
+        None, ge=0, description="`auto` searches exactly up to this many items (default: measured)"
+    )
+    index_nprobe: int = Field(
+        16, ge=1, description="IVF lists searched per query (explicit IVF factories; auto measures)"
+    )
     index_ef_search: int = Field(64, ge=1, description="HNSW candidates per query")
     index_snapshot_every: int = Field(
-        1000, ge=1, description="changes between index snapshots (restart speed)"
+        1000,
+        ge=1,
+        description=(
+            "additions kept in the small delta index before a background merge writes a new "
+            "snapshot (at least; a tenth of the collection when that is more)"
+        ),
     )
     index_keep_images: bool = Field(
         True, description="keep uploaded item images so `index reindex` can re-embed them"

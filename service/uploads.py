@@ -65,6 +65,14 @@ async def read_images(
 
 async def read_many_images(request: Request, settings: Settings) -> list[Upload]:
     """The images of a batch request: repeated multipart field `files`."""
+    return (await read_batch_form(request, settings))[0]
+
+
+async def read_batch_form(
+    request: Request, settings: Settings, text_field: str | None = None
+) -> tuple[list[Upload], str | None]:
+    """The images of a batch request (repeated multipart field `files`) and the optional text
+    field `text_field`."""
     if _body_kind(request) != "multipart":
         raise UnsupportedMediaType("send the images as multipart/form-data, field 'files'")
     async with request.form(max_files=settings.max_batch_files, max_fields=8) as form:
@@ -73,7 +81,11 @@ async def read_many_images(request: Request, settings: Settings) -> list[Upload]
             raise InvalidInput("multipart field 'files' with at least one image is required")
         if not all(isinstance(part, UploadFile) for part in parts):
             raise InvalidInput("every 'files' entry must be a file upload")
-        return [await _read_part(part, settings) for part in parts]  # type: ignore[arg-type]
+        text = form.get(text_field) if text_field else None
+        if text is not None and not isinstance(text, str):
+            raise InvalidInput(f"multipart field {text_field!r} must be text (JSON)")
+        uploads = [await _read_part(part, settings) for part in parts]  # type: ignore[arg-type]
+        return uploads, text
 
 
 def _body_kind(request: Request) -> str:

@@ -4,11 +4,12 @@ Dependencies are `async def` on purpose: FastAPI runs plain `def` ones in a thre
 which cost a quarter of a cache hit's CPU time in profiles.
 """
 
-from typing import Any, TypedDict
+from typing import Annotated, Any, TypedDict
 
-from fastapi import Request
+from fastapi import Query, Request
 
-from service.errors import NotReady
+from index.filters import Filter, InvalidFilter, parse_filter
+from service.errors import InvalidInput, NotReady
 from service.explain.inspector import ModelInspector
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
@@ -50,6 +51,30 @@ async def get_inspector(request: Request) -> ModelInspector:
     if inspector is None:
         raise NotReady("the model is not loaded")
     return inspector
+
+
+MAX_FILTER_BYTES = 8192
+
+
+async def metadata_filter(
+    filter: Annotated[  # the query parameter's public name
+        str | None,
+        Query(
+            description=(
+                "only items whose metadata match: a JSON object over top-level metadata keys; "
+                "a value means equality, a list means one of them, keys combine with AND. "
+                "A key no item has matches nothing."
+            ),
+            examples=['{"owner": "ann"}', '{"owner": ["ann", "bob"], "kind": "cat"}'],
+        ),
+    ] = None,
+) -> Filter | None:
+    if filter is not None and len(filter.encode()) > MAX_FILTER_BYTES:
+        raise InvalidInput(f"filter is {len(filter.encode())} bytes; at most {MAX_FILTER_BYTES}")
+    try:
+        return parse_filter(filter)
+    except InvalidFilter as exc:
+        raise InvalidInput(str(exc)) from exc
 
 
 async def get_settings(request: Request) -> Settings:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from PIL import Image
 
 from index.collection import SearchHit
+from index.filters import Filter
 from index.store import StoredItem
 from service.disconnect import unless_disconnected
 from service.errors import InvalidInput, NotFound
@@ -21,6 +22,7 @@ from service.routes.deps import (
     get_index,
     get_pipeline,
     get_settings,
+    metadata_filter,
     model_info,
 )
 from service.schemas import IndexResponse, ItemResponse, SearchResponse, SearchResult
@@ -44,11 +46,13 @@ async def similar_items(
     item_id: ItemId,
     index: Annotated[ItemIndex, Depends(get_index)],
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    where: Annotated[Filter | None, Depends(metadata_filter)],
     k: K = 10,
 ) -> SearchResponse:
-    """Items nearest to a stored item's vector, the item itself left out."""
+    """Items nearest to a stored item's vector, the item itself left out (and only those
+    whose metadata match `filter`, when given)."""
     started = time.perf_counter()
-    hits = await index.similar(validate_item_id(item_id), k)
+    hits = await index.similar(validate_item_id(item_id), k, where)
     if hits is None:
         raise NotFound(f"no item {item_id!r}")
     return SearchResponse(
@@ -169,6 +173,12 @@ async def index_info(index: Annotated[ItemIndex, Depends(get_index)]) -> IndexRe
         dimension=stats.d,
         kind=stats.kind,
         factory=stats.factory,
+        reason=stats.reason,
+        nprobe=stats.nprobe,
+        tombstones=stats.tombstones,
+        pending=stats.changes_since_snapshot,
+        building=stats.building,
+        last_build_error=stats.last_build_error,
         model=stats.model,
         fingerprint=stats.fingerprint,
         index_bytes_per_item=stats.index_bytes_per_item,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from index.filters import Filter
 from service.disconnect import unless_disconnected
 from service.pipeline import Pipeline
 from service.routes.deps import (
@@ -14,6 +15,7 @@ from service.routes.deps import (
     get_index,
     get_pipeline,
     get_settings,
+    metadata_filter,
     model_info,
 )
 from service.routes.items import search_results
@@ -38,13 +40,15 @@ async def search(
     index: Annotated[ItemIndex, Depends(get_index)],
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
+    where: Annotated[Filter | None, Depends(metadata_filter)],
     k: Annotated[int, Query(ge=1, le=1000, description="how many results")] = 10,
 ) -> SearchResponse:
-    """Items most similar to an image (cosine similarity of embeddings)."""
+    """Items most similar to an image (cosine similarity of embeddings), optionally only
+    those whose metadata match `filter`."""
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     started = time.perf_counter()
-    hits = await index.search(inference.outputs.embedding, k)
+    hits = await index.search(inference.outputs.embedding, k, where)
     response.headers["X-Cache"] = inference.cache
     return SearchResponse(
         **model_info(pipeline.status().spec),

@@ -163,6 +163,11 @@ def build_blocks(api: ServiceApi, exports: Path) -> Any:
             with gr.Column():
                 query = gr.Image(type="filepath", label="Image", elem_id="search-image")
                 k = gr.Slider(1, 50, value=8, step=1, label="Results")
+                search_filter = gr.Textbox(
+                    label="Only items whose metadata match (JSON object, optional)",
+                    placeholder='e.g. {"owner": "ann"} or {"owner": ["ann", "bob"]}',
+                    elem_id="search-filter",
+                )
                 search_button = gr.Button("Search the index", variant="primary")
                 item_id = gr.Textbox(
                     label="Item id", placeholder="e.g. photos/cat-1", elem_id="item-id"
@@ -267,10 +272,13 @@ def build_blocks(api: ServiceApi, exports: Path) -> Any:
             return f"**{similarity_words(score)}**: cosine similarity {score:.3f}"
 
         @shown
-        async def search(image: str | None, count: float) -> tuple[list[Any], list[list[Any]]]:
-            hits = (await api.post_image("/v1/search", _need(image), k=int(count))).json()[
-                "results"
-            ]
+        async def search(
+            image: str | None, count: float, where: str
+        ) -> tuple[list[Any], list[list[Any]]]:
+            answer = await api.post_image(
+                "/v1/search", _need(image), k=int(count), filter=where.strip() or None
+            )
+            hits = answer.json()["results"]
             pictures = await asyncio.gather(*(_thumbnail(api, hit["id"]) for hit in hits))
             gallery_items = [
                 (picture, f"{hit['id']} · {hit['score']:.3f}")
@@ -333,7 +341,7 @@ def build_blocks(api: ServiceApi, exports: Path) -> Any:
         )
         kernels_button.click(kernels, outputs=kernels_out)
         compare.click(similarity, [first, second], similarity_out)
-        search_button.click(search, [query, k], [gallery, results])
+        search_button.click(search, [query, k, search_filter], [gallery, results])
         add_button.click(add_item, [query, item_id, metadata], item_status)
         delete_button.click(delete_item, item_id, item_status)
         batch_button.click(

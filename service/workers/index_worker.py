@@ -37,7 +37,7 @@ async def serve_index(settings: Settings, socket_path: Path, model_socket: Path)
         await run_until_stopped("index worker")
     finally:
         server.close()
-        await index.close()  # snapshots what changed since the last snapshot
+        await index.close()  # stops a background build; the snapshot and the store are the index
 
 
 async def _model_status(model_socket: Path) -> ModelStatus:

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from index.collection import CollectionStats, SearchHit
+from index.filters import Filter
 from index.store import StoredItem
 from service.workers.rpc import RpcClient
 
@@ -45,12 +46,16 @@ class RemoteIndex:
         data: bytes | None = await self._client.call("image", item_id)
         return data
 
-    async def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
-        hits: list[SearchHit] = await self._client.call("search", vector, k)
+    async def search(
+        self, vector: np.ndarray, k: int, where: Filter | None = None
+    ) -> list[SearchHit]:
+        hits: list[SearchHit] = await self._client.call("search", vector, k, where)
         return hits
 
-    async def similar(self, item_id: str, k: int) -> list[SearchHit] | None:
-        hits: list[SearchHit] | None = await self._client.call("similar", item_id, k)
+    async def similar(
+        self, item_id: str, k: int, where: Filter | None = None
+    ) -> list[SearchHit] | None:
+        hits: list[SearchHit] | None = await self._client.call("similar", item_id, k, where)
         return hits
 
     async def stats(self) -> CollectionStats:

@@ -145,6 +145,14 @@ def test_every_tab_works_offline(
     expect(page.locator("#search-results")).to_contain_text("ui/rocket")
     expect(page.locator("#search-gallery img").first).to_be_visible()
     screenshot(page, "search", tmp_path)
+    # A filter no item matches empties the results; one that matches brings the item back.
+    search_filter = page.locator("#search-filter textarea, #search-filter input").first
+    search_filter.fill('{"by": "nobody"}')
+    page.get_by_role("button", name="Search the index").click()
+    expect(page.locator("#search-results")).not_to_contain_text("ui/rocket")
+    search_filter.fill('{"by": ["nobody", "browser"]}')
+    page.get_by_role("button", name="Search the index").click()
+    expect(page.locator("#search-results")).to_contain_text("ui/rocket")
 
     # Batch: three photos and a corrupt file; a CSV with four rows, the corrupt one an error.
     open_tab(page, "Batch")

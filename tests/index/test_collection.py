@@ -1,5 +1,6 @@
 """Collection: durability across reopen, snapshots, model fingerprints, concurrent use."""
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ from tests.index.vectors import clustered
 OPENED: list[Collection] = []
 
 
-def open_collection(path: Path, factory: str = "Flat", snapshot_every: int = 1000) -> Collection:
+def open_collection(
+    path: Path, factory: str = "Flat", snapshot_every: int = 1000, exact_up_to: int | None = None
+) -> Collection:
     collection = Collection(
         path,
         d=D_TEST,
@@ -23,6 +26,7 @@ def open_collection(path: Path, factory: str = "Flat", snapshot_every: int = 100
         model="m",
         factory=factory,
         snapshot_every=snapshot_every,
+        exact_up_to=exact_up_to,
     )
     OPENED.append(collection)
     return collection
@@ -53,16 +57,20 @@ def test_items_survive_a_crash(tmp_path: Path, factory: str) -> None:
     assert set(ids_of(reopened.search(xb[5], 2))) == {"item-5", "item-4"}
 
 
-def test_snapshot_then_changes_are_caught_up_after_a_crash(tmp_path: Path) -> None:
-    ops: list[list[object]] = [["put", f"item-{i}", i, {}] for i in range(25)]
-    # Snapshots at 10 and 20 changes; then item-2 (in the snapshot) is deleted, and "late"
-    # is added and deleted, all only in the change log.
+def test_a_snapshot_catches_up_on_the_items_added_after_it(tmp_path: Path) -> None:
+    ops: list[list[object]] = [["put", f"item-{i}", i, {}] for i in range(20)]
+    # A merge into a snapshot after 10 additions; then item-2 (in the snapshot) is deleted,
+    # and "late" is added and deleted, after it.
+    ops += [["settle"]] + [["put", f"item-{i}", i, {}] for i in range(20, 25)]
     ops += [["delete", "item-2"], ["put", "late", 25, {}], ["delete", "late"]]
     run_then_die(tmp_path, "Flat", 10, ops)
     assert (tmp_path / "snapshot.json").exists()
     xb = clustered(ROWS, D_TEST)
+    watermark = json.loads((tmp_path / "snapshot.json").read_text())["watermark"]
     reopened = open_collection(tmp_path, snapshot_every=10)
-    assert reopened.stats().changes_since_snapshot == 8
+    labels = [label for rows in reopened.store.labels_and_metadata() for label, _ in rows]
+    after = [label for label in labels if label > watermark]
+    assert reopened.stats().changes_since_snapshot == len(after)  # added from the store
     assert reopened.stats().count == 24
     assert reopened.get("item-2") is None and reopened.get("late") is None
     assert ids_of(reopened.search(xb[24], 1)) == ["item-24"]
@@ -108,8 +116,11 @@ def test_ivf_switches_from_exact_to_trained_when_big_enough(tmp_path: Path) -> N
     collection = open_collection(tmp_path, "IVF4,Flat")
     for i in range(4 * 39 - 1):
         collection.put(f"item-{i}", xb[i], {}, None)
-    assert "untrained" in collection.stats().kind
+    collection.settle()
+    assert collection.stats().kind == "Flat"
+    assert "exact until 156 vectors" in collection.stats().reason
     collection.put("trigger", xb[-1], {}, None)
+    collection.settle()
     assert collection.stats().kind == "IVF4,Flat"
     assert ids_of(collection.search(xb[10], 1)) == ["item-10"]
 
@@ -121,6 +132,7 @@ def test_hnsw_tombstones_are_compacted(tmp_path: Path) -> None:
         collection.put(f"item-{i}", xb[i], {}, None)
     for i in range(150):
         collection.delete(f"item-{i}")
+    collection.settle()
     stats = collection.stats()
     assert stats.count == 150 and stats.tombstones <= 100
 

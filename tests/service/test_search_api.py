@@ -94,10 +94,12 @@ def test_index_info_names_the_model_of_the_vectors(
 ) -> None:
     info = client.get("/v1/index").json()
     ready = client.get("/readyz").json()
-    assert info["dimension"] == 1280 and info["kind"] == "Flat"
+    assert info["dimension"] == 1280 and info["kind"] == "Flat" and info["factory"] == "auto"
+    assert info["reason"].startswith("exact: ") and info["nprobe"] == 0
+    assert info["building"] is None and info["last_build_error"] is None
     assert info["fingerprint"] == ready["fingerprint"] and info["model"] == ready["model"]
     assert info["count"] >= len(gallery)
-    assert info["index_bytes_per_item"] == 4 * 1280 + 40  # float32 code, id, id map entry
+    assert info["index_bytes_per_item"] == 4 * 1280 + 8  # float32 code and its id
     assert info["store_vector_bytes"] == 2 * 1280  # float16
 
 
@@ -210,3 +212,84 @@ def test_the_stored_image_is_served_back(client: TestClient, tmp_path: Path) -> 
     with TestClient(create_app(settings)) as without_images:
         assert put(without_images, "imageless", jpeg("coffee")).status_code == 201
         assert_error(without_images.get("/v1/items/imageless/image"), 404, "not_found")
+
+
+def test_filters_narrow_search_and_similar_to_matching_metadata(
+    client: TestClient, gallery: dict[str, str]
+) -> None:
+    only = json.dumps({"name": ["rocket", "astronaut"]})
+    found = client.post(
+        "/v1/search",
+        files={"file": ("q.jpg", jpeg("coffee"), "image/jpeg")},
+        params={"k": 5, "filter": only},
+    ).json()["results"]
+    assert sorted(r["id"] for r in found) == sorted([gallery["rocket"], gallery["astronaut"]])
+    similar = client.get(
+        f"/v1/items/{gallery['motorcycle_left']}/similar",
+        params={"k": 3, "filter": json.dumps({"name": "coffee"})},
+    ).json()["results"]
+    assert [r["id"] for r in similar] == [gallery["coffee"]]
+    nobody = client.post(
+        "/v1/search",
+        files={"file": ("q.jpg", jpeg("coffee"), "image/jpeg")},
+        params={"filter": json.dumps({"no such key": 1})},
+    )
+    assert nobody.status_code == 200 and nobody.json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    "bad", ["owner", "[1]", "{}", '{"a": {"b": 1}}', '{"a": []}', '{"a": 1' + "1" * 9000 + "}"]
+)
+def test_a_malformed_filter_is_a_422(client: TestClient, gallery: dict[str, str], bad: str) -> None:
+    answer = client.get(f"/v1/items/{gallery['coffee']}/similar", params={"filter": bad})
+    assert_error(answer, 422, "invalid_input")
+    searched = client.post(
+        "/v1/search",
+        files={"file": ("q.jpg", jpeg("coffee"), "image/jpeg")},
+        params={"filter": bad},
+    )
+    assert_error(searched, 422, "invalid_input")
+
+
+def test_filter_is_in_the_openapi_spec(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path, method in (("/v1/search", "post"), ("/v1/items/{item_id}/similar", "get")):
+        names = [p["name"] for p in spec["paths"][path][method]["parameters"]]
+        assert "filter" in names, (path, names)
+    assert "/v1/items/batch" in spec["paths"]
+
+
+def test_a_batch_of_items_is_answered_item_by_item(client: TestClient) -> None:
+    files = [
+        ("files", ("a.jpg", jpeg("coffee"), "image/jpeg")),
+        ("files", ("b.jpg", b"not an image", "image/jpeg")),
+        ("files", ("c.jpg", jpeg("rocket"), "image/jpeg")),
+        ("files", ("d.jpg", jpeg("chelsea"), "image/jpeg")),
+    ]
+    items = [
+        {"id": "batch/coffee", "metadata": {"kind": "cup"}},
+        {"id": "batch/broken"},
+        {"id": "batch/rocket"},
+        {"id": "bad id"},
+    ]
+    answer = client.post("/v1/items/batch", files=files, data={"items": json.dumps(items)})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["added"], body["replaced"], body["failed"]) == (2, 0, 2)
+    results = body["results"]
+    assert [r["created"] for r in results] == [True, None, True, None]
+    assert results[1]["error"]["code"] == "invalid_input" and results[1]["id"] == "batch/broken"
+    assert "item id" in results[3]["error"]["message"]
+    assert client.get("/v1/items/batch/coffee").json()["metadata"] == {"kind": "cup"}
+    assert client.get("/v1/items/batch/broken").status_code == 404
+    again = client.post("/v1/items/batch", files=files[:1], data={"items": json.dumps(items[:1])})
+    assert again.json()["replaced"] == 1
+
+
+@pytest.mark.parametrize("items", [None, "not json", "[]", '[{"id": "a"}, {"id": "b"}]'])
+def test_a_batch_whose_item_list_does_not_fit_the_files_is_a_422(
+    client: TestClient, items: str | None
+) -> None:
+    files = [("files", ("a.jpg", jpeg("coffee"), "image/jpeg"))]
+    data = {} if items is None else {"items": items}
+    assert_error(client.post("/v1/items/batch", files=files, data=data), 422, "invalid_input")
