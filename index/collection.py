@@ -42,6 +42,7 @@ SNAPSHOT_FORMAT = 2
 FINAL_CATCH_UP = 200  # labels the swap adds while writes wait; more are added before it
 FLAT_DELTA_LIMIT = 20_000  # exact search over the delta stays under a few milliseconds
 BUILD_RETRY_S = 60.0  # after a failed build, the next try waits this long
+CLOSE_WAIT_S = 10.0  # how long close() waits for a background build to stop
 
 
 @dataclass(frozen=True)
@@ -141,17 +142,17 @@ class Collection:
         self._build_lock = threading.Lock()  # one build at a time
         self._live = LiveLabels()
         self._postings = MetadataPostings()
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._building: str | None = None
+        self._asked: bool | None = None  # a build asked for: fresh (True) or a merge
+        self._last_build_error: str | None = None
         self._read_live_items()
         generation = self._opening_generation(self._load_snapshot())
         self._serving = _Serving(generation, self._delta_for(generation))
         added = self._catch_up(self._serving.delta, generation.watermark)[1]
         if added:
             log.info("index caught up on %d items added after its snapshot", added)
-        self._closing = threading.Event()
-        self._wake = threading.Event()
-        self._building: str | None = None
-        self._asked: bool | None = None  # a build asked for: fresh (True) or a merge
-        self._last_build_error: str | None = None
         self._builder = threading.Thread(target=self._run_builds, name="index-builder", daemon=True)
         self._builder.start()
         self._wake.set()
@@ -218,7 +219,9 @@ class Collection:
             return
         self._closing.set()
         self._wake.set()
-        self._builder.join(timeout=120)
+        # A build stops at its next chunk; one inside FAISS training cannot, and is left to
+        # die with the process (it writes nothing once closing: see _build).
+        self._builder.join(timeout=CLOSE_WAIT_S)
         self.store.close()
         self._process_lock.close()  # releases the flock
 
@@ -251,9 +254,10 @@ class Collection:
             # A filter matching a fraction f of the items finds 1/f fewer per list.
             nprobe = min(nlist, math.ceil(nprobe * self._live.count / matching))
         query = np.asarray(vector, np.float32)
-        scores, labels = self._nearest(serving, query, want, allowed, nprobe)
+        share = matching / max(1, self._live.count)
+        scores, labels = self._nearest(serving, query, want, allowed, nprobe, share)
         if len(labels) < min(want, matching) and nprobe < nlist:
-            scores, labels = self._nearest(serving, query, want, allowed, nlist)
+            scores, labels = self._nearest(serving, query, want, allowed, nlist, share)
         found = self.store.by_labels(labels.tolist())
         hits = [
             SearchHit(found[label].id, float(score), found[label].metadata)
@@ -294,20 +298,23 @@ class Collection:
         """Packed bits of the labels a search may return, and how many there are."""
         if where is None:
             return self._live.bits(), self._live.count
-        bits = self._live.bits()
-        size = 8 * len(bits)
-        mask = self._postings.matching(where, size) & np.unpackbits(bits, bitorder="little").astype(
-            bool
-        )
+        live = self._live.as_bool()
+        mask = self._postings.matching(where, len(live)) & live
         return pack(mask), int(np.count_nonzero(mask))
 
     def _nearest(
-        self, serving: _Serving, query: np.ndarray, want: int, allowed: np.ndarray, nprobe: int
+        self,
+        serving: _Serving,
+        query: np.ndarray,
+        want: int,
+        allowed: np.ndarray,
+        nprobe: int,
+        share: float,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and labels of the best `want` (or more) allowed items, best first."""
+        """Scores and labels of the best `want` allowed items (a `share` of all), best first."""
         main = serving.generation.main
         exact = main.exact
-        wanted = candidates(want, exact)
+        wanted = candidates(want, exact, share)
         D, I = main.search(query[None], wanted, live=allowed, nprobe=nprobe)  # immutable
         with self._lock.reading():
             dD, dI = serving.delta.search(query[None], wanted, live=allowed, nprobe=nprobe)
@@ -391,6 +398,8 @@ class Collection:
             except BuildCancelled:
                 return
             except Exception as exc:  # the index in use keeps serving; retried later
+                if self._closing.is_set():
+                    return  # the store closed under it: nothing to report
                 log.exception("background index build failed (%s)", due[1])
                 self._last_build_error = f"{type(exc).__name__}: {exc}"
                 if self._closing.wait(BUILD_RETRY_S):
@@ -425,10 +434,10 @@ class Collection:
             self._live,
             base=base,
             ef_search=self._ef_search,
-            cancelled=lambda: (
-                getattr(self, "_closing", None) is not None and self._closing.is_set()
-            ),
+            cancelled=self._closing.is_set,
         )
+        if self._closing.is_set():
+            raise BuildCancelled  # the files may belong to the next process already
         self._write_snapshot(generation)  # before it serves: nothing writes to it any more
         return generation
 

@@ -49,11 +49,6 @@ class LiveLabels:
                 self._bits[byte] &= np.uint8(~(1 << bit) & 0xFF)
                 self._count -= 1
 
-    def contains(self, label: int) -> bool:
-        bits = self._bits
-        byte, bit = divmod(label, 8)
-        return byte < len(bits) and bool(bits[byte] >> bit & 1)
-
     def bits(self) -> np.ndarray:
         """The packed bits now (a reference: keep it alive while FAISS reads it)."""
         return self._bits

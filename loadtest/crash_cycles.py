@@ -6,12 +6,19 @@
 Each cycle starts the service on one data directory (Lite0 weights), runs --clients writers
 that PUT new items and DELETE items whose PUT was acknowledged, kills the whole service with
 SIGKILL after a random 0.5 to 4 s, starts it again and checks, over every cycle so far, that
-every acknowledged write is there and every acknowledged delete is gone. A request the kill cut
-off is unknown either way and is not checked. Prints the counts; exit status 1 on any loss.
+every acknowledged write is there and every acknowledged delete is gone: in the store
+(GET /v1/items/{id}) and in the search index (a search filtered to the item's own metadata
+finds it, or no longer does). A request the kill cut off is unknown either way and is not
+checked. Prints the counts; exit status 1 on any loss.
+
+By default the index is kept busy: it goes approximate at 200 items and merges every 50
+additions, so background builds and snapshot writes are running at many of the kills (the
+count is printed); --quiet-index leaves the index settings alone.
 """
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -24,6 +31,10 @@ import httpx
 
 from loadtest.images import base_jpegs
 from loadtest.processes import LITE0_ENV, free_port, start_service
+
+ANCHOR = "anchor"
+# Builds all the time: approximate from 200 items, a merge (and a snapshot) every 50 adds.
+BUSY_INDEX = {"RESNET_SERVE_INDEX_EXACT_UP_TO": "200", "RESNET_SERVE_INDEX_SNAPSHOT_EVERY": "50"}
 
 
 @dataclass
@@ -38,6 +49,7 @@ class Ledger:
     deletes: int = 0
     lost_writes: list[str] = field(default_factory=list)
     revived_deletes: list[str] = field(default_factory=list)
+    kills_during_builds: int = 0
 
     def record_put(self, item_id: str, answered: bool) -> None:
         self.touched.add(item_id)
@@ -74,7 +86,10 @@ async def churn(url: str, ledger: Ledger, clients: int, cycle: int, rng: random.
                         ledger.record_delete(item_id, response.status_code == 204)
                     else:
                         files = {"file": ("i.jpg", image, "image/jpeg")}
-                        response = await http.put(f"/v1/items/{item_id}", files=files)
+                        metadata = {"metadata": json.dumps({"key": item_id})}
+                        response = await http.put(
+                            f"/v1/items/{item_id}", files=files, data=metadata
+                        )
                         ledger.record_put(item_id, response.status_code in (200, 201))
                 except httpx.HTTPError:  # the kill: this one's outcome is unknown
                     if deleting:
@@ -94,15 +109,29 @@ async def verify(url: str, ledger: Ledger, everything: bool = False) -> None:
         semaphore = asyncio.Semaphore(16)
 
         async def status(item_id: str) -> int:
+            """200 if the item is stored and the index finds it, 404 if neither; else what
+            was found where."""
+            stored = await answer(f"/v1/items/{item_id}", {})
+            searched = await answer(
+                f"/v1/items/{ANCHOR}/similar", {"k": 1, "filter": json.dumps({"key": item_id})}
+            )
+            indexed = searched.status_code == 200 and bool(searched.json()["results"])
+            if stored.status_code == 200:
+                return 200 if indexed else 299  # stored, but no search finds it
+            if stored.status_code == 404:
+                return 499 if indexed else 404  # 499: deleted, but a search still finds it
+            return stored.status_code
+
+        async def answer(path: str, params: dict[str, str | int]) -> httpx.Response:
             # 503 says nothing about the item: with workers, one that has just restarted
             # answers it until it reaches the index worker. Ask again until it knows.
             async with semaphore:
                 for _ in range(100):
-                    code = (await http.get(f"/v1/items/{item_id}")).status_code
-                    if code != 503:
-                        return code
+                    response = await http.get(path, params=params)
+                    if response.status_code != 503:
+                        return response
                     await asyncio.sleep(0.1)
-                return code
+                return response
 
         present = sorted(ledger.present if scope is None else ledger.present & scope)
         codes = await asyncio.gather(*map(status, present))
@@ -128,11 +157,19 @@ async def churn_then_kill(
 ) -> None:
     writers = asyncio.create_task(churn(url, ledger, clients, cycle, rng))
     await asyncio.sleep(kill_after_s)
+    async with httpx.AsyncClient(base_url=url, timeout=1) as http:
+        try:
+            if (await http.get("/v1/index")).json()["building"]:
+                ledger.kills_during_builds += 1
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass  # too busy to say: not counted
     service.kill()  # SIGKILL; worker processes die with it (PR_SET_PDEATHSIG)
     await writers
 
 
-def run_cycles(cycles: int, clients: int, workers: int, seed: int, data_dir: Path) -> Ledger:
+def run_cycles(
+    cycles: int, clients: int, workers: int, seed: int, data_dir: Path, busy_index: bool = True
+) -> Ledger:
     rng = random.Random(seed)
     ledger = Ledger()
     env = (
@@ -143,12 +180,15 @@ def run_cycles(cycles: int, clients: int, workers: int, seed: int, data_dir: Pat
             "RESNET_SERVE_WORKERS": str(workers),
             "RESNET_SERVE_UI": "false",
         }
+        | (BUSY_INDEX if busy_index else {})
     )
     for cycle in range(cycles):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         service = start_service(env, port)
         try:
+            if cycle == 0:
+                asyncio.run(put_anchor(url))
             asyncio.run(verify(url, ledger))  # what the last kill left
             kill_after = rng.uniform(0.5, 4.0)
             asyncio.run(churn_then_kill(service, url, ledger, clients, cycle, rng, kill_after))
@@ -156,7 +196,8 @@ def run_cycles(cycles: int, clients: int, workers: int, seed: int, data_dir: Pat
             service.kill()
             service.wait(timeout=30)
         print(
-            f"cycle {cycle + 1}/{cycles}: killed after {kill_after:.1f} s; acknowledged "
+            f"cycle {cycle + 1}/{cycles}: killed after {kill_after:.1f} s "
+            f"({ledger.kills_during_builds} kills so far during an index build); acknowledged "
             f"{ledger.writes} writes, {ledger.deletes} deletes; lost {len(ledger.lost_writes)}, "
             f"revived {len(ledger.revived_deletes)}",
             *ledger.lost_writes[-3:],
@@ -173,6 +214,13 @@ def run_cycles(cycles: int, clients: int, workers: int, seed: int, data_dir: Pat
     return ledger
 
 
+async def put_anchor(url: str) -> None:
+    """The item whose neighbours the checks ask for; never deleted."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        files = {"file": ("a.jpg", base_jpegs(160)[1], "image/jpeg")}
+        (await http.put(f"/v1/items/{ANCHOR}", files=files)).raise_for_status()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -181,14 +229,23 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1, help="RESNET_SERVE_WORKERS")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet-index", action="store_true", help="default index settings")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="resnet-serve-crash-") as data_dir:
-        ledger = run_cycles(args.cycles, args.clients, args.workers, args.seed, Path(data_dir))
+        ledger = run_cycles(
+            args.cycles,
+            args.clients,
+            args.workers,
+            args.seed,
+            Path(data_dir),
+            busy_index=not args.quiet_index,
+        )
     print(
         f"{args.cycles} cycles in {time.perf_counter() - started:.0f} s: "
         f"{ledger.writes} acknowledged writes, {ledger.deletes} acknowledged deletes, "
-        f"{len(ledger.cut_off)} cut off by a kill (not checked); "
+        f"{len(ledger.cut_off)} cut off by a kill (not checked), "
+        f"{ledger.kills_during_builds} kills during an index build; "
         f"{len(ledger.lost_writes)} acknowledged writes lost, "
         f"{len(ledger.revived_deletes)} acknowledged deletes undone"
     )
