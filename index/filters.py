@@ -30,7 +30,7 @@ def parse_filter(text: str | None) -> Filter | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
         raise InvalidFilter(f"filter is not valid JSON: {exc}") from exc
     return validate_filter(value)
 
@@ -61,11 +61,14 @@ def validate_filter(value: Any) -> Filter:
 
 def _term(key: str, value: Any) -> tuple[str, str] | None:
     """The posting key of a metadata value; None for values filters cannot name (objects,
-    lists). Numbers compare by value (1 equals 1.0), and never equal strings or booleans."""
+    lists). Numbers compare by value (1 equals 1.0), and never equal strings or booleans.
+    Never raises: it runs on the write path after the store has committed."""
     if isinstance(value, bool) or value is None:
         return key, json.dumps(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return key, f"n:{int(value)}"
     if isinstance(value, (int, float)):
-        return key, f"n:{float(value)!r}"
+        return key, f"n:{value!r}"  # exact digits for any int; nan and inf match nothing
     if isinstance(value, str):
         return key, f"s:{value}"
     return None

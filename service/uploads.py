@@ -112,7 +112,7 @@ async def _read_part(part: UploadFile, settings: Settings) -> Upload:
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # bad JSON or UTF-8, or an integer of over 4,300 digits
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidInput("the JSON body must be an object")

@@ -195,7 +195,7 @@ def _problem(item_id: object, vector: np.ndarray, d: int, seen: set[str]) -> str
 def _metadata(text: str) -> tuple[str, str | None]:
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
         return "{}", f"metadata is not valid JSON: {exc}"
     if not isinstance(value, dict):
         return "{}", "metadata is not a JSON object"

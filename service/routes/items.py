@@ -203,7 +203,7 @@ def parse_metadata(text: str | None, limit: int) -> dict[str, Any]:
         raise InvalidInput(f"metadata is {size} bytes; the limit is {limit} bytes")
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
         raise InvalidInput(f"metadata is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object")

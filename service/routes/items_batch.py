@@ -111,7 +111,7 @@ def _entries(manifest: str | None, files: int, settings: Settings) -> list[_Entr
         )
     try:
         listed = json.loads(manifest)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
         raise InvalidInput(f"items is not valid JSON: {exc}") from exc
     if not isinstance(listed, list) or len(listed) != files:
         raise InvalidInput(f"items must be a JSON list with one entry per file ({files})")

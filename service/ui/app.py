@@ -294,7 +294,7 @@ def build_blocks(api: ServiceApi, exports: Path) -> Any:
         async def add_item(image: str | None, identifier: str, text: str) -> str:
             try:
                 fields = json.loads(text or "{}")
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
                 raise gr.Error(f"Metadata is not valid JSON: {exc}") from None
             if not isinstance(fields, dict):
                 raise gr.Error('Metadata must be a JSON object, e.g. {"owner": "ann"}')

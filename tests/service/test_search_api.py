@@ -130,12 +130,16 @@ def test_bad_item_ids_are_refused_and_change_nothing(client: TestClient, item_id
     assert count(client) == before
 
 
-@pytest.mark.parametrize("item_id", ["a/similar", "a/image"])
-def test_ids_ending_in_an_item_route_are_that_routes_path(client: TestClient, item_id: str) -> None:
+@pytest.mark.parametrize(
+    "item_id, allowed", [("a/similar", "GET"), ("a/image", "GET"), ("batch", "POST")]
+)
+def test_ids_ending_in_an_item_route_are_that_routes_path(
+    client: TestClient, item_id: str, allowed: str
+) -> None:
     before = count(client)
     refused = put(client, item_id, jpeg("coffee"))
     assert_error(refused, 405, "method_not_allowed")
-    assert refused.headers["allow"] == "GET"  # what the /similar and /image routes take
+    assert refused.headers["allow"] == allowed  # what the /similar, /image, /batch routes take
     assert count(client) == before
 
 
@@ -238,7 +242,16 @@ def test_filters_narrow_search_and_similar_to_matching_metadata(
 
 
 @pytest.mark.parametrize(
-    "bad", ["owner", "[1]", "{}", '{"a": {"b": 1}}', '{"a": []}', '{"a": 1' + "1" * 9000 + "}"]
+    "bad",
+    [
+        "owner",
+        "[1]",
+        "{}",
+        '{"a": {"b": 1}}',
+        '{"a": []}',
+        '{"a": 1' + "1" * 5000 + "}",  # past Python's 4,300-digit limit on int parsing
+        '{"a": 1' + "1" * 9000 + "}",  # past the 8 KB limit
+    ],
 )
 def test_a_malformed_filter_is_a_422(client: TestClient, gallery: dict[str, str], bad: str) -> None:
     answer = client.get(f"/v1/items/{gallery['coffee']}/similar", params={"filter": bad})
@@ -293,3 +306,21 @@ def test_a_batch_whose_item_list_does_not_fit_the_files_is_a_422(
     files = [("files", ("a.jpg", jpeg("coffee"), "image/jpeg"))]
     data = {} if items is None else {"items": items}
     assert_error(client.post("/v1/items/batch", files=files, data=data), 422, "invalid_input")
+
+
+def test_metadata_numbers_of_any_size_are_stored_and_filterable(client: TestClient) -> None:
+    huge = 10**400
+    assert put(client, "numbers/huge", jpeg("rocket"), {"n": huge, "f": 1e308}).status_code == 201
+    assert put(client, "numbers/one", jpeg("coffee"), {"n": 1.0}).status_code == 201
+    anchor = "/v1/items/numbers/one/similar"
+    found = client.get(anchor, params={"filter": json.dumps({"n": huge})}).json()["results"]
+    assert [r["id"] for r in found] == ["numbers/huge"]
+    one = client.get("/v1/items/numbers/huge/similar", params={"filter": '{"n": 1}'}).json()
+    assert [r["id"] for r in one["results"]] == ["numbers/one"]  # 1 matches 1.0
+    too_long = '{"n": ' + "1" * 5000 + "}"
+    answer = client.put(
+        "/v1/items/numbers/long",
+        files={"file": ("x.jpg", jpeg("coffee"), "image/jpeg")},
+        data={"metadata": too_long},
+    )
+    assert_error(answer, 422, "invalid_input")
