@@ -12,8 +12,9 @@ finds it, or no longer does). A request the kill cut off is unknown either way a
 checked. Prints the counts; exit status 1 on any loss.
 
 By default the index is kept busy: it goes approximate at 200 items and merges every 50
-additions, so background builds and snapshot writes are running at many of the kills (the
-count is printed); --quiet-index leaves the index settings alone.
+additions (at least), and after its random delay a cycle waits up to 5 s for a background
+build or snapshot to be running before it kills, so most kills land in one (the count is
+printed); --quiet-index leaves the index settings alone and kills at the random moment.
 """
 
 import argparse
@@ -33,6 +34,7 @@ from loadtest.images import base_jpegs
 from loadtest.processes import LITE0_ENV, free_port, start_service
 
 ANCHOR = "anchor"
+BUILD_WAIT_S = 5.0
 # Builds all the time: approximate from 200 items, a merge (and a snapshot) every 50 adds.
 BUSY_INDEX = {"RESNET_SERVE_INDEX_EXACT_UP_TO": "200", "RESNET_SERVE_INDEX_SNAPSHOT_EVERY": "50"}
 
@@ -154,17 +156,29 @@ async def churn_then_kill(
     cycle: int,
     rng: random.Random,
     kill_after_s: float,
+    busy_index: bool,
 ) -> None:
     writers = asyncio.create_task(churn(url, ledger, clients, cycle, rng))
     await asyncio.sleep(kill_after_s)
-    async with httpx.AsyncClient(base_url=url, timeout=1) as http:
-        try:
-            if (await http.get("/v1/index")).json()["building"]:
-                ledger.kills_during_builds += 1
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass  # too busy to say: not counted
+    if await building(url, wait_s=BUILD_WAIT_S if busy_index else 0):
+        ledger.kills_during_builds += 1
     service.kill()  # SIGKILL; worker processes die with it (PR_SET_PDEATHSIG)
     await writers
+
+
+async def building(url: str, wait_s: float) -> bool:
+    """Whether a background index build is running, asking for up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    async with httpx.AsyncClient(base_url=url, timeout=0.5) as http:
+        while True:
+            try:
+                if (await http.get("/v1/index")).json()["building"]:
+                    return True
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass  # too busy to say
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
 
 
 def run_cycles(
@@ -191,7 +205,9 @@ def run_cycles(
                 asyncio.run(put_anchor(url))
             asyncio.run(verify(url, ledger))  # what the last kill left
             kill_after = rng.uniform(0.5, 4.0)
-            asyncio.run(churn_then_kill(service, url, ledger, clients, cycle, rng, kill_after))
+            asyncio.run(
+                churn_then_kill(service, url, ledger, clients, cycle, rng, kill_after, busy_index)
+            )
         finally:
             service.kill()
             service.wait(timeout=30)
