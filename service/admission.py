@@ -6,24 +6,34 @@ Admitted requests whose image has not reached the model yet (body still arriving
 parsed or decoded) are counted: they will queue ahead of the next one, and the model's own
 queue does not see them yet. The price of admitting at the door: under overload, an image
 the cache could have answered is refused too.
+
+Which requests: a route whose images go to the model says so where it is declared, with
+`openapi_extra=... | USES_MODEL` (the OpenAPI document shows it as `x-admission: model`).
+Explanations have their own limit and are not marked.
 """
 
+from collections.abc import Sequence
 from contextvars import ContextVar
-from typing import Protocol
+from typing import Any, Protocol
 
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batching import QueueFull
 from service.errors import error_response
 
-_MODEL_POSTS = ("/v1/classify", "/v1/embed", "/v1/search", "/v1/similarity")
+USES_MODEL: dict[str, Any] = {"x-admission": "model"}
 
 
-def uses_model(method: str, path: str) -> bool:
-    """Requests that send images to the model (explanations have their own limit)."""
-    if method == "POST":
-        return path.startswith(_MODEL_POSTS)
-    return method == "PUT" and path.startswith("/v1/items/")
+def model_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
+    """The routes marked USES_MODEL."""
+    return [
+        route
+        for route in routes
+        if isinstance(route, APIRoute)
+        and (route.openapi_extra or {}).get("x-admission") == USES_MODEL["x-admission"]
+    ]
 
 
 class Ticket:
@@ -64,16 +74,16 @@ class Door(Protocol):
 
 
 class AdmitAtTheDoor:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: list[APIRoute]) -> None:
         self.app = app
+        self._routes = routes  # the model routes (model_routes)
+
+    def _uses_model(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] is Match.FULL for route in self._routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         door: Door | None = getattr(scope["app"].state, "pipeline", None)  # None: starting
-        if (
-            scope["type"] != "http"
-            or door is None
-            or not uses_model(scope["method"], scope["path"])
-        ):
+        if scope["type"] != "http" or door is None or not self._uses_model(scope):
             await self.app(scope, receive, send)
             return
         try:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
+from starlette.routing import BaseRoute
 
 from service.access import ApiKeyGuard
-from service.admission import AdmitAtTheDoor
+from service.admission import AdmitAtTheDoor, model_routes
 from service.errors import install_error_handlers
 from service.explain.inspector import ModelInspector
 from service.http_metrics import HttpMetrics
@@ -60,6 +61,16 @@ async def in_process(
         await index.close()
 
 
+ROUTERS = tuple(
+    module.router for module in (classify, embed, search, items, items_batch, explain, health)
+)
+
+
+def api_routes() -> list[BaseRoute]:
+    """Every route of the API, with its full path (FastAPI keeps included routers whole)."""
+    return [route for router in ROUTERS for route in router.routes]
+
+
 def create_app(
     settings: Settings,
     components: Components = in_process,
@@ -101,16 +112,14 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.exposition = exposition or registry
-    routers = [
-        module.router for module in (classify, embed, search, items, items_batch, explain, health)
-    ]
-    install_error_handlers(app, [route for router in routers for route in router.routes])
-    for router in routers:
+    routes = api_routes()
+    install_error_handlers(app, routes)
+    for router in ROUTERS:
         app.include_router(router)
     serve_docs(app)
     # Starlette runs the last added first: ids, metrics, CORS, the key, admission, body limit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(AdmitAtTheDoor)
+    app.add_middleware(AdmitAtTheDoor, routes=model_routes(routes))
     if settings.api_key is not None:
         app.add_middleware(
             ApiKeyGuard, key=settings.api_key.get_secret_value(), scope=settings.api_key_scope

@@ -7,6 +7,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from service.admission import USES_MODEL
 from service.disconnect import unless_disconnected
 from service.errors import INTERNAL, describe_error
 from service.model.spec import ModelSpec
@@ -31,7 +32,7 @@ TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to retu
     "/classify",
     response_model=ClassifyResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=SINGLE_IMAGE_BODY,
+    openapi_extra=SINGLE_IMAGE_BODY | USES_MODEL,
 )
 async def classify(
     request: Request,
@@ -54,7 +55,12 @@ async def classify(
     )
 
 
-@router.post("/classify/batch", response_model=BatchClassifyResponse, responses=ERROR_RESPONSES)
+@router.post(
+    "/classify/batch",
+    response_model=BatchClassifyResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=USES_MODEL,
+)
 async def classify_batch(
     request: Request,
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from service.admission import USES_MODEL
 from service.disconnect import unless_disconnected
 from service.pipeline import Pipeline
 from service.routes.deps import (
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/v1", tags=["embed"])
     "/embed",
     response_model=EmbedResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=SINGLE_IMAGE_BODY,
+    openapi_extra=SINGLE_IMAGE_BODY | USES_MODEL,
 )
 async def embed(
     request: Request,

@@ -12,6 +12,7 @@ from PIL import Image
 from index.collection import SearchHit
 from index.filters import Filter
 from index.store import StoredItem
+from service.admission import USES_MODEL
 from service.disconnect import unless_disconnected
 from service.errors import InvalidInput, NotFound
 from service.item_ids import MAX_ID_LENGTH, validate_item_id
@@ -105,7 +106,7 @@ ITEM_LINKS = {
         },
         200: {"model": ItemResponse, "description": "replaced", "links": ITEM_LINKS},
     },
-    openapi_extra=SINGLE_IMAGE_BODY,
+    openapi_extra=SINGLE_IMAGE_BODY | USES_MODEL,
 )
 async def put_item(
     item_id: ItemId,

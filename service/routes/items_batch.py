@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
+from service.admission import USES_MODEL
 from service.disconnect import unless_disconnected
 from service.errors import INTERNAL, InvalidInput, describe_error
 from service.item_ids import validate_item_id
@@ -59,7 +60,7 @@ class _Entry:
     operation_id="put_items",
     response_model=BatchPutResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=BATCH_BODY,
+    openapi_extra=BATCH_BODY | USES_MODEL,
 )
 async def put_items(
     request: Request,

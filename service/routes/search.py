@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from index.filters import Filter
+from service.admission import USES_MODEL
 from service.disconnect import unless_disconnected
 from service.pipeline import Pipeline
 from service.routes.deps import (
@@ -32,7 +33,7 @@ PAIR = (ImageField("a", "a"), ImageField("b", "b"))
     "/search",
     response_model=SearchResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=SINGLE_IMAGE_BODY,
+    openapi_extra=SINGLE_IMAGE_BODY | USES_MODEL,
 )
 async def search(
     request: Request,
@@ -59,7 +60,12 @@ async def search(
     )
 
 
-@router.post("/similarity", response_model=SimilarityResponse, responses=ERROR_RESPONSES)
+@router.post(
+    "/similarity",
+    response_model=SimilarityResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=USES_MODEL,
+)
 async def similarity(
     request: Request,
     pipeline: Annotated[Pipeline, Depends(get_pipeline)],

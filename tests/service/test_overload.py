@@ -8,11 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from service.admission import uses_model
-from service.app import create_app
+from service.admission import model_routes
+from service.app import api_routes, create_app
 from service.model.runtime import ModelRuntime
+from service.routes.deps import get_inspector, get_pipeline
 from tests.conftest import lite0_settings
 from tests.photos import jpeg
 from tests.service.test_api import assert_error, classify
@@ -23,12 +25,25 @@ def unique(data: bytes) -> bytes:
 
 
 def test_requests_for_the_model_are_the_ones_admitted_at_the_door() -> None:
-    assert uses_model("POST", "/v1/classify")
-    assert uses_model("POST", "/v1/classify/batch")
-    assert uses_model("PUT", "/v1/items/a/b")
-    assert not uses_model("GET", "/v1/items/a/b")
-    assert not uses_model("POST", "/v1/explain")  # its own admission limit
-    assert not uses_model("GET", "/readyz")
+    routes = api_routes()
+    marked = {(method, route.path) for route in model_routes(routes) for method in route.methods}
+    assert marked == {
+        ("POST", "/v1/classify"),
+        ("POST", "/v1/classify/batch"),
+        ("POST", "/v1/embed"),
+        ("POST", "/v1/search"),
+        ("POST", "/v1/similarity"),
+        ("PUT", "/v1/items/{item_id:item_id}"),
+        ("POST", "/v1/items/batch"),
+    }
+    # A new route that sends images to the model and forgets the mark fails here: every
+    # POST or PUT that takes the pipeline is marked, but the inspector's (explanations and
+    # feature maps: their own limit).
+    for route in routes:
+        if isinstance(route, APIRoute) and route.methods & {"POST", "PUT"}:
+            takes = {dependency.call for dependency in route.dependant.dependencies}
+            if get_pipeline in takes and get_inspector not in takes:
+                assert route in model_routes([route]), route.path
 
 
 def test_an_image_past_the_latency_target_gets_429_before_any_work(
