@@ -13,7 +13,14 @@ from service.disconnect import unless_disconnected
 from service.errors import INTERNAL, InvalidInput, describe_error
 from service.item_ids import validate_item_id
 from service.pipeline import Pipeline
-from service.routes.deps import ERROR_RESPONSES, get_index, get_pipeline, get_settings, model_info
+from service.routes.deps import (
+    ERROR_RESPONSES,
+    get_index,
+    get_pipeline,
+    get_settings,
+    model_info,
+    request_body,
+)
 from service.routes.items import parse_metadata
 from service.schemas import BatchPutItem, BatchPutResponse, ErrorDetail
 from service.search_index import ItemIndex
@@ -22,31 +29,22 @@ from service.uploads import Upload, read_batch_form
 
 router = APIRouter(prefix="/v1", tags=["index"])
 
-BATCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files", "items"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "the images, in the order of `items`",
-                        },
-                        "items": {
-                            "type": "string",
-                            "description": 'JSON list, one entry a file: {"id": ..., '
-                            '"metadata": {...}} (metadata optional)',
-                        },
-                    },
-                }
-            }
-        },
+BATCH_BODY = request_body(
+    {
+        "multipart/form-data": {
+            "files": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": "the images, in the order of `items`",
+            },
+            "items": {
+                "type": "string",
+                "description": 'JSON list, one entry a file: {"id": ..., "metadata": {...}} '
+                "(metadata optional)",
+            },
+        }
     }
-}
+)
 
 
 @dataclass(frozen=True)
