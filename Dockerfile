@@ -9,7 +9,8 @@ FROM python:3.11-slim-bookworm
 
 # Where torch and torchvision come from: the CPU-only wheels keep the image small.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# Optional extra of pyproject.toml to install as well (loadtest: locust).
+# Optional extras of pyproject.toml to install as well (loadtest: locust; vectors: pyarrow,
+# for `resnet-serve index import-vectors`), e.g. EXTRAS=loadtest,vectors.
 ARG EXTRAS=""
 
 ENV PYTHONUNBUFFERED=1 \

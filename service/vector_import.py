@@ -67,7 +67,13 @@ def import_vectors(
     path: Path, fingerprint: str, expected: ExpectedModel, index_dir: Path, progress: bool
 ) -> ImportReport:
     """Add the file's vectors to the store in `index_dir` (the service stopped)."""
-    import pyarrow.parquet as pq  # only this command needs pyarrow
+    try:
+        import pyarrow.parquet as pq  # only this command needs pyarrow
+    except ImportError as exc:
+        raise ImportRefused(
+            "import-vectors reads Parquet with pyarrow, which is not installed here: "
+            "pip install 'resnet-serve[vectors]' (in the image: --build-arg EXTRAS=vectors)"
+        ) from exc
 
     if fingerprint != expected.fingerprint:
         raise ImportRefused(

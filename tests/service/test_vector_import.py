@@ -1,6 +1,9 @@
 """`resnet-serve index import-vectors`: embeddings from a Parquet file, checked, resumable."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +187,17 @@ def test_a_fixed_size_float64_vector_column_is_read_too(tmp_path: Path) -> None:
     )
     report = import_vectors(file, FINGERPRINT, ExpectedModel(FINGERPRINT, D, "m"), index_dir, False)
     assert report.added == 10
+
+
+def test_without_pyarrow_the_command_says_how_to_install_it(tmp_path: Path) -> None:
+    an_index(tmp_path)
+    file = tmp_path / "v.parquet"
+    file.write_bytes(b"PAR1")
+    hidden = Path(__file__).parents[1] / "without_optional"
+    path = os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "service", "index", "import-vectors", str(file)]
+    command += ["--fingerprint", FINGERPRINT, "--data-dir", str(tmp_path), "--no-progress"]
+    env = os.environ | {"PYTHONPATH": path, "WITHOUT_PACKAGES": "pyarrow"}
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 1
+    assert "pip install 'resnet-serve[vectors]'" in finished.stderr
