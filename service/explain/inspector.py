@@ -4,7 +4,7 @@ Explanations need gradients or intermediate outputs, so they run on the fp32 tor
 of `Explainer`, on their own threads, never in the serving batcher: at most `concurrency` run
 and `queue` wait; beyond that a request is refused at once (429, Retry-After), so a burst of
 explanations never stalls classify traffic. In the worker topology the explainer lives in the
-model worker and HTTP workers reach it through `RemoteInspector`.
+model worker and HTTP workers reach it through `service.workers.remote_inspector`.
 """
 
 import asyncio
@@ -22,7 +22,6 @@ from service.errors import ServiceError, Unavailable
 from service.explain.explainer import CamResult, Explainer, FeatureMaps, ModelCard
 from service.model.device_memory import is_out_of_memory, release_cached_memory
 from service.model.passing_thread import in_passing_thread
-from service.workers.rpc import RpcClient
 
 T = TypeVar("T")
 
@@ -140,28 +139,3 @@ class InProcessInspector:
         self._metrics.seconds.labels(kind).observe(elapsed)
         self._metrics.requests.labels(kind, "ok").inc()
         return result
-
-
-class RemoteInspector:
-    """The explainer in the model worker; errors and 429s come back as they were raised."""
-
-    def __init__(self, client: RpcClient) -> None:
-        self._client = client
-
-    async def cam(
-        self, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
-    ) -> CamResult:
-        result: CamResult = await self._client.call("cam", pixels, class_id, method, layer)
-        return result
-
-    async def features(self, pixels: np.ndarray, stage: int) -> FeatureMaps:
-        maps: FeatureMaps = await self._client.call("features", pixels, stage)
-        return maps
-
-    async def kernels(self) -> np.ndarray:
-        weights: np.ndarray = await self._client.call("kernels")
-        return weights
-
-    async def card(self) -> ModelCard:
-        card: ModelCard = await self._client.call("card")
-        return card

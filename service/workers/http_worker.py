@@ -12,10 +12,10 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from service.app import Components, ServiceParts, create_app
-from service.explain.inspector import RemoteInspector
 from service.settings import Settings
 from service.workers.metrics import exposition_registry, worker_registry
 from service.workers.remote_index import RemoteIndex
+from service.workers.remote_inspector import RemoteInspector
 from service.workers.remote_model import RemoteModel
 from service.workers.rpc import RpcClient
 

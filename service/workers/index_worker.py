@@ -8,13 +8,13 @@ for the vectors that model produces and this process never loads the model itsel
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from service.model_client import ModelStatus
 from service.search_index import SearchIndex, open_collection_for
 from service.settings import Settings
+from service.workers.operations import IndexOperations, ModelOperations, forwarded
 from service.workers.process import run_until_stopped
-from service.workers.rpc import Peer, RpcClient, RpcServer
+from service.workers.rpc import RpcClient, RpcServer
 
 
 async def serve_index(settings: Settings, socket_path: Path, model_socket: Path) -> None:
@@ -22,17 +22,7 @@ async def serve_index(settings: Settings, socket_path: Path, model_socket: Path)
     collection = await asyncio.to_thread(open_collection_for, settings, status.spec)
     index = SearchIndex(collection, search_threads=settings.decode_threads)
 
-    def forward(method: Any) -> Any:
-        async def handler(_: Peer, *args: Any) -> Any:
-            return await method(*args)
-
-        return handler
-
-    handlers = {
-        name: forward(getattr(index, name))
-        for name in ("put", "delete", "get", "image", "search", "similar", "stats")
-    }
-    server = await RpcServer(handlers).start(socket_path)
+    server = await RpcServer(forwarded(IndexOperations.ALL, index)).start(socket_path)
     try:
         await run_until_stopped("index worker")
     finally:
@@ -46,7 +36,7 @@ async def _model_status(model_socket: Path) -> ModelStatus:
 
     async def describe(client: RpcClient) -> None:
         if not described.done():
-            described.set_result(await client.call("describe"))
+            described.set_result(await ModelOperations.describe.call(client))
 
     client = RpcClient(model_socket, "model", on_connect=describe)
     client.start()

@@ -10,13 +10,11 @@ different HTTP workers while one of them is in flight are run once too (by their
 
 import gc
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from batching import BatchOutcome
 from service.errors import NotReady
-from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model.runtime import ModelInput
@@ -25,6 +23,12 @@ from service.model_host import ModelHost
 from service.settings import Settings
 from service.single_flight import SingleFlight
 from service.workers.metrics import worker_registry
+from service.workers.operations import (
+    InspectorOperations,
+    ModelOperations,
+    forwarded,
+    handler_table,
+)
 from service.workers.process import run_until_stopped
 from service.workers.rpc import Peer, RpcServer
 from service.workers.slots import SlotReader
@@ -73,32 +77,15 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
             raise ValueError("this model worker decodes no JPEGs")  # a client bug: 500
         return await run_once(key, upload, timeout_s)
 
-    inspector = host.inspector
-
-    async def cam(
-        _: Peer, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
-    ) -> CamResult:
-        return await inspector.cam(pixels, class_id, method, layer)
-
-    async def features(_: Peer, pixels: np.ndarray, stage: int) -> FeatureMaps:
-        return await inspector.features(pixels, stage)
-
-    async def kernels(_: Peer) -> np.ndarray:
-        return await inspector.kernels()
-
-    async def card(_: Peer) -> ModelCard:
-        return await inspector.card()
-
-    handlers: dict[str, Any] = {
-        "describe": describe,
-        "attach": attach,
-        "infer": infer,
-        "infer_jpeg": infer_jpeg,
-        "cam": cam,
-        "features": features,
-        "kernels": kernels,
-        "card": card,
-    }
+    handlers = handler_table(
+        ModelOperations.ALL,
+        {
+            ModelOperations.describe: describe,
+            ModelOperations.attach: attach,
+            ModelOperations.infer: infer,
+            ModelOperations.infer_jpeg: infer_jpeg,
+        },
+    ) | forwarded(InspectorOperations.ALL, host.inspector)
     await host.start()
     gc.freeze()  # the model and its runtime live as long as the process (see service.app)
     server = await RpcServer(handlers).start(socket_path)

@@ -8,6 +8,7 @@ import numpy as np
 from index.collection import CollectionStats, SearchHit
 from index.filters import Filter
 from index.store import StoredItem
+from service.workers.operations import IndexOperations as INDEX
 from service.workers.rpc import RpcClient
 
 
@@ -28,39 +29,30 @@ class RemoteIndex:
     async def put(
         self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None
     ) -> bool:
-        # Not cancellable: once sent, a write finishes, so its outcome is never hidden.
-        created: bool = await self._client.call(
-            "put", item_id, vector, metadata, image, cancellable=False
-        )
-        return created
+        # Not cancellable (see the declaration): once sent, a write finishes.
+        return await INDEX.put.call(self._client, item_id, vector, metadata, image)
 
     async def delete(self, item_id: str) -> bool:
-        deleted: bool = await self._client.call("delete", item_id, cancellable=False)
-        return deleted
+        return await INDEX.delete.call(self._client, item_id)
 
     async def get(self, item_id: str) -> StoredItem | None:
-        item: StoredItem | None = await self._client.call("get", item_id)
-        return item
+        return await INDEX.get.call(self._client, item_id)
 
     async def image(self, item_id: str) -> bytes | None:
-        data: bytes | None = await self._client.call("image", item_id)
-        return data
+        return await INDEX.image.call(self._client, item_id)
 
     async def search(
         self, vector: np.ndarray, k: int, where: Filter | None = None
     ) -> list[SearchHit]:
-        hits: list[SearchHit] = await self._client.call("search", vector, k, where)
-        return hits
+        return await INDEX.search.call(self._client, vector, k, where)
 
     async def similar(
         self, item_id: str, k: int, where: Filter | None = None
     ) -> list[SearchHit] | None:
-        hits: list[SearchHit] | None = await self._client.call("similar", item_id, k, where)
-        return hits
+        return await INDEX.similar.call(self._client, item_id, k, where)
 
     async def stats(self) -> CollectionStats:
-        stats: CollectionStats = await self._client.call("stats")
-        return stats
+        return await INDEX.stats.call(self._client)
 
     async def close(self) -> None:
         await self._client.stop()

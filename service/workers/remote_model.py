@@ -14,6 +14,7 @@ from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model.runtime import ModelInput
 from service.model_client import HUNG_MESSAGE, ModelStatus
+from service.workers.operations import ModelOperations as MODEL
 from service.workers.rpc import RpcClient, WorkerUnavailable
 from service.workers.slots import PixelSlots
 
@@ -77,7 +78,7 @@ class RemoteModel:
         client = self._pick()
         try:
             async with asyncio.timeout(_CHECK_TIMEOUT_S):
-                status: ModelStatus = await client.call("describe")
+                status = await MODEL.describe.call(client)
         except TimeoutError:
             raise NotReady(f"the model worker did not answer in {_CHECK_TIMEOUT_S:.0f} s") from None
         self._status[client.name] = status
@@ -89,7 +90,7 @@ class RemoteModel:
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         client = self._pick()
         if isinstance(item, JpegUpload):  # compressed bytes: no slot needed
-            call_id, reply = client.send("infer_jpeg", item, timeout_s, key)
+            call_id, reply = MODEL.infer_jpeg.send(client, item, timeout_s, key)
         else:
             call_id, reply = self._send_pixels(client, item, timeout_s, key)
         try:
@@ -118,7 +119,7 @@ class RemoteModel:
         slots = self._slots
         slot = slots.put(pixels)  # QueueFull when every slot waits at the model
         try:
-            call_id, reply = client.send("infer", slot, timeout_s, key)
+            call_id, reply = MODEL.infer.send(client, slot, timeout_s, key)
         except BaseException:
             slots.release(slot)
             raise
@@ -138,14 +139,14 @@ class RemoteModel:
         return min(connected, key=lambda client: client.in_flight)
 
     async def _attach(self, client: RpcClient) -> None:
-        status: ModelStatus = await client.call("describe")
+        status = await MODEL.describe.call(client)
         height, width = status.spec.data_config["input_size"][1:]
         shape = (height, width, 3)
         if self._slots is None:
             self._slots = PixelSlots(self._slots_path, self._slot_count, shape)
         elif self._slots.shape != shape:
             raise NotReady(f"model workers disagree on the input size: {shape}")
-        await client.call("attach", str(self._slots.path), self._slot_count, shape)
+        await MODEL.attach.call(client, str(self._slots.path), self._slot_count, shape)
         self._status[client.name] = status
 
     async def start(self) -> None:

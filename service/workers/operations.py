@@ -1,0 +1,130 @@
+"""What the worker processes offer each other, declared once.
+
+An Operation is made from the method of the typed interface it stands for (`ItemIndex.put`,
+`ModelInspector.cam`, `ModelWorkerCalls.infer`): its name, arguments and result come from
+that signature, so a client's call is type-checked against the interface, and a worker's
+handler table is built from the same declarations (and refused if it misses one). Adding an
+index operation is then: the interface, its implementation, its declaration here; the
+client and the worker follow.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
+
+from batching import BatchOutcome
+from service.explain.inspector import ModelInspector
+from service.model.backend import ModelOutputs
+from service.model.device_jpeg import JpegUpload
+from service.model_client import ModelStatus
+from service.search_index import ItemIndex
+from service.workers.rpc import Handler, Peer, RpcClient
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Operation(Generic[P, R]):
+    """One call a worker answers. `cancellable=False`: once sent it finishes (a write), so a
+    caller that goes away never hides its outcome."""
+
+    def __init__(
+        self, method: Callable[Concatenate[Any, P], Awaitable[R]], *, cancellable: bool = True
+    ) -> None:
+        self.name = method.__name__
+        self.cancellable = cancellable
+
+    async def call(self, client: RpcClient, *args: P.args, **kwargs: P.kwargs) -> R:
+        _positional_only(self, kwargs)
+        reply: R = await client.call(self.name, *args, cancellable=self.cancellable)
+        return reply
+
+    def send(
+        self, client: RpcClient, *args: P.args, **kwargs: P.kwargs
+    ) -> tuple[int, "asyncio.Future[R]"]:
+        """Sent without waiting: the call id (to cancel it) and the reply's future."""
+        _positional_only(self, kwargs)
+        return client.send(self.name, *args)
+
+    def __repr__(self) -> str:
+        return f"Operation({self.name})"
+
+
+def _positional_only(operation: Operation[Any, Any], kwargs: Mapping[str, object]) -> None:
+    if kwargs:  # the wire carries positions only
+        raise TypeError(f"{operation.name}: pass arguments by position, not {sorted(kwargs)}")
+
+
+class ModelWorkerCalls(Protocol):
+    """What an HTTP worker asks the model worker, besides explanations."""
+
+    async def describe(self) -> ModelStatus: ...
+
+    async def attach(self, path: str, count: int, shape: tuple[int, int, int]) -> None:
+        """Read this connection's pixel slots from the shared-memory file at `path`."""
+        ...
+
+    async def infer(
+        self, slot: int, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        """The outputs for the pixels in `slot` (and whether another flight's answer)."""
+        ...
+
+    async def infer_jpeg(
+        self, upload: JpegUpload, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]: ...
+
+
+class IndexOperations:
+    put = Operation(ItemIndex.put, cancellable=False)
+    delete = Operation(ItemIndex.delete, cancellable=False)
+    get = Operation(ItemIndex.get)
+    image = Operation(ItemIndex.image)
+    search = Operation(ItemIndex.search)
+    similar = Operation(ItemIndex.similar)
+    stats = Operation(ItemIndex.stats)
+    ALL: tuple[Operation[Any, Any], ...] = (put, delete, get, image, search, similar, stats)
+
+
+class InspectorOperations:
+    cam = Operation(ModelInspector.cam)
+    features = Operation(ModelInspector.features)
+    kernels = Operation(ModelInspector.kernels)
+    card = Operation(ModelInspector.card)
+    ALL: tuple[Operation[Any, Any], ...] = (cam, features, kernels, card)
+
+
+class ModelOperations:
+    describe = Operation(ModelWorkerCalls.describe)
+    attach = Operation(ModelWorkerCalls.attach)
+    infer = Operation(ModelWorkerCalls.infer)
+    infer_jpeg = Operation(ModelWorkerCalls.infer_jpeg)
+    ALL: tuple[Operation[Any, Any], ...] = (describe, attach, infer, infer_jpeg)
+
+
+def handler_table(
+    declared: Sequence[Operation[Any, Any]], handlers: Mapping[Operation[Any, Any], Handler]
+) -> dict[str, Handler]:
+    """The worker side: a handler for every declared operation, and for nothing else."""
+    missing = [op.name for op in declared if op not in handlers]
+    extra = [op.name for op in handlers if op not in declared]
+    if missing or extra:
+        raise ValueError(f"handlers do not match the declaration: missing {missing}, extra {extra}")
+    return {op.name: handler for op, handler in handlers.items()}
+
+
+def forwarded(
+    declared: Sequence[Operation[Any, Any]], implementation: object
+) -> dict[str, Handler]:
+    """The worker side for an interface implemented in the worker's process: every declared
+    operation calls the implementation's method of that name (the connection not needed)."""
+
+    def forward(method: Callable[..., Awaitable[Any]]) -> Handler:
+        async def handler(_: Peer, *args: Any) -> Any:
+            return await method(*args)
+
+        return handler
+
+    return handler_table(
+        declared, {op: forward(getattr(implementation, op.name)) for op in declared}
+    )

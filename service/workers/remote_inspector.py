@@ -1,0 +1,28 @@
+"""The HTTP worker's side of explanations: the explainer lives in the model worker."""
+
+import numpy as np
+
+from service.explain.explainer import CamResult, FeatureMaps, ModelCard
+from service.workers.operations import InspectorOperations as INSPECTOR
+from service.workers.rpc import RpcClient
+
+
+class RemoteInspector:
+    """A ModelInspector in the model worker; errors and 429s come back as they were raised."""
+
+    def __init__(self, client: RpcClient) -> None:
+        self._client = client
+
+    async def cam(
+        self, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
+    ) -> CamResult:
+        return await INSPECTOR.cam.call(self._client, pixels, class_id, method, layer)
+
+    async def features(self, pixels: np.ndarray, stage: int) -> FeatureMaps:
+        return await INSPECTOR.features.call(self._client, pixels, stage)
+
+    async def kernels(self) -> np.ndarray:
+        return await INSPECTOR.kernels.call(self._client)
+
+    async def card(self) -> ModelCard:
+        return await INSPECTOR.card.call(self._client)
