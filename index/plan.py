@@ -103,16 +103,23 @@ def rebuild_reason(plan: IndexPlan, wanted: IndexPlan, n: int) -> str | None:
 
 
 def _explicit(factory: str, n: int, d: int, nprobe: int) -> IndexPlan:
-    probe = faiss.index_factory(d, factory)
-    ivf = faiss.try_extract_index_ivf(probe)
-    if ivf is None:
+    lists = _ivf_lists(factory, d)
+    if lists == 0:
         return IndexPlan(factory, 0, n, "INDEX_FACTORY")
-    needed = TRAIN_POINTS_PER_LIST * int(ivf.nlist)
+    needed = TRAIN_POINTS_PER_LIST * lists
     if n < needed:
         return IndexPlan(
             FLAT, 0, n, f"INDEX_FACTORY {factory}: exact until {needed} vectors to train on"
         )
     return IndexPlan(factory, nprobe, n, "INDEX_FACTORY")
+
+
+@functools.cache
+def _ivf_lists(factory: str, d: int) -> int:
+    """The lists of an IVF factory string (0: not IVF). Cached: the builder asks after every
+    write, and building a probe index for it is not free."""
+    ivf = faiss.try_extract_index_ivf(faiss.index_factory(d, factory))
+    return 0 if ivf is None else int(ivf.nlist)
 
 
 def _nlist(n: int) -> int:

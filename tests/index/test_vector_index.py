@@ -53,13 +53,19 @@ def test_approximate_scores_are_cosines() -> None:
     assert np.allclose(D, np.einsum("qd,qkd->qk", xb[:3], xb[I]), atol=1e-4)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat", "IVF4,PQ8x4fs"])
-def test_labels_outside_the_live_bitmap_are_never_returned(factory: str) -> None:
-    xb = clustered(400, D_TEST)
+def built(factory: str, xb: np.ndarray) -> VectorIndex:
+    """An index of `factory` holding xb under labels 0..n-1 (trained first if it must be)."""
     index = VectorIndex.create(D_TEST, factory)
     if index.needs_training:
         index.train(xb)
-    index.add(np.arange(400, dtype=np.int64), xb)
+    index.add(np.arange(len(xb), dtype=np.int64), xb)
+    return index
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat", "IVF4,PQ8x4fs"])
+def test_labels_outside_the_live_bitmap_are_never_returned(factory: str) -> None:
+    xb = clustered(400, D_TEST)
+    index = built(factory, xb)
     odd = pack(np.arange(400) % 2 == 1)
     _, I = index.search(xb[:20], 10, live=odd, nprobe=4)
     assert (I >= 0).all() and all(i % 2 == 1 for i in I.ravel())
@@ -68,10 +74,7 @@ def test_labels_outside_the_live_bitmap_are_never_returned(factory: str) -> None
 @pytest.mark.parametrize("factory", ["Flat", "IVF4,PQ8x4fs"])
 def test_a_copy_drops_dead_labels_and_the_original_keeps_them(factory: str) -> None:
     xb = clustered(400, D_TEST)
-    index = VectorIndex.create(D_TEST, factory)
-    if index.needs_training:
-        index.train(xb)
-    index.add(np.arange(400, dtype=np.int64), xb)
+    index = built(factory, xb)
     copy = index.copy()
     assert copy.remove(pack(np.arange(400) < 100)) == 100
     assert (copy.ntotal, index.ntotal) == (300, 400)
