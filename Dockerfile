@@ -41,5 +41,5 @@ VOLUME ["/data", "/weights"]
 EXPOSE 8000
 
 HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "service.commands.healthcheck"]
 CMD ["python", "-m", "service", "serve"]

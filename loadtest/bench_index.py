@@ -120,7 +120,7 @@ def prepare(args: argparse.Namespace, results: dict[str, Any]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from service.vector_import import ExpectedModel, import_vectors
+    from service.items.vector_import import ExpectedModel, import_vectors
 
     fingerprint, model = model_identity()
     queries = clustered(QUERIES, seed=2, total=args.size)

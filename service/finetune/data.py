@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from service.bulk import IMAGE_SUFFIXES
 from service.images import ALLOWED_FORMATS
+from service.items.bulk import IMAGE_SUFFIXES
 
 MIN_TRAIN_PER_CLASS = 2
 MIN_VAL_PER_CLASS = 1

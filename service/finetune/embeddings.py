@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.bulk import embed_batch
+from service.items.bulk import embed_batch
 from service.model.runtime import ModelRuntime
 
 

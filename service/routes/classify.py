@@ -7,9 +7,12 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service.admission import USES_MODEL
-from service.disconnect import unless_disconnected
 from service.errors import INTERNAL, describe_error
+from service.http.admission import USES_MODEL
+from service.http.disconnect import unless_disconnected
+from service.http.schemas import BatchClassifyResponse, BatchItem, ClassifyResponse, ErrorDetail
+from service.http.schemas import Prediction as PredictionOut
+from service.http.uploads import read_images, read_many_images
 from service.model.spec import ModelSpec
 from service.pipeline import Inference, Pipeline
 from service.routes.deps import (
@@ -19,10 +22,7 @@ from service.routes.deps import (
     get_settings,
     model_info,
 )
-from service.schemas import BatchClassifyResponse, BatchItem, ClassifyResponse, ErrorDetail
-from service.schemas import Prediction as PredictionOut
 from service.settings import Settings
-from service.uploads import read_images, read_many_images
 
 router = APIRouter(prefix="/v1", tags=["classify"])
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to return")]

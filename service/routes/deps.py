@@ -11,10 +11,10 @@ from fastapi import Query, Request
 from index.filters import Filter, InvalidFilter, parse_filter
 from service.errors import InvalidInput, NotReady
 from service.explain.inspector import ModelInspector
+from service.http.schemas import ErrorResponse
+from service.items.search_index import ItemIndex
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
-from service.schemas import ErrorResponse
-from service.search_index import ItemIndex
 from service.settings import Settings
 
 

@@ -4,8 +4,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.admission import USES_MODEL
-from service.disconnect import unless_disconnected
+from service.http.admission import USES_MODEL
+from service.http.disconnect import unless_disconnected
+from service.http.schemas import EmbedResponse
+from service.http.uploads import read_images
 from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
@@ -14,9 +16,7 @@ from service.routes.deps import (
     get_settings,
     model_info,
 )
-from service.schemas import EmbedResponse
 from service.settings import Settings
-from service.uploads import read_images
 
 router = APIRouter(prefix="/v1", tags=["embed"])
 

@@ -7,11 +7,13 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service.disconnect import unless_disconnected
 from service.errors import InvalidInput
 from service.explain import render
 from service.explain.explainer import CamMethod
 from service.explain.inspector import ModelInspector
+from service.http.disconnect import unless_disconnected
+from service.http.schemas import ExplainResponse, FeaturesResponse, ModelCardResponse
+from service.http.uploads import read_images
 from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
@@ -21,9 +23,7 @@ from service.routes.deps import (
     get_settings,
     model_info,
 )
-from service.schemas import ExplainResponse, FeaturesResponse, ModelCardResponse
 from service.settings import Settings
-from service.uploads import read_images
 
 router = APIRouter(prefix="/v1", tags=["explain"])
 

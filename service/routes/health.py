@@ -5,10 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from service.http.schemas import ReadyResponse
+from service.items.search_index import ItemIndex
 from service.pipeline import Pipeline
 from service.routes.deps import ERROR_RESPONSES, get_index, get_pipeline, model_info
-from service.schemas import ReadyResponse
-from service.search_index import ItemIndex
 
 router = APIRouter(tags=["health"])
 

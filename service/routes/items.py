@@ -12,10 +12,13 @@ from PIL import Image
 from index.collection import SearchHit
 from index.filters import Filter
 from index.store import StoredItem
-from service.admission import USES_MODEL
-from service.disconnect import unless_disconnected
 from service.errors import InvalidInput, NotFound
-from service.item_ids import MAX_ID_LENGTH, validate_item_id
+from service.http.admission import USES_MODEL
+from service.http.disconnect import unless_disconnected
+from service.http.schemas import IndexResponse, ItemResponse, SearchResponse, SearchResult
+from service.http.uploads import read_images
+from service.items.item_ids import MAX_ID_LENGTH, validate_item_id
+from service.items.search_index import ItemIndex
 from service.pipeline import Pipeline
 from service.routes.deps import (
     ITEM_ERROR_RESPONSES,
@@ -26,10 +29,7 @@ from service.routes.deps import (
     metadata_filter,
     model_info,
 )
-from service.schemas import IndexResponse, ItemResponse, SearchResponse, SearchResult
-from service.search_index import ItemIndex
 from service.settings import Settings
-from service.uploads import read_images
 
 router = APIRouter(prefix="/v1", tags=["index"])
 

@@ -8,10 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from service.admission import USES_MODEL
-from service.disconnect import unless_disconnected
 from service.errors import INTERNAL, InvalidInput, describe_error
-from service.item_ids import validate_item_id
+from service.http.admission import USES_MODEL
+from service.http.disconnect import unless_disconnected
+from service.http.schemas import BatchPutItem, BatchPutResponse, ErrorDetail
+from service.http.uploads import Upload, read_batch_form
+from service.items.item_ids import validate_item_id
+from service.items.search_index import ItemIndex
 from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
@@ -22,10 +25,7 @@ from service.routes.deps import (
     request_body,
 )
 from service.routes.items import parse_metadata
-from service.schemas import BatchPutItem, BatchPutResponse, ErrorDetail
-from service.search_index import ItemIndex
 from service.settings import Settings
-from service.uploads import Upload, read_batch_form
 
 router = APIRouter(prefix="/v1", tags=["index"])
 

@@ -7,8 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from index.filters import Filter
-from service.admission import USES_MODEL
-from service.disconnect import unless_disconnected
+from service.http.admission import USES_MODEL
+from service.http.disconnect import unless_disconnected
+from service.http.schemas import SearchResponse, SimilarityResponse
+from service.http.uploads import ImageField, read_images
+from service.items.search_index import ItemIndex
 from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
@@ -20,10 +23,7 @@ from service.routes.deps import (
     model_info,
 )
 from service.routes.items import search_results
-from service.schemas import SearchResponse, SimilarityResponse
-from service.search_index import ItemIndex
 from service.settings import Settings
-from service.uploads import ImageField, read_images
 
 router = APIRouter(prefix="/v1", tags=["index"])
 PAIR = (ImageField("a", "a"), ImageField("b", "b"))

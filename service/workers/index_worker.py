@@ -1,7 +1,7 @@
 """The index worker: the one owner of the similarity index, which every HTTP worker reaches.
 
 Writes go through the collection's single writer thread and are answered only once durable;
-searches run concurrently on a reader pool (service.search_index.SearchIndex). The model's
+searches run concurrently on a reader pool (service.items.search_index.SearchIndex). The model's
 identity (embedding size, fingerprint) comes from a model worker, so the index opens only
 for the vectors that model produces and this process never loads the model itself.
 """
@@ -9,8 +9,8 @@ for the vectors that model produces and this process never loads the model itsel
 import asyncio
 from pathlib import Path
 
+from service.items.search_index import SearchIndex, open_collection_for
 from service.model_client import ModelStatus
-from service.search_index import SearchIndex, open_collection_for
 from service.settings import Settings
 from service.workers.operations import IndexOperations, ModelOperations, forwarded
 from service.workers.process import run_until_stopped

@@ -14,10 +14,10 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from batching import BatchOutcome
 from service.explain.inspector import ModelInspector
+from service.items.search_index import ItemIndex
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model_client import ModelStatus
-from service.search_index import ItemIndex
 from service.workers.rpc import Handler, Peer, RpcClient
 
 P = ParamSpec("P")

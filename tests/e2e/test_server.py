@@ -48,7 +48,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def test_container_healthcheck_passes_and_process_metrics_are_exported(server: Server) -> None:
     port = server.url.rsplit(":", 1)[1]
     check = subprocess.run(
-        [sys.executable, "-m", "service.healthcheck"],
+        [sys.executable, "-m", "service.commands.healthcheck"],
         env=os.environ | {"RESNET_SERVE_PORT": port},
         timeout=30,
     )

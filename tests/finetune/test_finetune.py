@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from index.store import ModelMismatch
 from loadtest.digits import write_digits_folder
 from service.app import create_app
-from service.cli import main
+from service.commands.cli import main
 from service.finetune import model_dir
 from service.finetune.data import DataError, load_folder
 from service.model.runtime import ModelRuntime

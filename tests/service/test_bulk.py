@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from index.collection import Collection
-from service.cli import main
+from service.commands.cli import main
 from tests.conftest import PINNED_BACKEND
 from tests.photos import encode, jpeg, photo
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from service.cli import build_parser, main, settings_from_args
+from service.commands.cli import build_parser, main, settings_from_args
 
 
 def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from service.admission import model_routes
 from service.app import api_routes, create_app
+from service.http.admission import model_routes
 from service.model.runtime import ModelRuntime
 from service.routes.deps import get_inspector, get_pipeline
 from tests.conftest import lite0_settings

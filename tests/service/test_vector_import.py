@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from index.collection import Collection
-from service.cli import main
+from service.commands.cli import main
+from service.items.vector_import import ExpectedModel, ImportRefused, import_vectors
 from service.settings import Settings
-from service.vector_import import ExpectedModel, ImportRefused, import_vectors
 from tests.index.vectors import clustered
 
 D = 32

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from service.search_index import ItemIndex
+from service.items.search_index import ItemIndex
 from service.workers.operations import (
     IndexOperations,
     InspectorOperations,

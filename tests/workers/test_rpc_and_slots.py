@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from batching import QueueFull
+from service.http.request_id import current_request_id
 from service.logs import RequestIdFilter
-from service.request_id import current_request_id
 from service.workers.rpc import CallCancelled, Peer, RpcClient, RpcServer, WorkerUnavailable
 from service.workers.slots import PixelSlots, SlotReader
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from index.collection import CollectionFiles, hold_process_lock
 from index.store import ItemStore
 from service.errors import InvalidInput
-from service.item_ids import validate_item_id
+from service.items.item_ids import validate_item_id
 
 log = logging.getLogger(__name__)
 

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"invalid settings: {problems}")
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "gate":
-        from service.gate_command import run_gate_command  # torch import is slow
+        from service.commands.gate_command import run_gate_command  # torch import is slow
 
         raise SystemExit(run_gate_command(settings))
     if args.command == "finetune":
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         command = ["resnet-serve", *(sys.argv[1:] if argv is None else argv)]
         raise SystemExit(run_finetune(args, settings, command))
     if args.command == "index":
-        from service.index_commands import run_index_command  # torch import is slow
+        from service.commands.index_commands import run_index_command  # torch import is slow
 
         raise SystemExit(run_index_command(args, settings))
     from service.workers.supervisor import default_workers, serve_with_workers

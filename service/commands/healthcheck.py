@@ -1,4 +1,4 @@
-"""`python -m service.healthcheck`: exit 0 if the local service answers /readyz with 200.
+"""`python -m service.commands.healthcheck`: exit 0 if the local service answers /readyz with 200.
 
 For container health checks; the slim image has no curl. Reads RESNET_SERVE_PORT like the
 service does and imports nothing heavy, so it costs a few milliseconds.

@@ -8,12 +8,12 @@ import sys
 
 from index.collection import CollectionFiles, IndexInUse
 from index.store import ItemStore, ModelMismatch
-from service.bulk import add_folder, reindex
+from service.items.bulk import add_folder, reindex
+from service.items.search_index import open_collection, open_collection_for
+from service.items.vector_import import ExpectedModel, ImportRefused, import_vectors
 from service.model.runtime import load_parts, load_runtime
 from service.model.weights import ModelLoadError
-from service.search_index import open_collection, open_collection_for
 from service.settings import Settings
-from service.vector_import import ExpectedModel, ImportRefused, import_vectors
 
 log = logging.getLogger(__name__)
 

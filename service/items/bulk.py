@@ -14,7 +14,7 @@ from tqdm import tqdm
 from index.collection import Collection, CollectionFiles, hold_process_lock
 from index.store import ItemStore
 from service.errors import InvalidInput, ServiceError
-from service.item_ids import MAX_ID_LENGTH, validate_item_id
+from service.items.item_ids import MAX_ID_LENGTH, validate_item_id
 from service.model.backend import ModelOutputs
 from service.model.runtime import ModelRuntime
 from service.settings import Settings

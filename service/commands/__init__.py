@@ -1,0 +1,1 @@
+"""The `resnet-serve` command line: serve, index, gate, healthcheck, finetune."""
