@@ -5,13 +5,14 @@
 """
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from batching import Batcher, BatchOutcome, PrometheusBatchObserver
+from batching import Batcher, BatchOutcome, PrometheusBatchObserver, QueueFull
 from service.errors import InvalidInput, NotReady
 from service.model.backend import ModelOutputs
 from service.model.runtime import ModelInput, ModelResult, ModelRuntime
@@ -104,6 +105,34 @@ def outputs_or_raise(outcome: BatchOutcome[ModelResult]) -> BatchOutcome[ModelOu
 
 
 ModelBatcher = Batcher[ModelInput, ModelResult]
+
+# After a remote model host refuses an image, its client refuses new ones itself, before
+# decoding them, for the time the host said its backlog needs to drain (at most this long,
+# so a stale view never starves a host that has caught up).
+_LOCAL_REFUSAL_MAX_S = 0.5
+
+
+class RecentRefusal:
+    """A remote model host's last refusal, for the client's `admit`: the host judges each
+    image on arrival, and here only its last refusal counts, only while the client still
+    has images there (else it is no evidence of now)."""
+
+    def __init__(self) -> None:
+        self._refused: QueueFull | None = None
+        self._refusing_until = 0.0
+        self._backlog_clears_at = 0.0
+
+    def remember(self, refused: QueueFull) -> None:
+        now = time.monotonic()
+        self._refused = refused
+        self._backlog_clears_at = now + refused.retry_after_s
+        self._refusing_until = now + min(refused.retry_after_s, _LOCAL_REFUSAL_MAX_S)
+
+    def check(self, waiting_there: bool) -> None:
+        """Raise QueueFull while the last refusal still holds."""
+        refused, now = self._refused, time.monotonic()
+        if refused is not None and now < self._refusing_until and waiting_there:
+            raise QueueFull(refused.depth, self._backlog_clears_at - now, refused.why)
 
 
 def model_batcher(

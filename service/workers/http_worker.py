@@ -31,11 +31,10 @@ def remote_components(model_sockets: list[Path], index_socket: Path, slots: Path
         # listening: it connects first (the model, in pipeline.start), and only then takes
         # requests from the shared socket, so none is answered 503 for want of a connection.
         model = RemoteModel(model_sockets, slots, settings.queue_size, registry)
-        index = RemoteIndex(index_socket)
+        index = RemoteIndex(RpcClient(index_socket, "index"))
         # Inspections run where the model is: the first model worker.
         inspection = RpcClient(model_sockets[0], "inspector")
-        inspection.start()
-        await asyncio.gather(index.start(), inspection.connected_if_listening())
+        await asyncio.gather(index.start(), inspection.open())
         try:
             yield ServiceParts(model, index, RemoteInspector(inspection))
         finally:

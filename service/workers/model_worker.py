@@ -1,11 +1,10 @@
 """The model worker: one process per device that owns the batcher and the backend.
 
 HTTP workers connect over a Unix socket, attach their shared-memory pixel slots, and send
-slot numbers; this process batches them and answers each with that image's outputs. It binds
-its socket only once the model is loaded and warmed up, so a connection means ready.
-
-Each HTTP worker joins identical requests of its own; identical images that arrive here from
-different HTTP workers while one of them is in flight are run once too (by their cache key).
+slot numbers (or JPEGs for the device to decode); this process batches them and answers
+each with that image's outputs. It binds its socket only once the model is loaded and warmed
+up, so a connection means ready. What it answers is service.model_serving.HostedModel's, as
+a Ray replica's is.
 """
 
 import gc
@@ -14,16 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from batching import BatchOutcome
-from service.errors import NotReady
 from service.model.backend import ModelOutputs
-from service.model.device_jpeg import JpegUpload
-from service.model.runtime import ModelInput
-from service.model_client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
 from service.model_host import ModelHost
+from service.model_serving import HostedModel
 from service.settings import Settings
-from service.single_flight import SingleFlight
 from service.workers.metrics import worker_registry
 from service.workers.operations import (
+    HostedModelOperations,
     InspectorOperations,
     ModelOperations,
     forwarded,
@@ -37,22 +33,7 @@ from service.workers.slots import SlotReader
 async def serve_model(settings: Settings, socket_path: Path) -> None:
     host = ModelHost(settings, worker_registry())
     await host.load()
-    batcher = host.batcher
-    flights: SingleFlight[BatchOutcome[ModelOutputs]] = SingleFlight()
-
-    async def run_once(
-        key: str, item: ModelInput, timeout_s: float
-    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
-        if batcher.hung:  # answered 503 at once, as in one process, not queued behind it
-            raise NotReady(HUNG_MESSAGE)
-
-        async def run() -> BatchOutcome[ModelOutputs]:
-            return outputs_or_raise(await batcher.submit(item, timeout_s=timeout_s))
-
-        return await flights.run(key, run)
-
-    async def describe(_: Peer) -> ModelStatus:
-        return host.status(batcher.queue_depth, hung=batcher.hung)
+    hosted = HostedModel(host)
 
     async def attach(peer: Peer, path: str, count: int, shape: tuple[int, int, int]) -> None:
         pixel_shape = host.runtime.preprocessor.pixel_shape
@@ -62,30 +43,22 @@ async def serve_model(settings: Settings, socket_path: Path) -> None:
         peer.state["slots"] = reader
         peer.on_close(reader.close)
 
-    async def infer(
+    async def infer_slot(
         peer: Peer, slot: int, timeout_s: float, key: str
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         # Copied before anything else: the slot is the sender's again once this call answers,
         # while a flight it started may still run for others.
         pixels: np.ndarray = peer.state["slots"].copy(slot)
-        return await run_once(key, pixels, timeout_s)
+        return await hosted.infer(pixels, timeout_s, key)
 
-    async def infer_jpeg(
-        _: Peer, upload: JpegUpload, timeout_s: float, key: str
-    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
-        if host.runtime.jpeg_decoder is None:
-            raise ValueError("this model worker decodes no JPEGs")  # a client bug: 500
-        return await run_once(key, upload, timeout_s)
-
-    handlers = handler_table(
-        ModelOperations.ALL,
-        {
-            ModelOperations.describe: describe,
-            ModelOperations.attach: attach,
-            ModelOperations.infer: infer,
-            ModelOperations.infer_jpeg: infer_jpeg,
-        },
-    ) | forwarded(InspectorOperations.ALL, host.inspector)
+    handlers = (
+        forwarded(HostedModelOperations.ALL, hosted)
+        | handler_table(
+            (ModelOperations.attach, ModelOperations.infer_slot),
+            {ModelOperations.attach: attach, ModelOperations.infer_slot: infer_slot},
+        )
+        | forwarded(InspectorOperations.ALL, host.inspector)
+    )
     await host.start()
     gc.freeze()  # the model and its runtime live as long as the process (see service.app)
     server = await RpcServer(handlers).start(socket_path)

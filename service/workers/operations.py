@@ -16,12 +16,29 @@ from batching import BatchOutcome
 from service.explain.inspector import ModelInspector
 from service.items.search_index import ItemIndex
 from service.model.backend import ModelOutputs
-from service.model.device_jpeg import JpegUpload
+from service.model.runtime import ModelInput
 from service.model_client import ModelStatus
 from service.workers.rpc import Handler, Peer, RpcClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class Link(Protocol):
+    """A connection to where an interface is implemented: a worker process over its Unix
+    socket (service.workers.rpc.RpcClient), or a Ray Serve deployment
+    (service.cluster.link.RayLink). The clients (RemoteIndex, RemoteInspector) take either."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def call(self, method: str, *args: Any, cancellable: bool = True) -> Any: ...
+
+    async def open(self) -> None:
+        """Connect (in the background), waiting briefly for a peer that already listens."""
+        ...
+
+    async def stop(self) -> None: ...
 
 
 class Operation(Generic[P, R]):
@@ -34,9 +51,9 @@ class Operation(Generic[P, R]):
         self.name = method.__name__
         self.cancellable = cancellable
 
-    async def call(self, client: RpcClient, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def call(self, link: Link, *args: P.args, **kwargs: P.kwargs) -> R:
         _positional_only(self, kwargs)
-        reply: R = await client.call(self.name, *args, cancellable=self.cancellable)
+        reply: R = await link.call(self.name, *args, cancellable=self.cancellable)
         return reply
 
     def send(
@@ -55,24 +72,32 @@ def _positional_only(operation: Operation[Any, Any], kwargs: Mapping[str, object
         raise TypeError(f"{operation.name}: pass arguments by position, not {sorted(kwargs)}")
 
 
-class ModelWorkerCalls(Protocol):
-    """What an HTTP worker asks the model worker, besides explanations."""
+class HostedModelCalls(Protocol):
+    """What every host of the model answers besides explanations (a model worker, a Ray
+    replica): service.model_serving.HostedModel implements it."""
 
     async def describe(self) -> ModelStatus: ...
+
+    async def infer(
+        self, item: ModelInput, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        """One image's outputs (uint8 pixels, or a JPEG for the device to decode), and
+        whether another caller's identical image in flight was run for it."""
+        ...
+
+
+class ModelWorkerCalls(HostedModelCalls, Protocol):
+    """A model worker adds shared-memory pixel slots, for HTTP workers on its machine."""
 
     async def attach(self, path: str, count: int, shape: tuple[int, int, int]) -> None:
         """Read this connection's pixel slots from the shared-memory file at `path`."""
         ...
 
-    async def infer(
+    async def infer_slot(
         self, slot: int, timeout_s: float, key: str
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
-        """The outputs for the pixels in `slot` (and whether another flight's answer)."""
+        """As `infer`, for the pixels in `slot`."""
         ...
-
-    async def infer_jpeg(
-        self, upload: JpegUpload, timeout_s: float, key: str
-    ) -> tuple[BatchOutcome[ModelOutputs], bool]: ...
 
 
 class IndexOperations:
@@ -94,12 +119,18 @@ class InspectorOperations:
     ALL: tuple[Operation[Any, Any], ...] = (cam, features, kernels, card)
 
 
-class ModelOperations:
-    describe = Operation(ModelWorkerCalls.describe)
+class HostedModelOperations:
+    describe = Operation(HostedModelCalls.describe)
+    infer = Operation(HostedModelCalls.infer)
+    ALL: tuple[Operation[Any, Any], ...] = (describe, infer)
+
+
+class ModelOperations(HostedModelOperations):
+    """A model worker's: the hosted model's operations and its slots."""
+
     attach = Operation(ModelWorkerCalls.attach)
-    infer = Operation(ModelWorkerCalls.infer)
-    infer_jpeg = Operation(ModelWorkerCalls.infer_jpeg)
-    ALL: tuple[Operation[Any, Any], ...] = (describe, attach, infer, infer_jpeg)
+    infer_slot = Operation(ModelWorkerCalls.infer_slot)
+    ALL: tuple[Operation[Any, Any], ...] = (*HostedModelOperations.ALL, attach, infer_slot)
 
 
 def handler_table(
@@ -113,18 +144,31 @@ def handler_table(
     return {op.name: handler for op, handler in handlers.items()}
 
 
+Method = Callable[..., Awaitable[Any]]
+
+
+def implemented(
+    declared: Sequence[Operation[Any, Any]], implementation: object
+) -> dict[str, Method]:
+    """Every declared operation's method on `implementation`, by name (refused if one is
+    missing): what a host that takes calls by name dispatches to."""
+    missing = [op.name for op in declared if not callable(getattr(implementation, op.name, None))]
+    if missing:
+        raise ValueError(f"{type(implementation).__name__} does not implement {missing}")
+    return {op.name: getattr(implementation, op.name) for op in declared}
+
+
 def forwarded(
     declared: Sequence[Operation[Any, Any]], implementation: object
 ) -> dict[str, Handler]:
     """The worker side for an interface implemented in the worker's process: every declared
     operation calls the implementation's method of that name (the connection not needed)."""
 
-    def forward(method: Callable[..., Awaitable[Any]]) -> Handler:
+    def forward(method: Method) -> Handler:
         async def handler(_: Peer, *args: Any) -> Any:
             return await method(*args)
 
         return handler
 
-    return handler_table(
-        declared, {op: forward(getattr(implementation, op.name)) for op in declared}
-    )
+    methods = implemented(declared, implementation)
+    return {name: forward(method) for name, method in methods.items()}

@@ -1,6 +1,6 @@
-"""The HTTP worker's side of the index: every call goes to the index worker."""
+"""The client side of the index: every call goes to its one owner (the index worker, or the
+Index deployment on Ray), over a Link."""
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,22 +9,21 @@ from index.collection import CollectionStats, SearchHit
 from index.filters import Filter
 from index.store import StoredItem
 from service.workers.operations import IndexOperations as INDEX
-from service.workers.rpc import RpcClient
+from service.workers.operations import Link
 
 
 class RemoteIndex:
-    """An ItemIndex whose one owner is the index worker process."""
+    """An ItemIndex whose one owner is elsewhere: a worker process or a Ray replica."""
 
-    def __init__(self, socket: Path) -> None:
-        self._client = RpcClient(socket, "index")
+    def __init__(self, link: Link) -> None:
+        self._client = link
 
     @property
     def ready(self) -> bool:
         return self._client.connected
 
     async def start(self) -> None:
-        self._client.start()
-        await self._client.connected_if_listening()
+        await self._client.open()
 
     async def put(
         self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None

@@ -1,16 +1,17 @@
-"""The HTTP worker's side of explanations: the explainer lives in the model worker."""
+"""The client side of explanations: the explainer lives where the model is (a model worker
+or a Model replica on Ray)."""
 
 import numpy as np
 
 from service.explain.explainer import CamResult, FeatureMaps, ModelCard
 from service.workers.operations import InspectorOperations as INSPECTOR
-from service.workers.rpc import RpcClient
+from service.workers.operations import Link
 
 
 class RemoteInspector:
     """A ModelInspector in the model worker; errors and 429s come back as they were raised."""
 
-    def __init__(self, client: RpcClient) -> None:
+    def __init__(self, client: Link) -> None:
         self._client = client
 
     async def cam(

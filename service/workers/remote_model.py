@@ -1,7 +1,6 @@
 """The HTTP worker's side of the model: pixels into shared memory, the slot number over RPC."""
 
 import asyncio
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,17 +12,13 @@ from service.errors import NotReady
 from service.model.backend import ModelOutputs
 from service.model.device_jpeg import JpegUpload
 from service.model.runtime import ModelInput
-from service.model_client import HUNG_MESSAGE, ModelStatus
+from service.model_client import HUNG_MESSAGE, ModelStatus, RecentRefusal
 from service.workers.operations import ModelOperations as MODEL
 from service.workers.rpc import RpcClient, WorkerUnavailable
 from service.workers.slots import PixelSlots
 
 # The model worker answers a deadline itself; this margin only guards against a hung worker.
 _HUNG_MARGIN_S = 2.0
-# After the model worker refuses an image, this worker refuses new ones itself, before
-# decoding them, for the time the model said its backlog needs to drain (at most this long,
-# so a stale view never starves a model that has caught up).
-_LOCAL_REFUSAL_MAX_S = 0.5
 _CHECK_TIMEOUT_S = 2.0  # /readyz asks the model worker; a worker this slow is not ready
 
 
@@ -44,9 +39,7 @@ class RemoteModel:
         self._slot_count = slot_count
         self._slots: PixelSlots | None = None
         self._status: dict[str, ModelStatus] = {}
-        self._refused: QueueFull | None = None  # the model worker's last refusal
-        self._refusing_until = 0.0
-        self._backlog_clears_at = 0.0
+        self._refusal = RecentRefusal()
         self._in_use = Gauge(
             "model_slots_in_use",
             "Shared-memory pixel slots holding an image the model worker has not answered",
@@ -67,12 +60,7 @@ class RemoteModel:
         return replace(self._status[client.name], queue_depth=in_flight)
 
     def admit(self, ahead: int = 0) -> None:
-        # The model worker judges each image on arrival; here only its last refusal counts,
-        # and only while this worker still has images there (else it is no evidence of now).
-        refused, now = self._refused, time.monotonic()
-        waiting_there = any(client.in_flight for client in self._clients)
-        if refused is not None and now < self._refusing_until and waiting_there:
-            raise QueueFull(refused.depth, self._backlog_clears_at - now, refused.why)
+        self._refusal.check(waiting_there=any(client.in_flight for client in self._clients))
 
     async def check(self) -> None:
         client = self._pick()
@@ -90,7 +78,7 @@ class RemoteModel:
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         client = self._pick()
         if isinstance(item, JpegUpload):  # compressed bytes: no slot needed
-            call_id, reply = MODEL.infer_jpeg.send(client, item, timeout_s, key)
+            call_id, reply = MODEL.infer.send(client, item, timeout_s, key)
         else:
             call_id, reply = self._send_pixels(client, item, timeout_s, key)
         try:
@@ -98,10 +86,7 @@ class RemoteModel:
                 answer: tuple[BatchOutcome[ModelOutputs], bool] = await asyncio.shield(reply)
                 return answer
         except QueueFull as refused:
-            now = time.monotonic()
-            self._refused = refused
-            self._backlog_clears_at = now + refused.retry_after_s
-            self._refusing_until = now + min(refused.retry_after_s, _LOCAL_REFUSAL_MAX_S)
+            self._refusal.remember(refused)
             raise
         except TimeoutError:
             client.cancel(call_id)
@@ -119,7 +104,7 @@ class RemoteModel:
         slots = self._slots
         slot = slots.put(pixels)  # QueueFull when every slot waits at the model
         try:
-            call_id, reply = MODEL.infer.send(client, slot, timeout_s, key)
+            call_id, reply = MODEL.infer_slot.send(client, slot, timeout_s, key)
         except BaseException:
             slots.release(slot)
             raise

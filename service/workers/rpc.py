@@ -202,6 +202,11 @@ class RpcClient:
     def start(self) -> None:
         self._task = asyncio.create_task(self._keep_connected(), name=f"rpc-{self.name}")
 
+    async def open(self) -> None:
+        """Start connecting in the background; wait briefly for a worker that listens."""
+        self.start()
+        await self.connected_if_listening()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -6,12 +6,15 @@ from typing import Any
 import pytest
 
 from service.items.search_index import ItemIndex
+from service.model_serving import HostedModel
 from service.workers.operations import (
+    HostedModelOperations,
     IndexOperations,
     InspectorOperations,
     ModelOperations,
     forwarded,
     handler_table,
+    implemented,
 )
 from service.workers.rpc import Peer
 
@@ -31,7 +34,7 @@ def test_every_index_method_is_declared_with_its_name() -> None:
 def test_a_worker_table_must_answer_every_declared_operation() -> None:
     async def describe(_: Peer) -> None: ...
 
-    with pytest.raises(ValueError, match="missing \\['attach', 'infer', 'infer_jpeg'\\]"):
+    with pytest.raises(ValueError, match="missing \\['infer', 'attach', 'infer_slot'\\]"):
         handler_table(ModelOperations.ALL, {ModelOperations.describe: describe})
     with pytest.raises(ValueError, match="extra \\['cam'\\]"):
         handler_table(
@@ -57,6 +60,20 @@ def test_forwarded_calls_the_implementations_method_of_that_name() -> None:
     table = forwarded(InspectorOperations.ALL, Kernels())
     assert asyncio.run(table["cam"](Peer(), 1, 2)) == "cam(1, 2)"
     assert asyncio.run(table["kernels"](Peer())) == "kernels"
+
+
+def test_an_implementation_missing_a_declared_method_is_refused() -> None:
+    class NoCard:
+        async def cam(self) -> None: ...
+
+    with pytest.raises(ValueError, match="does not implement \\['features', 'kernels', 'card'\\]"):
+        forwarded(InspectorOperations.ALL, NoCard())
+
+
+def test_every_host_of_the_model_answers_the_hosted_model_operations() -> None:
+    # The model worker and the Ray Model replica both serve HostedModel.
+    assert set(implemented(HostedModelOperations.ALL, HostedModel)) == {"describe", "infer"}
+    assert {op.name for op in ModelOperations.ALL} == {"describe", "infer", "attach", "infer_slot"}
 
 
 def test_operations_take_arguments_by_position_only() -> None:

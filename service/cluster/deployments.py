@@ -1,0 +1,143 @@
+"""The Ray Serve application: Ingress (the FastAPI app), Model (the model host) and Index
+(the one owner of the index files), named so that `serve status` shows what each is.
+
+- Ingress replicas run the same app as `resnet-serve serve` (every route, the web page,
+  /metrics of the ingress): parsing, decoding, cache look-ups and admission at the door.
+- Model replicas each host the model as a model worker does (service.model_serving), with the
+  service's own batcher: its adaptive batch, latency-target admission and watchdog come along,
+  where Ray Serve's @serve.batch has a fixed size and wait and refuses nothing. Images arrive
+  as uint8 pixels (or a JPEG for a GPU to decode), never as float tensors.
+- One Index replica owns the index directory (RESNET_SERVE_DATA_DIR) on a persistent volume;
+  pin it to the node that has the volume with a custom resource (deploy/kuberay).
+
+Settings come from each replica's environment (the application's runtime_env env_vars), as
+from the process environment for `resnet-serve serve`. The replicas' health checks are the
+service's own readiness: a Model replica whose batch runs past the watchdog bound fails its
+check, and Serve replaces it.
+"""
+
+import asyncio
+import os
+from typing import Any
+
+import ray
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from service.app import create_app
+from service.cluster.components import on_ray
+from service.cluster.link import RayLink
+from service.items.search_index import SearchIndex, open_collection_for
+from service.model_client import HUNG_MESSAGE
+from service.model_host import ModelHost
+from service.model_serving import HostedModel
+from service.settings import Settings
+from service.workers.operations import (
+    HostedModelOperations,
+    IndexOperations,
+    InspectorOperations,
+    Method,
+    implemented,
+)
+
+# Defaults that fit one 2-core machine (Model 1 CPU, Ingress and Index half each); the
+# deployment config (deploy/ray/serve.yaml, deploy/kuberay) sizes them for a cluster.
+# Calls a replica takes at once before Serve queues them at the caller: well above the
+# batcher's queue, so the service's admission (not Serve's) decides what is refused.
+_MODEL_ONGOING = 256
+_INDEX_ONGOING = 512
+_INGRESS_ONGOING = 256
+
+
+def replica_settings() -> Settings:
+    """This replica's settings: its environment, with the model's and the decoders' threads
+    defaulting to the CPUs Ray gave the replica rather than to the whole machine's."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
+    defaults: dict[str, Any] = {}
+    for name in ("threads", "decode_threads"):
+        if f"RESNET_SERVE_{name.upper()}" not in os.environ and cpus >= 1:
+            defaults[name] = int(cpus)
+    return Settings(**defaults)
+
+
+class _Dispatch:
+    """One `call(name, *args)` method for every operation a deployment implements."""
+
+    _methods: dict[str, Method]
+
+    async def call(self, name: str, *args: Any) -> Any:
+        return await self._methods[name](*args)
+
+
+@serve.deployment(
+    name="Model",
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=_MODEL_ONGOING,
+    health_check_period_s=5,
+    health_check_timeout_s=10,
+)
+class Model(_Dispatch):
+    async def __init__(self) -> None:  # type: ignore[misc]  # Ray actors may construct async
+        settings = replica_settings()
+        self._drain_s = settings.request_timeout_s
+        self._host = ModelHost(settings, CollectorRegistry())
+        await self._host.load()
+        await self._host.start()
+        self._methods = implemented(HostedModelOperations.ALL, HostedModel(self._host)) | (
+            implemented(InspectorOperations.ALL, self._host.inspector)
+        )
+
+    async def check_health(self) -> None:
+        if self._host.batcher.hung:
+            raise RuntimeError(HUNG_MESSAGE)
+
+    async def __del__(self) -> None:
+        await self._host.stop(drain_timeout_s=self._drain_s)
+
+
+@serve.deployment(
+    name="Index",
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0.5},  # the one owner of the files: never more
+    max_ongoing_requests=_INDEX_ONGOING,
+    health_check_period_s=5,
+)
+class Index(_Dispatch):
+    async def __init__(self, model: DeploymentHandle[Any]) -> None:  # type: ignore[misc]
+        settings = replica_settings()
+        # The index opens only for the vectors the model produces (ModelMismatch otherwise).
+        status = await HostedModelOperations.describe.call(RayLink(model, "Model"))
+        collection = await asyncio.to_thread(open_collection_for, settings, status.spec)
+        self._index = SearchIndex(collection, search_threads=settings.decode_threads)
+        self._methods = implemented(IndexOperations.ALL, self._index)
+
+    async def check_health(self) -> None:
+        if not self._index.ready:
+            raise RuntimeError("the index is closed")
+
+    async def __del__(self) -> None:
+        await self._index.close()  # stops a background build; the store is the index
+
+
+@serve.deployment(
+    name="Ingress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=_INGRESS_ONGOING
+)
+@serve.ingress()
+class Ingress:
+    def __init__(self, model: DeploymentHandle[Any], index: DeploymentHandle[Any]) -> None:
+        self._parts = on_ray(model, index)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(replica_settings(), self._parts)
+
+
+def build(args: dict[str, str] | None = None) -> Application:
+    """The application (`serve run service.cluster.deployments:app`, deploy/ray/serve.yaml)."""
+    model = Model.bind()  # type: ignore[attr-defined]
+    return Ingress.bind(model, Index.bind(model))  # type: ignore[attr-defined,no-any-return]
+
+
+app = build()
