@@ -18,13 +18,13 @@ check, and Serve replaces it.
 
 import asyncio
 import os
-from typing import Any
+from typing import Any, cast
 
 import ray
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
 from service.app import create_app
@@ -134,10 +134,17 @@ class Ingress:
         return create_app(replica_settings(), self._parts)
 
 
-def build(args: dict[str, str] | None = None) -> Application:
-    """The application (`serve run service.cluster.deployments:app`, deploy/ray/serve.yaml)."""
-    model = Model.bind()  # type: ignore[attr-defined]
-    return Ingress.bind(model, Index.bind(model))  # type: ignore[attr-defined,no-any-return]
+# @serve.deployment made the classes Deployments; mypy still sees the classes.
+MODEL, INDEX, INGRESS = (cast(Deployment, each) for each in (Model, Index, Ingress))
 
 
-app = build()
+def application(
+    model: Deployment = MODEL, index: Deployment = INDEX, ingress: Deployment = INGRESS
+) -> Application:
+    """The three deployments bound together (each may come with `.options(...)`)."""
+    bound_model = model.bind()
+    return ingress.bind(bound_model, index.bind(bound_model))
+
+
+# What `serve run service.cluster.deployments:app` and deploy/ray/serve.yaml run.
+app = application()

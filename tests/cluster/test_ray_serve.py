@@ -1,0 +1,251 @@
+"""The Ray Serve application on a real local multi-node Ray cluster (one head, one worker
+node, both on this machine), started once for the module: the API through the Ray ingress,
+and the same promises as on one machine when a Model replica, a worker node or the Index
+replica goes away, and through a rolling update of the model."""
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import ray
+from ray import serve
+from ray.cluster_utils import Cluster
+
+from loadtest.processes import LITE0_ENV, free_port
+from service.cluster.deployments import INDEX, INGRESS, MODEL, application
+from tests.photos import encode, photo
+
+pytestmark = pytest.mark.slow
+
+APP = "resnet-serve"
+HEAD = "head_node"  # a custom resource only the head has: Ingress and Index live there
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    data = tmp_path_factory.mktemp("ray-data")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "resources": {HEAD: 1}, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    env = LITE0_ENV | {
+        "RESNET_SERVE_DATA_DIR": str(data),
+        "RESNET_SERVE_THREADS": "1",
+        "RESNET_SERVE_DECODE_THREADS": "1",
+        "RESNET_SERVE_INDEX_SNAPSHOT_EVERY": "20",
+    }
+    ray.init(address=cluster.address, runtime_env={"env_vars": env}, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
+    deploy()
+    try:
+        yield cluster
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def deploy(**model_env: str) -> None:
+    """The application with two Model replicas, one per node; `model_env` changes the Model
+    deployment's config (a new version of it, rolled out replica by replica)."""
+    on_head = {"num_cpus": 0.5, "resources": {HEAD: 0.1}}
+    model = MODEL.options(
+        num_replicas=2,
+        max_replicas_per_node=1,
+        health_check_period_s=1,
+        graceful_shutdown_wait_loop_s=0.5,
+        ray_actor_options={"num_cpus": 1, "runtime_env": {"env_vars": model_env}},
+    )
+    serve.run(
+        application(
+            model,
+            INDEX.options(ray_actor_options=on_head),
+            INGRESS.options(ray_actor_options=on_head),
+        ),
+        name=APP,
+        route_prefix="/",
+    )
+
+
+def url() -> str:
+    return f"http://127.0.0.1:{serve.context._get_global_client().http_config.port}"
+
+
+def images(count: int) -> list[bytes]:
+    """Distinct JPEGs (no cache hits), each a photo with a few changed pixels."""
+    rng = np.random.default_rng(7)
+    base = photo("coffee")
+    out = []
+    for _ in range(count):
+        pixels = base.copy()
+        pixels[:4, :64] = rng.integers(0, 255, size=(4, 64, 3), dtype=np.uint8)
+        out.append(encode(pixels))
+    return out
+
+
+def upload(data: bytes) -> dict[str, Any]:
+    return {"file": ("photo.jpg", data, "image/jpeg")}
+
+
+def replicas(deployment: str) -> dict[str, str]:
+    """Live replicas of a deployment: actor name -> the id of the node it runs on."""
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    live = {}
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == "serve" and actor["name"].startswith(prefix):
+            handle = ray.get_actor(actor["name"], namespace="serve")
+            where = handle.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+            try:
+                live[actor["name"]] = ray.get(where, timeout=10)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                continue  # going away
+    return live
+
+
+def wait_until(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+async def load(seconds: float, clients: int, during: Any = None) -> Counter[str]:
+    """Classify distinct images from `clients` clients for `seconds`; `during()` runs in a
+    thread once the load is on. Counts status codes; a request that hangs past 30 s counts
+    as 'hang', any other client error by its type."""
+    codes: Counter[str] = Counter()
+    pictures = images(16)
+    stop_at = time.monotonic() + seconds
+
+    async def client(number: int) -> None:
+        async with httpx.AsyncClient(base_url=url(), timeout=30) as http:
+            i = number
+            while time.monotonic() < stop_at:
+                i += clients
+                try:
+                    response = await http.post("/v1/classify", files=upload(pictures[i % 16]))
+                    codes[str(response.status_code)] += 1
+                    if response.status_code not in (200, 503):
+                        codes[f"{response.status_code}: {response.text[:200]}"] += 1
+                except httpx.TimeoutException:
+                    codes["hang"] += 1
+                except httpx.HTTPError as exc:
+                    codes[type(exc).__name__] += 1
+
+    async def trigger() -> None:
+        await asyncio.sleep(seconds / 4)
+        if during is not None:
+            await asyncio.to_thread(during)
+
+    await asyncio.gather(trigger(), *(client(n) for n in range(clients)))
+    return codes
+
+
+def test_the_api_and_the_web_page_through_the_ray_ingress(cluster: Cluster) -> None:
+    photo_jpeg = encode(photo("coffee"))
+    with httpx.Client(base_url=url(), timeout=60) as http:
+        classified = http.post("/v1/classify", files=upload(photo_jpeg))
+        assert classified.status_code == 200, classified.text
+        assert classified.json()["model"].startswith("tf_efficientnet_lite0")
+        embedded = http.post("/v1/embed", files=upload(photo_jpeg)).json()
+        assert len(embedded["embedding"]) == 1280
+        assert http.put("/v1/items/cup", files=upload(photo_jpeg)).status_code in (200, 201)
+        hits = http.post("/v1/search", files=upload(photo_jpeg)).json()["results"]
+        assert hits[0]["id"] == "cup" and hits[0]["score"] > 0.99
+        assert http.get("/v1/items/cup/similar").status_code == 200
+        assert http.get("/readyz").status_code == 200
+        assert "resnet-serve" in http.get("/ui/").text
+        assert "http_requests" in http.get("/metrics").text
+        bad = http.post("/v1/classify", files=upload(b"not an image"))
+        assert bad.status_code == 415 or bad.status_code == 422, bad.text
+    # Two Model replicas, one on each node; Ingress and Index on the head.
+    assert len(set(replicas("Model").values())) == 2
+
+
+def test_a_killed_model_replica_gives_503s_or_successes_and_comes_back(cluster: Cluster) -> None:
+    victim = next(iter(replicas("Model")))
+
+    def kill() -> None:
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+
+    codes = asyncio.run(load(seconds=6, clients=8, during=kill))
+    assert set(codes) <= {"200", "503"}, codes
+    assert codes["200"] > 0
+    wait_until(
+        lambda: len(replicas("Model")) == 2 and victim not in replicas("Model"),
+        60,
+        "a new Model replica",
+    )
+
+
+def test_removing_a_worker_node_gives_503s_or_successes_and_the_replica_returns(
+    cluster: Cluster,
+) -> None:
+    worker = next(node for node in cluster.worker_nodes)
+
+    codes = asyncio.run(load(seconds=6, clients=8, during=lambda: cluster.remove_node(worker)))
+    assert set(codes) <= {"200", "503"}, codes
+    assert codes["200"] > 0
+    cluster.add_node(num_cpus=1)  # a node comes back (as an autoscaler would add one)
+    wait_until(
+        lambda: len(set(replicas("Model").values())) == 2, 90, "a Model replica on the new node"
+    )
+
+
+def test_acknowledged_writes_survive_a_restart_of_the_index_replica(cluster: Cluster) -> None:
+    acknowledged: list[str] = []
+    pictures = images(8)
+    (index_replica,) = replicas("Index")
+
+    async def writes(seconds: float) -> None:
+        stop_at = time.monotonic() + seconds
+        async with httpx.AsyncClient(base_url=url(), timeout=30) as http:
+            n = 0
+            while time.monotonic() < stop_at:
+                n += 1
+                item = f"w{n}"
+                try:
+                    r = await http.put(f"/v1/items/{item}", files=upload(pictures[n % 8]))
+                except httpx.HTTPError:
+                    continue
+                if r.status_code in (200, 201):
+                    acknowledged.append(item)
+                else:
+                    assert r.status_code == 503, r.text
+
+    async def scenario() -> None:
+        async def kill_later() -> None:
+            await asyncio.sleep(1.5)
+            ray.kill(ray.get_actor(index_replica, namespace="serve"), no_restart=True)
+
+        await asyncio.gather(writes(6), kill_later())
+
+    asyncio.run(scenario())
+    wait_until(lambda: set(replicas("Index")) - {index_replica}, 60, "a new Index replica")
+    with httpx.Client(base_url=url(), timeout=30) as http:
+        wait_until(lambda: http.get("/v1/items/cup").status_code == 200, 60, "the index back")
+        missing = [
+            item for item in acknowledged if http.get(f"/v1/items/{item}").status_code != 200
+        ]
+    assert acknowledged and not missing
+
+
+def test_a_rolling_update_of_the_model_under_load_fails_no_request(cluster: Cluster) -> None:
+    before = set(replicas("Model"))
+    codes = asyncio.run(
+        load(seconds=10, clients=8, during=lambda: deploy(RESNET_SERVE_MAX_WAIT_MS="3"))
+    )
+    wait_until(
+        lambda: not (set(replicas("Model")) & before) and len(replicas("Model")) == 2,
+        90,
+        "new replicas",
+    )
+    assert set(codes) == {"200"}, codes
