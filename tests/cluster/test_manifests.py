@@ -1,0 +1,115 @@
+"""deploy/ray/serve.yaml and deploy/kuberay/rayservice.yaml, checked without a cluster:
+Ray Serve's own config schema, the Kubernetes API schemas (kubernetes-validate, strict), and
+the RayService schema in deploy/kuberay; and that they run this project's deployments."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+from service.cluster import deployments
+
+ROOT = Path(__file__).parents[2]
+SERVE_YAML = ROOT / "deploy/ray/serve.yaml"
+KUBERAY = ROOT / "deploy/kuberay"
+K8S_VERSION = kubernetes_validate.latest_version()
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    documents = yaml.safe_load_all((KUBERAY / "rayservice.yaml").read_text())
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in documents}
+
+
+def ray_service() -> dict[str, Any]:
+    (service,) = [doc for doc in manifest().values() if doc["kind"] == "RayService"]
+    return service
+
+
+def serve_config(text: str) -> ServeApplicationSchema:
+    (app,) = ServeDeploySchema.model_validate(yaml.safe_load(text)).applications
+    return app
+
+
+def deployment_options(app: ServeApplicationSchema) -> dict[str, Any]:
+    return {d.name: d for d in app.deployments}
+
+
+def test_serve_yaml_runs_the_three_deployments_on_loopback_port_8000() -> None:
+    config = yaml.safe_load(SERVE_YAML.read_text())
+    assert config["http_options"] == {"host": "127.0.0.1", "port": 8000}
+    app = serve_config(SERVE_YAML.read_text())
+    module, name = app.import_path.split(":")
+    assert module == deployments.__name__ and name == "app"
+    assert set(deployment_options(app)) == {"Ingress", "Model", "Index"}
+    model = deployment_options(app)["Model"]
+    assert model.autoscaling_config["min_replicas"] <= model.autoscaling_config["max_replicas"]
+    assert deployment_options(app)["Index"].num_replicas == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "PersistentVolumeClaim/resnet-serve-index",
+        "Deployment/resnet-serve-redis",
+        "Service/resnet-serve-redis",
+    ],
+)
+def test_kubernetes_objects_match_the_api_schemas(name: str) -> None:
+    kubernetes_validate.validate(manifest()[name], K8S_VERSION, strict=True)
+
+
+def test_the_rayservice_matches_its_schema_and_its_pod_templates_the_api() -> None:
+    service = ray_service()
+    schema = json.loads((KUBERAY / "rayservice.schema.json").read_text())
+    jsonschema.validate(service, schema)
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "check"},
+            "template": group["template"],
+        }
+        kubernetes_validate.validate(template, K8S_VERSION, strict=True)
+
+
+def test_a_misspelt_field_is_caught() -> None:
+    service = ray_service()
+    service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 3
+    with pytest.raises(jsonschema.ValidationError, match="maxReplica"):
+        jsonschema.validate(service, json.loads((KUBERAY / "rayservice.schema.json").read_text()))
+    redis = manifest()["Deployment/resnet-serve-redis"]
+    redis["spec"]["replica"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(redis, K8S_VERSION, strict=True)
+
+
+def test_the_rayservice_wires_gpus_the_index_volume_and_redis() -> None:
+    service = ray_service()
+    app = serve_config(service["spec"]["serveConfigV2"])
+    options = deployment_options(app)
+    assert set(options) == {"Ingress", "Model", "Index"}
+    assert options["Model"].ray_actor_options.num_gpus == 1
+    env = app.runtime_env["env_vars"]
+    assert env["RESNET_SERVE_REDIS_URL"].startswith("redis://resnet-serve-redis:")
+    # Index is pinned by a resource only the group that mounts the volume has.
+    pin = options["Index"].ray_actor_options.resources
+    groups = {g["groupName"]: g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    holders = [
+        name
+        for name, g in groups.items()
+        if set(pin) <= set(json.loads(json.loads(g["rayStartParams"].get("resources", '"{}"'))))
+    ]
+    assert holders == ["index"] and groups["index"]["maxReplicas"] == 1
+    index_pod = groups["index"]["template"]["spec"]
+    (mount,) = index_pod["containers"][0]["volumeMounts"]
+    (volume,) = index_pod["volumes"]
+    assert mount["mountPath"] == env["RESNET_SERVE_DATA_DIR"] and volume["name"] == mount["name"]
+    assert f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}" in manifest()
+    gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu["nvidia.com/gpu"] == groups["gpu"]["rayStartParams"]["num-gpus"] == "1"
