@@ -8,8 +8,8 @@ compare: the same model and backend (RESNET_SERVE_* from the environment over Re
 random weights on torch fp32, the same compute as the real weights) behind `resnet-serve
 serve`, then behind the Ray application on a local Ray (Ingress, Model, Index), in one run:
 throughput at 32 closed-loop clients with unique 500-px JPEGs, p50 for one client, and the
-CPU every process took during the 32-client window, Ray's own processes (GCS, raylet, the
-Serve controller and HTTP proxy, agents) apart from the replicas.
+CPU every process took during the 32-client window, Ray's own processes (its HTTP proxy;
+GCS, raylets, the Serve controller, agents) apart from the replicas.
 
 scale: a local cluster of a head (Ingress, Index) and two worker nodes of one CPU each; the
 model is made the bottleneck by a heavy model on one thread per replica (ResNet152 with
@@ -58,10 +58,11 @@ def process_group(process: psutil.Process) -> str:
         return "gone"
     if "ServeReplica" in title:
         return "replica " + title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
-    if any(
-        part in title for part in ("gcs_server", "raylet", "ray::", "ray/dashboard", "ray/_private")
-    ):
-        return "Ray's own"
+    if "ProxyActor" in title:
+        return "Ray HTTP proxy"
+    ray_parts = ("gcs_server", "raylet", "ray::", "ray/dashboard", "ray/_private")
+    if any(part in title for part in ray_parts):
+        return "Ray control"  # GCS, raylets, the Serve controller, agents, idle workers
     if "service serve" in title or "service.workers" in title:
         return "resnet-serve serve"
     return "other"
