@@ -275,6 +275,20 @@ class ItemStore:
             yield rows
             after = int(rows[-1][0])
 
+    def written_after(self, label: int, limit: int) -> list[tuple[int, str]]:
+        """(label, id) of the items added or replaced after `label`, oldest first: what a
+        copy made up to `label` is missing (re-embedding for another model)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT label, id FROM items WHERE label > ? ORDER BY label LIMIT ?",
+                (label, limit),
+            ).fetchall()
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM items")}
+
     def _matrix(self, blobs: list[bytes]) -> np.ndarray:
         if all(len(blob) == 2 * self.d for blob in blobs):  # one copy for the chunk
             joined = np.frombuffer(b"".join(blobs), np.float16)

@@ -19,14 +19,17 @@ from service.http.access import ApiKeyGuard
 from service.http.admission import AdmitAtTheDoor, model_routes
 from service.http.http_metrics import HttpMetrics
 from service.http.limits import BodyLimit
+from service.http.model_version import ModelVersionHeader
 from service.http.request_id import RequestId
 from service.items.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.model_client import InProcessModel, ModelClient
 from service.model_host import ModelHost
 from service.pipeline import Pipeline
-from service.routes import classify, embed, explain, health, items, items_batch, search
+from service.routes import classify, embed, explain, health, items, items_batch, models, search
 from service.routes.docs import serve_docs
 from service.settings import Settings
+from service.versions.manager import ModelVersions, Serving
+from service.versions.registry import DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ async def in_process(
 
 
 ROUTERS = tuple(
-    module.router for module in (classify, embed, search, items, items_batch, explain, health)
+    module.router
+    for module in (classify, embed, search, items, items_batch, explain, models, health)
 )
 
 
@@ -85,20 +89,37 @@ def create_app(
         ProcessCollector(registry=registry)
     metrics_registry = registry
 
+    def switch(serving: Serving) -> None:
+        """What the routes use from now on (a request resolves it once, at its start)."""
+        app.state.serving = serving
+        app.state.pipeline = serving.pipeline
+        app.state.index = serving.index
+        app.state.inspector = serving.inspector
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with components(settings, metrics_registry) as parts:
-            pipeline = Pipeline(parts.model, settings, metrics_registry)
+        # Model versions are hosted in this process only, for now (WORKERS=1).
+        versioned = components is in_process
+        live, live_settings = (
+            ModelVersions.live_settings(settings) if versioned else (DEFAULT, settings)
+        )
+        async with components(live_settings, metrics_registry) as parts:
+            pipeline = Pipeline(parts.model, live_settings, metrics_registry)
             await pipeline.start()
             # Everything loaded so far lives as long as the process: out of the collector's
             # sight, a full collection no longer walks it and stalls every request in flight.
             gc.freeze()
-            app.state.pipeline = pipeline
-            app.state.index = parts.index
-            app.state.inspector = parts.inspector
+            first = Serving(live, pipeline, parts.index, parts.inspector)
+            switch(first)
+            versions = ModelVersions(settings, first, components, switch) if versioned else None
+            app.state.versions = versions
+            if versions is not None:
+                versions.start()
             try:
                 yield
             finally:
+                if versions is not None:
+                    await versions.close()
                 await pipeline.stop()
 
     app = FastAPI(
@@ -118,6 +139,7 @@ def create_app(
         app.include_router(router)
     serve_docs(app)
     # Starlette runs the last added first: ids, metrics, CORS, the key, admission, body limit.
+    app.add_middleware(ModelVersionHeader)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(AdmitAtTheDoor, routes=model_routes(routes))
     if settings.api_key is not None:
@@ -130,7 +152,7 @@ def create_app(
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
-            expose_headers=["X-Request-ID", "X-Cache", "Retry-After"],
+            expose_headers=["X-Request-ID", "X-Cache", "X-Model-Version", "Retry-After"],
         )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(RequestId)

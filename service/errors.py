@@ -36,6 +36,14 @@ class MethodNotAllowed(ServiceError):
     pass
 
 
+class Conflict(ServiceError):
+    """The request contradicts the service's state (a version that exists, or is live)."""
+
+
+class InsufficientMemory(ServiceError):
+    """What the request would load does not fit in the memory there is."""
+
+
 class PayloadTooLarge(ServiceError):
     """Over the byte limit, or over the pixel limit (decompression bomb)."""
 
@@ -67,6 +75,8 @@ STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
     Unauthorized: (401, "unauthorized"),
     NotFound: (404, "not_found"),
     MethodNotAllowed: (405, "method_not_allowed"),
+    Conflict: (409, "conflict"),
+    InsufficientMemory: (507, "insufficient_memory"),
     PayloadTooLarge: (413, "payload_too_large"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
     InvalidInput: (422, "invalid_input"),

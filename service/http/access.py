@@ -1,4 +1,5 @@
-"""Optional API key: required for index writes, or for everything but the health probes.
+"""Optional API key: required for index writes and model management (/v1/models), or for
+everything but the health probes.
 
 The key comes as `Authorization: Bearer <key>` or `X-API-Key: <key>` and is compared in
 constant time. The web page at /ui has its own login (service.ui.app) and the API docs stay
@@ -22,7 +23,7 @@ def requires_key(method: str, path: str, scope: KeyScope) -> bool:
     """Whether this request needs the key under `scope`."""
     if path.startswith(_OPEN_PREFIXES):
         return False
-    if scope == "all":
+    if scope == "all" or path.startswith("/v1/models"):  # management: even its listing
         return True
     return path.startswith("/v1/items") and method not in _READ_METHODS
 

@@ -18,9 +18,9 @@ from service.pipeline import Inference, Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
-    get_pipeline,
     get_settings,
     model_info,
+    pinned_pipeline,
 )
 from service.settings import Settings
 
@@ -37,7 +37,7 @@ TopK = Annotated[int, Query(ge=1, le=1000, description="how many classes to retu
 async def classify(
     request: Request,
     response: Response,
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
     top_k: TopK = 5,
 ) -> ClassifyResponse:
@@ -63,7 +63,7 @@ async def classify(
 )
 async def classify_batch(
     request: Request,
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
     top_k: TopK = 5,
 ) -> BatchClassifyResponse:

@@ -16,16 +16,60 @@ from service.items.search_index import ItemIndex
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
 from service.settings import Settings
+from service.versions.manager import ModelVersions, Serving
 
 
-async def get_pipeline(request: Request) -> Pipeline:
-    pipeline: Pipeline | None = getattr(request.app.state, "pipeline", None)
-    if pipeline is None:
-        raise NotReady("the model is not loaded yet")
+def _serving(request: Request, version: str | None) -> Serving:
+    """The version this request is served by, resolved once for the whole request (so its
+    query vector and the index it searches come from one model)."""
+    resolved: Serving | None = getattr(request.state, "serving", None)
+    if resolved is not None:
+        return resolved
+    versions: ModelVersions | None = getattr(request.app.state, "versions", None)
+    if versions is not None:
+        resolved = versions.serving(version)
+    else:
+        if version is not None:
+            raise NotReady("model versions are not available here")
+        resolved = getattr(request.app.state, "serving", None)
+        if resolved is None:
+            raise NotReady("the model is not loaded yet")
+    request.state.serving = resolved
+    return resolved
+
+
+VersionQuery = Annotated[
+    str | None,
+    Query(
+        description="the model version to answer with (GET /v1/models); default: the live one",
+        examples=["v2"],
+    ),
+]
+
+
+def _checked(pipeline: Pipeline) -> Pipeline:
     if not pipeline.ready:
         pipeline.status()  # raises NotReady saying why: hung, restarting, shutting down
         raise NotReady("the model is not loaded or is shutting down")
     return pipeline
+
+
+async def get_pipeline(request: Request) -> Pipeline:
+    """The live version's pipeline (writes, health)."""
+    return _checked(_serving(request, None).pipeline)
+
+
+async def pinned_pipeline(request: Request, version: VersionQuery = None) -> Pipeline:
+    """The pipeline of `version=NAME`, or of the live version."""
+    return _checked(_serving(request, version).pipeline)
+
+
+async def pinned_index(request: Request, version: VersionQuery = None) -> ItemIndex:
+    return _open(_serving(request, version).index)
+
+
+async def pinned_inspector(request: Request, version: VersionQuery = None) -> ModelInspector:
+    return _serving(request, version).inspector
 
 
 class ModelInfoFields(TypedDict):
@@ -39,18 +83,15 @@ def model_info(spec: ModelSpec) -> ModelInfoFields:
     return {"model": spec.model_id, "weights": spec.weights, "warnings": list(spec.warnings)}
 
 
-async def get_index(request: Request) -> ItemIndex:
-    index: ItemIndex | None = getattr(request.app.state, "index", None)
-    if index is None or not index.ready:
+def _open(index: ItemIndex) -> ItemIndex:
+    if not index.ready:
         raise NotReady("the similarity index is not open (starting or restarting)")
     return index
 
 
-async def get_inspector(request: Request) -> ModelInspector:
-    inspector: ModelInspector | None = getattr(request.app.state, "inspector", None)
-    if inspector is None:
-        raise NotReady("the model is not loaded")
-    return inspector
+async def get_index(request: Request) -> ItemIndex:
+    """The live version's index: item writes always go there (other versions follow it)."""
+    return _open(_serving(request, None).index)
 
 
 MAX_FILTER_BYTES = 8192

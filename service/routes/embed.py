@@ -12,9 +12,9 @@ from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
-    get_pipeline,
     get_settings,
     model_info,
+    pinned_pipeline,
 )
 from service.settings import Settings
 
@@ -30,7 +30,7 @@ router = APIRouter(prefix="/v1", tags=["embed"])
 async def embed(
     request: Request,
     response: Response,
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> EmbedResponse:
     """The image's L2-normalised embedding (the model's pooled features)."""

@@ -18,10 +18,10 @@ from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
-    get_inspector,
-    get_pipeline,
     get_settings,
     model_info,
+    pinned_inspector,
+    pinned_pipeline,
 )
 from service.settings import Settings
 
@@ -42,8 +42,8 @@ HEATMAP_GRID = 14  # the JSON heatmap: a small grid a program can read
 )
 async def explain(
     request: Request,
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
-    inspector: Annotated[ModelInspector, Depends(get_inspector)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
+    inspector: Annotated[ModelInspector, Depends(pinned_inspector)],
     settings: Annotated[Settings, Depends(get_settings)],
     class_id: Annotated[int | None, Query(ge=0, description="default: the top-1 class")] = None,
     method: CamMethod = "gradcam",
@@ -95,8 +95,8 @@ async def explain(
 )
 async def features(
     request: Request,
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
-    inspector: Annotated[ModelInspector, Depends(get_inspector)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
+    inspector: Annotated[ModelInspector, Depends(pinned_inspector)],
     settings: Annotated[Settings, Depends(get_settings)],
     stage: Annotated[int, Query(ge=1, le=16, description="C1..C5: 1 is the first stage")] = 5,
     channels: Annotated[int, Query(ge=1, le=256, description="most active channels shown")] = 16,
@@ -139,7 +139,7 @@ async def features(
 
 @router.get("/model/kernels", responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES})
 async def kernels(
-    inspector: Annotated[ModelInspector, Depends(get_inspector)],
+    inspector: Annotated[ModelInspector, Depends(pinned_inspector)],
 ) -> Response:
     """The first convolution's filters as a picture grid."""
     weights = await inspector.kernels()
@@ -153,7 +153,7 @@ async def kernels(
 
 @router.get("/model", response_model=ModelCardResponse, responses=ERROR_RESPONSES)
 async def model_card(
-    inspector: Annotated[ModelInspector, Depends(get_inspector)],
+    inspector: Annotated[ModelInspector, Depends(pinned_inspector)],
 ) -> ModelCardResponse:
     """What is loaded, measured from the model: size, cost, stages, preprocessing, backend."""
     card = await inspector.card()

@@ -28,6 +28,8 @@ from service.routes.deps import (
     get_settings,
     metadata_filter,
     model_info,
+    pinned_index,
+    pinned_pipeline,
 )
 from service.settings import Settings
 
@@ -45,8 +47,8 @@ K = Annotated[int, Query(ge=1, le=1000, description="how many results")]
 )
 async def similar_items(
     item_id: ItemId,
-    index: Annotated[ItemIndex, Depends(get_index)],
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    index: Annotated[ItemIndex, Depends(pinned_index)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
     where: Annotated[Filter | None, Depends(metadata_filter)],
     k: K = 10,
 ) -> SearchResponse:

@@ -16,11 +16,11 @@ from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
-    get_index,
-    get_pipeline,
     get_settings,
     metadata_filter,
     model_info,
+    pinned_index,
+    pinned_pipeline,
 )
 from service.routes.items import search_results
 from service.settings import Settings
@@ -38,8 +38,8 @@ PAIR = (ImageField("a", "a"), ImageField("b", "b"))
 async def search(
     request: Request,
     response: Response,
-    index: Annotated[ItemIndex, Depends(get_index)],
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    index: Annotated[ItemIndex, Depends(pinned_index)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
     where: Annotated[Filter | None, Depends(metadata_filter)],
     k: Annotated[int, Query(ge=1, le=1000, description="how many results")] = 10,
@@ -68,7 +68,7 @@ async def search(
 )
 async def similarity(
     request: Request,
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> SimilarityResponse:
     """Cosine similarity of two images: multipart files `a` and `b`, or JSON base64 `a`, `b`."""

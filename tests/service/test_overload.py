@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import api_routes, create_app
 from service.http.admission import model_routes
 from service.model.runtime import ModelRuntime
-from service.routes.deps import get_inspector, get_pipeline
+from service.routes.deps import get_pipeline, pinned_inspector, pinned_pipeline
 from tests.conftest import lite0_settings
 from tests.photos import jpeg
 from tests.service.test_api import assert_error, classify
@@ -42,7 +42,8 @@ def test_requests_for_the_model_are_the_ones_admitted_at_the_door() -> None:
     for route in routes:
         if isinstance(route, APIRoute) and route.methods & {"POST", "PUT"}:
             takes = {dependency.call for dependency in route.dependant.dependencies}
-            if get_pipeline in takes and get_inspector not in takes:
+            pipeline = takes & {get_pipeline, pinned_pipeline}
+            if pipeline and pinned_inspector not in takes:
                 assert route in model_routes([route]), route.path
 
 

@@ -1,0 +1,387 @@
+"""The model versions of a running service: each a model host with its own index, one live.
+
+A new version loads beside the live one (its own ModelHost: load, accuracy gate, warm-up),
+then every stored item's image is embedded again by it into its own index, one image at a
+time and only while the live model is idle, so live traffic keeps its latency. Items
+written meanwhile are caught up by their store labels (every write takes a new label), items
+deleted meanwhile by their ids. A ready version keeps following the live one, so making it
+live, and going back, is a pointer swap. Requests resolve their version once, at the start,
+so no response mixes two models.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from prometheus_client import CollectorRegistry
+
+from service.errors import Conflict, InsufficientMemory, InvalidInput, NotFound, NotReady
+from service.explain.inspector import ModelInspector
+from service.items.search_index import ItemIndex, SearchIndex
+from service.model_client import InProcessModel
+from service.pipeline import Pipeline
+from service.settings import Settings
+from service.versions.registry import (
+    DEFAULT,
+    InvalidVersion,
+    Registry,
+    RegistryFile,
+    VersionRecord,
+    check_name,
+)
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 32  # items read from the live store at a time
+_FOLLOW_EVERY_S = 1.0  # how often a ready version catches up with the live one
+_YIELD_S = 1.0  # each re-embedded image waits up to this long for the live model to be idle
+
+
+@dataclass
+class Serving:
+    """One version's model pipeline, index and inspector, and how to close them."""
+
+    name: str
+    pipeline: Pipeline
+    index: ItemIndex
+    inspector: ModelInspector
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    @property
+    def store(self) -> Any:
+        if not isinstance(self.index, SearchIndex):
+            raise NotReady("model versions need the index in this process (WORKERS=1)")
+        return self.index.collection.store
+
+
+Parts = Callable[[Settings, CollectorRegistry], AbstractAsyncContextManager[Any]]
+
+
+async def open_serving(name: str, settings: Settings, parts: Parts) -> Serving:
+    """Load a version: its model host (raises ModelLoadError) and its index."""
+    stack = AsyncExitStack()
+    try:
+        registry = CollectorRegistry()  # its own: a second host's metrics would collide
+        loaded = await stack.enter_async_context(parts(settings, registry))
+        pipeline = Pipeline(loaded.model, settings, registry)
+        await pipeline.start()
+        stack.push_async_callback(pipeline.stop)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return Serving(name, pipeline, loaded.index, loaded.inspector, stack)
+
+
+@dataclass
+class Progress:
+    done: int = 0
+    skipped: int = 0  # items stored without an image cannot be embedded again
+    total: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def describe(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = max(0, self.total - self.done - self.skipped)
+        return {
+            "done": self.done,
+            "skipped": self.skipped,
+            "total": self.total,
+            "items_per_s": round(rate, 2),
+            "seconds_left": round(left / rate, 1) if rate > 0 else None,
+        }
+
+
+@dataclass
+class Version:
+    record: VersionRecord
+    state: str = "loading"  # loading, re-embedding, ready, live, failed
+    reason: str | None = None
+    serving: Serving | None = None
+    progress: Progress = field(default_factory=Progress)
+    synced_to: int = 0  # the live store's label this version's index has caught up to
+    task: "asyncio.Task[None] | None" = None
+
+
+class ModelVersions:
+    def __init__(
+        self,
+        settings: Settings,
+        first: Serving,
+        parts: Parts,
+        on_switch: Callable[[Serving], None],
+    ) -> None:
+        self._settings = settings
+        self._parts = parts
+        self._on_switch = on_switch
+        self._file = RegistryFile(settings.data_dir, default_record(settings))
+        registry = self._file.load()
+        self._versions = {r.name: Version(r) for r in registry.versions}
+        self.live = first.name
+        live = self._versions[self.live]
+        live.state, live.serving = "live", first
+        self._switching = asyncio.Lock()
+
+    @staticmethod
+    def live_settings(settings: Settings) -> tuple[str, Settings]:
+        """The version to start with (the live one recorded), and its settings."""
+        registry = RegistryFile(settings.data_dir, default_record(settings)).load()
+        record = registry.record(registry.live)
+        assert record is not None
+        return record.name, version_settings(settings, record)
+
+    def start(self) -> None:
+        """Load every other recorded version in the background (resuming re-embeddings)."""
+        for version in self._versions.values():
+            if version.serving is None:
+                version.task = asyncio.create_task(self._prepare(version))
+
+    # -- requests -------------------------------------------------------------------------
+
+    def serving(self, name: str | None) -> Serving:
+        version = self._versions.get(self.live if name is None else name)
+        if version is None:  # a bad parameter of the request
+            raise InvalidInput(f"no model version {name!r}; GET /v1/models lists them")
+        if version.state not in ("ready", "live") or version.serving is None:
+            raise NotReady(f"model version {version.record.name!r} is {version.state}")
+        return version.serving
+
+    def describe(self) -> dict[str, Any]:
+        return {"live": self.live, "versions": [self._describe(v) for v in self._versions.values()]}
+
+    def _describe(self, version: Version) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "name": version.record.name,
+            "state": version.state,
+            "weights": version.record.weights,
+            "model": version.record.model,
+            "reason": version.reason,
+            "progress": version.progress.describe() if version.state == "re-embedding" else None,
+        }
+        if version.serving is not None and version.serving.pipeline.ready:
+            status = version.serving.pipeline.status()
+            described |= {
+                "fingerprint": status.spec.fingerprint,
+                "labels_source": status.spec.labels_source,
+                "backend": status.backend,
+                "memory_bytes": parameter_bytes(version.serving),
+            }
+        return described
+
+    # -- management -----------------------------------------------------------------------
+
+    def add(self, name: str, weights: str, model: str | None) -> dict[str, Any]:
+        try:
+            check_name(name)
+        except InvalidVersion as exc:
+            raise InvalidInput(str(exc)) from None
+        if name in self._versions:
+            raise Conflict(f"model version {name!r} exists; DELETE it first")
+        if _looks_like_path(weights) and not Path(weights).exists():
+            raise InvalidInput(f"weights {weights!r}: no such file or model directory")
+        live = self._versions[self.live]
+        record = VersionRecord(name, weights, model or live.record.model)
+        _check_memory(live)
+        version = Version(record)
+        self._versions[name] = version
+        self._save()
+        version.task = asyncio.create_task(self._prepare(version))
+        return self._describe(version)
+
+    async def activate(self, name: str) -> dict[str, Any]:
+        version = self._versions.get(name)
+        if version is None:
+            raise NotFound(f"no model version {name!r}")
+        async with self._switching:
+            if name == self.live:
+                return self.describe()
+            if version.state != "ready" or version.serving is None:
+                raise Conflict(f"model version {name!r} is {version.state}, not ready")
+            old = self._versions[self.live]
+            assert old.serving is not None
+            await self._catch_up(version, old.serving)
+            watermark = old.serving.store.max_label()
+            # The switch: one assignment each, no await in between.
+            self.live, version.state, old.state = name, "live", "ready"
+            self._on_switch(version.serving)
+            self._save()
+            # Writes that reached the old live version during the catch-up, then the old
+            # one follows the new live from where the new one's store stands now.
+            version.synced_to = watermark
+            await self._catch_up_from(version, old.serving, watermark)
+            old.synced_to = version.serving.store.max_label()
+            log.info("model version %s is live (was %s)", name, old.record.name)
+        return self.describe()
+
+    async def remove(self, name: str) -> None:
+        version = self._versions.get(name)
+        if version is None:
+            raise NotFound(f"no model version {name!r}")
+        if name == self.live:
+            raise Conflict(f"model version {name!r} is live; activate another one first")
+        if name == DEFAULT:
+            raise Conflict("the default version is the service's own configuration")
+        del self._versions[name]
+        self._save()
+        await self._close(version)
+        shutil.rmtree(version_dir(self._settings, name), ignore_errors=True)
+
+    async def close(self) -> None:
+        """Stop the background work and close every version this opened (the first one's
+        parts belong to the app's lifespan)."""
+        for version in list(self._versions.values()):
+            await self._close(version)
+
+    # -- background -----------------------------------------------------------------------
+
+    async def _prepare(self, version: Version) -> None:
+        name = version.record.name
+        try:
+            settings = version_settings(self._settings, version.record)
+            version.serving = await open_serving(name, settings, self._parts)
+            version.state = "re-embedding"
+            live = self._live_serving()
+            version.synced_to = _read_watermark(settings, live.name)
+            version.progress = Progress(total=live.store.count())
+            await self._catch_up(version, live)
+            version.state = "ready"
+            log.info("model version %s is ready", name)
+            while True:  # follow the live version until removed
+                await asyncio.sleep(_FOLLOW_EVERY_S)
+                async with self._switching:
+                    if version.state == "ready":
+                        await self._catch_up(version, self._live_serving())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            version.state, version.reason = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("model version %s failed", name)
+
+    def _live_serving(self) -> Serving:
+        serving = self._versions[self.live].serving
+        assert serving is not None
+        return serving
+
+    async def _catch_up(self, version: Version, source: Serving) -> None:
+        version.synced_to = await self._catch_up_from(version, source, version.synced_to)
+
+    async def _catch_up_from(self, version: Version, source: Serving, after: int) -> int:
+        """Embed into `version` every item written to `source` after label `after`, drop the
+        ones deleted there; returns the label caught up to."""
+        target = version.serving
+        assert target is not None
+        settings = version_settings(self._settings, version.record)
+        live_host = source.pipeline.model
+        while True:
+            chunk = await asyncio.to_thread(source.store.written_after, after, _CHUNK)
+            if not chunk:
+                break
+            for label, item_id in chunk:
+                if isinstance(live_host, InProcessModel):  # the live model first
+                    await asyncio.to_thread(live_host.host.batcher.wait_idle, _YIELD_S)
+                item = await source.index.get(item_id)
+                image = await source.index.image(item_id)
+                if item is None or image is None:
+                    version.progress.skipped += 1
+                    continue
+                inference = await target.pipeline.run(image)
+                await target.index.put(item_id, inference.outputs.embedding, item.metadata, image)
+                version.progress.done += 1
+                after = label
+            after = chunk[-1][0]
+            _write_watermark(settings, source.name, after)
+        gone = await asyncio.to_thread(lambda: target.store.ids() - source.store.ids())
+        for item_id in gone:
+            await target.index.delete(item_id)
+        return after
+
+    async def _close(self, version: Version) -> None:
+        if version.task is not None:
+            version.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await version.task
+        if version.serving is not None:
+            await version.serving.stack.aclose()
+            version.serving = None
+
+    def _save(self) -> None:
+        records = tuple(v.record for v in self._versions.values())
+        self._file.save(Registry(self.live, records))
+
+
+def default_record(settings: Settings) -> VersionRecord:
+    return VersionRecord(
+        DEFAULT, settings.weights or "pretrained, else lite0-package", settings.model
+    )
+
+
+def version_dir(settings: Settings, name: str) -> Path:
+    return settings.data_dir if name == DEFAULT else settings.data_dir / "versions" / name
+
+
+def version_settings(settings: Settings, record: VersionRecord) -> Settings:
+    """A version's settings: the service's, with its weights, model and own data directory
+    (its index, its converted backends)."""
+    if record.name == DEFAULT:
+        return settings
+    return settings.model_copy(
+        update={
+            "weights": record.weights,
+            "model": record.model,
+            "data_dir": version_dir(settings, record.name),
+        }
+    )
+
+
+def _watermark_path(settings: Settings) -> Path:
+    return settings.data_dir / "reembedded.json"
+
+
+def _read_watermark(settings: Settings, source: str) -> int:
+    """How far a re-embedding from `source` got before a restart (0: from the start)."""
+    path = _watermark_path(settings)
+    if not path.exists():
+        return 0
+    recorded = json.loads(path.read_text())
+    return int(recorded["label"]) if recorded.get("source") == source else 0
+
+
+def _write_watermark(settings: Settings, source: str, label: int) -> None:
+    path = _watermark_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"source": source, "label": label}))
+    temporary.replace(path)  # the items it counts are durable already (index writes)
+
+
+def _looks_like_path(weights: str) -> bool:
+    return "/" in weights or weights.endswith((".pth", ".pt", ".safetensors"))
+
+
+def parameter_bytes(serving: Serving) -> int | None:
+    model = serving.pipeline.model
+    if not isinstance(model, InProcessModel):
+        return None
+    module = model.host.runtime.module
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _check_memory(live: Version) -> None:
+    """Refuse a version that would not fit: it needs about what the live one takes (its
+    weights several times over: backend, explainer replicas, activations)."""
+    need = 4 * (parameter_bytes(live.serving) or 0) if live.serving is not None else 0
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise InsufficientMemory(
+            f"a new version needs about {need / 2**20:.0f} MiB; "
+            f"{available / 2**20:.0f} MiB are available"
+        )

@@ -1,0 +1,156 @@
+"""Model versions in one process: add one beside the live one, watch it re-embed, pin
+requests to it, make it live, go back, remove it; refusals; the key; a restart."""
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.conftest import lite0_settings
+from tests.photos import PHOTO_NAMES, encode, photo
+
+pytestmark = pytest.mark.slow
+
+
+def upload(name: str) -> dict[str, Any]:
+    return {"file": (f"{name}.jpg", encode(photo(name)), "image/jpeg")}
+
+
+def wait_for_state(
+    client: TestClient, name: str, state: str, timeout_s: float = 180
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = client.get("/v1/models").json()
+        version = next(v for v in listed["versions"] if v["name"] == name)
+        if version["state"] == state:
+            return version
+        assert version["state"] != "failed", version
+        assert time.monotonic() < deadline, version
+        time.sleep(0.1)
+
+
+def embedding(client: TestClient, name: str, version: str) -> np.ndarray:
+    answer = client.post("/v1/embed", params={"version": version}, files=upload(name))
+    assert answer.headers["x-model-version"] == version
+    return np.array(answer.json()["embedding"])
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(lite0_settings(tmp_path / "data"))) as client:
+        for name in PHOTO_NAMES:
+            assert client.put(f"/v1/items/{name}", files=upload(name)).status_code == 201
+        yield client
+
+
+def test_a_version_is_added_re_embedded_pinned_made_live_rolled_back_and_removed(
+    client: TestClient,
+) -> None:
+    before = client.post("/v1/classify", files=upload("coffee"))
+    assert before.headers["x-model-version"] == "default"
+
+    added = client.post("/v1/models", json={"name": "v2", "weights": "random"})
+    assert added.status_code == 202, added.text
+    assert added.json()["state"] == "loading"
+    ready = wait_for_state(client, "v2", "ready")
+    assert ready["fingerprint"] != client.get("/readyz").json()["fingerprint"]
+
+    # Pinned: the query vector and the index it searches are both v2's.
+    query = embedding(client, "coffee", "v2")
+    hits = client.post("/v1/search", params={"version": "v2"}, files=upload("coffee")).json()
+    for hit in hits["results"]:
+        item = embedding(client, hit["id"], "v2")
+        assert hit["score"] == pytest.approx(float(query @ item), abs=2e-3)
+    live_hits = client.post("/v1/search", files=upload("coffee")).json()["results"]
+    assert live_hits[0]["id"] == "coffee" and live_hits[0]["score"] > 0.99
+
+    # An item written now reaches v2 too (it follows the live version).
+    client.put("/v1/items/late", files=upload("rocket"))
+    deadline = time.monotonic() + 30
+    while client.get("/v1/items/late/similar", params={"version": "v2"}).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    switched = client.post("/v1/models/v2/activate")
+    assert switched.status_code == 200 and switched.json()["live"] == "v2"
+    after = client.post("/v1/classify", files=upload("coffee"))
+    assert after.headers["x-model-version"] == "v2"
+    assert after.json()["predictions"] != before.json()["predictions"]
+
+    started = time.monotonic()
+    assert client.post("/v1/models/default/activate").json()["live"] == "default"
+    assert time.monotonic() - started < 1.0  # going back is a pointer swap
+    again = client.post("/v1/classify", files=upload("coffee"))
+    assert again.headers["x-model-version"] == "default"
+    assert again.json()["predictions"] == before.json()["predictions"]
+
+    assert client.delete("/v1/models/default").status_code == 409  # live, and the default
+    assert client.delete("/v1/models/v2").status_code == 204
+    assert [v["name"] for v in client.get("/v1/models").json()["versions"]] == ["default"]
+    gone = client.post("/v1/classify", params={"version": "v2"}, files=upload("coffee"))
+    assert gone.status_code == 422
+
+
+def test_bad_versions_are_refused_and_the_live_one_is_untouched(
+    client: TestClient, tmp_path: Path
+) -> None:
+    missing = client.post("/v1/models", json={"name": "v3", "weights": "/no/such/file.pth"})
+    assert missing.status_code == 422 and "no such file" in missing.json()["error"]["message"]
+    assert (
+        client.post("/v1/models", json={"name": "Bad Name", "weights": "random"}).status_code == 422
+    )
+    assert (
+        client.post("/v1/models", json={"name": "default", "weights": "random"}).status_code == 409
+    )
+    assert (
+        client.post("/v1/models", json={"name": "v4", "weights": "random", "x": 1}).status_code
+        == 422
+    )
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a state dict")
+    assert client.post("/v1/models", json={"name": "v5", "weights": str(broken)}).status_code == 202
+    deadline = time.monotonic() + 60
+    while True:
+        v5 = next(v for v in client.get("/v1/models").json()["versions"] if v["name"] == "v5")
+        if v5["state"] == "failed":
+            break
+        assert time.monotonic() < deadline, v5
+        time.sleep(0.1)
+    assert v5["reason"]
+    assert client.post("/v1/models/v5/activate").status_code == 409
+    assert client.get("/v1/models").json()["live"] == "default"
+    assert client.post("/v1/classify", files=upload("coffee")).status_code == 200
+
+
+def test_the_api_key_guards_model_management(tmp_path: Path) -> None:
+    settings = lite0_settings(tmp_path / "data", api_key="k3y")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/models").status_code == 401
+        assert (
+            client.post("/v1/models", json={"name": "v2", "weights": "random"}).status_code == 401
+        )
+        assert client.get("/v1/models", headers={"X-API-Key": "k3y"}).status_code == 200
+
+
+def test_the_live_version_and_the_others_survive_a_restart(tmp_path: Path) -> None:
+    settings = lite0_settings(tmp_path / "data")
+    with TestClient(create_app(settings)) as client:
+        client.put("/v1/items/coffee", files=upload("coffee"))
+        client.post("/v1/models", json={"name": "v2", "weights": "random"})
+        wait_for_state(client, "v2", "ready")
+        client.post("/v1/models/v2/activate")
+    with TestClient(create_app(settings)) as client:
+        assert (
+            client.post("/v1/classify", files=upload("coffee")).headers["x-model-version"] == "v2"
+        )
+        wait_for_state(client, "default", "ready")
+        listed = client.get("/v1/models").json()
+        assert listed["live"] == "v2"
+        hits = client.post("/v1/search", files=upload("coffee")).json()["results"]
+        assert hits[0]["id"] == "coffee" and hits[0]["score"] > 0.99
