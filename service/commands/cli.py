@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(finetune)
     _add_setting_flags(finetune, GATE_FLAGS)
+    from service.commands.models_command import add_arguments as add_models_arguments
+
+    add_models_arguments(
+        commands.add_parser("models", help="model versions of a running service (its HTTP API)")
+    )
     return parser
 
 
@@ -108,6 +113,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "models":
+        from service.commands.models_command import run_models_command
+
+        raise SystemExit(run_models_command(args))
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

@@ -165,7 +165,8 @@ class ModelVersions:
             "weights": version.record.weights,
             "model": version.record.model,
             "reason": version.reason,
-            "progress": version.progress.describe() if version.state == "re-embedding" else None,
+            # the re-embedding under way, or the last one's figures
+            "progress": version.progress.describe() if version.progress.total else None,
         }
         if version.serving is not None and version.serving.pipeline.ready:
             status = version.serving.pipeline.status()
