@@ -139,7 +139,7 @@ def create_app(
         app.include_router(router)
     serve_docs(app)
     # Starlette runs the last added first: ids, metrics, CORS, the key, admission, body limit.
-    app.add_middleware(ModelVersionHeader)
+    app.add_middleware(ModelVersionHeader, registry=registry)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(AdmitAtTheDoor, routes=model_routes(routes))
     if settings.api_key is not None:

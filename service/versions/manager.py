@@ -1,8 +1,9 @@
 """The model versions of a running service: each a model host with its own index, one live.
 
 A new version loads beside the live one (its own ModelHost: load, accuracy gate, warm-up),
-then every stored item's image is embedded again by it into its own index, one image at a
-time and only while the live model is idle, so live traffic keeps its latency. Items
+then every stored item's image is embedded again by it into its own index, a batch at a
+time: at full speed while the live model is idle, and in at most a quarter of the time while
+it is busy, so live traffic keeps its latency. Items
 written meanwhile are caught up by their store labels (every write takes a new label), items
 deleted meanwhile by their ids. A ready version keeps following the live one, so making it
 live, and going back, is a pointer swap. Requests resolve their version once, at the start,
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 32  # items read from the live store at a time
 _FOLLOW_EVERY_S = 1.0  # how often a ready version catches up with the live one
-_YIELD_S = 1.0  # each re-embedded image waits up to this long for the live model to be idle
+_GROUP = 8  # images re-embedded at once (one batch of the new version's batcher)
+_SHARE = 0.25  # of the time re-embedding may take while the live model is busy
 
 
 @dataclass
@@ -281,29 +283,40 @@ class ModelVersions:
         target = version.serving
         assert target is not None
         settings = version_settings(self._settings, version.record)
-        live_host = source.pipeline.model
         while True:
             chunk = await asyncio.to_thread(source.store.written_after, after, _CHUNK)
             if not chunk:
                 break
-            for label, item_id in chunk:
-                if isinstance(live_host, InProcessModel):  # the live model first
-                    await asyncio.to_thread(live_host.host.batcher.wait_idle, _YIELD_S)
-                item = await source.index.get(item_id)
-                image = await source.index.image(item_id)
-                if item is None or image is None:
-                    version.progress.skipped += 1
-                    continue
-                inference = await target.pipeline.run(image)
-                await target.index.put(item_id, inference.outputs.embedding, item.metadata, image)
-                version.progress.done += 1
-                after = label
+            for start in range(0, len(chunk), _GROUP):
+                began = time.monotonic()
+                group = [item_id for _, item_id in chunk[start : start + _GROUP]]
+                await asyncio.gather(*(self._embed_into(version, source, i) for i in group))
+                await self._leave_room_for_live(time.monotonic() - began)
             after = chunk[-1][0]
             _write_watermark(settings, source.name, after)
         gone = await asyncio.to_thread(lambda: target.store.ids() - source.store.ids())
         for item_id in gone:
             await target.index.delete(item_id)
         return after
+
+    async def _embed_into(self, version: Version, source: Serving, item_id: str) -> None:
+        target = version.serving
+        assert target is not None
+        item = await source.index.get(item_id)
+        image = await source.index.image(item_id)
+        if item is None or image is None:  # deleted meanwhile, or stored without its image
+            version.progress.skipped += 1
+            return
+        inference = await target.pipeline.run(image)
+        await target.index.put(item_id, inference.outputs.embedding, item.metadata, image)
+        version.progress.done += 1
+
+    async def _leave_room_for_live(self, worked_s: float) -> None:
+        """While the live model has work, re-embedding takes at most _SHARE of the time, so
+        live requests keep their latency; an idle service re-embeds at full speed."""
+        live = self._live_serving().pipeline.model
+        if isinstance(live, InProcessModel) and not live.host.batcher.wait_idle(0):
+            await asyncio.sleep(worked_s * (1 / _SHARE - 1))
 
     async def _close(self, version: Version) -> None:
         if version.task is not None:

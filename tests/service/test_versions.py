@@ -89,6 +89,8 @@ def test_a_version_is_added_re_embedded_pinned_made_live_rolled_back_and_removed
     again = client.post("/v1/classify", files=upload("coffee"))
     assert again.headers["x-model-version"] == "default"
     assert again.json()["predictions"] == before.json()["predictions"]
+    metrics = client.get("/metrics").text
+    assert 'model_version_responses_total{version="v2"}' in metrics
 
     assert client.delete("/v1/models/default").status_code == 409  # live, and the default
     assert client.delete("/v1/models/v2").status_code == 204
@@ -126,6 +128,18 @@ def test_bad_versions_are_refused_and_the_live_one_is_untouched(
     assert client.post("/v1/models/v5/activate").status_code == 409
     assert client.get("/v1/models").json()["live"] == "default"
     assert client.post("/v1/classify", files=upload("coffee")).status_code == 200
+
+
+def test_a_version_that_would_not_fit_in_memory_is_refused(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Little:
+        available = 1024
+
+    monkeypatch.setattr("service.versions.manager.psutil.virtual_memory", lambda: Little())
+    refused = client.post("/v1/models", json={"name": "big", "weights": "random"})
+    assert refused.status_code == 507 and "MiB" in refused.json()["error"]["message"]
+    assert [v["name"] for v in client.get("/v1/models").json()["versions"]] == ["default"]
 
 
 def test_the_api_key_guards_model_management(tmp_path: Path) -> None:
