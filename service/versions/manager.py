@@ -222,6 +222,9 @@ class ModelVersions:
             version.synced_to = watermark
             await self._catch_up_from(version, old.serving, watermark)
             old.synced_to = version.serving.store.max_label()
+            # So that a restart resumes the old version from here, not from the start.
+            old_settings = version_settings(self._settings, old.record)
+            _write_watermark(old_settings, name, old.synced_to)
             log.info("model version %s is live (was %s)", name, old.record.name)
         return self.describe()
 

@@ -163,7 +163,8 @@ def test_the_live_version_and_the_others_survive_a_restart(tmp_path: Path) -> No
         assert (
             client.post("/v1/classify", files=upload("coffee")).headers["x-model-version"] == "v2"
         )
-        wait_for_state(client, "default", "ready")
+        default = wait_for_state(client, "default", "ready")
+        assert default["progress"] is None or default["progress"]["done"] == 0  # nothing redone
         listed = client.get("/v1/models").json()
         assert listed["live"] == "v2"
         hits = client.post("/v1/search", files=upload("coffee")).json()["results"]
