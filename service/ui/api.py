@@ -48,6 +48,9 @@ class ServiceApi:
         data = {"metadata": json.dumps(metadata)}
         return _checked(await self._client.put(f"/v1/items/{item_id}", files=files, data=data))
 
+    async def post(self, path: str) -> httpx.Response:
+        return _checked(await self._client.post(path))
+
     async def delete(self, path: str) -> httpx.Response:
         return _checked(await self._client.delete(path))
 

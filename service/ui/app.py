@@ -95,6 +95,14 @@ def shown(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
+def _progress_words(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return ""
+    left = progress["seconds_left"]
+    eta = f", about {left:.0f} s left" if left is not None else ""
+    return f"{progress['done']} of {progress['total']}{eta}"
+
+
 def _need(image: str | None, what: str = "an image") -> Path:
     import gradio as gr
 
@@ -122,6 +130,12 @@ def build_blocks(api: ServiceApi, exports: Path) -> Any:
         with gr.Tab("Model"):
             model_text = gr.Markdown("Loading…", elem_id="model-card")
             refresh = gr.Button("Refresh")
+            versions_text = gr.Markdown(elem_id="versions")
+            with gr.Row():
+                version_choice = gr.Dropdown(
+                    label="Ready version", choices=[], elem_id="version-choice"
+                )
+                make_live = gr.Button("Make live", elem_id="make-live")
         with gr.Tab("Classify"), gr.Row():
             with gr.Column():
                 classify_image = gr.Image(
@@ -325,8 +339,42 @@ def build_blocks(api: ServiceApi, exports: Path) -> Any:
             failed = sum(1 for row in rows if row[3])
             yield f"Done: {len(rows)} images, {failed} failed.", rows, str(csv_path), str(json_path)
 
-        page.load(describe, outputs=model_text)
-        refresh.click(describe, outputs=model_text)
+        @shown
+        async def versions() -> tuple[str, Any]:
+            try:
+                listed = (await api.get("/v1/models")).json()
+            except ApiError as exc:
+                if exc.status != 503:  # 503: not managed here (HTTP workers)
+                    raise
+                return f"Model versions: {exc}", gr.Dropdown(choices=[])
+            rows = "\n".join(
+                f"| {v['name']}{' (live)' if v['name'] == listed['live'] else ''} | {v['state']} "
+                f"| {_progress_words(v['progress']) if v['state'] == 're-embedding' else ''} "
+                f"| `{v['weights']}` | {v['reason'] or ''} |"
+                for v in listed["versions"]
+            )
+            ready = [v["name"] for v in listed["versions"] if v["state"] == "ready"]
+            table = (
+                f"| version | state | progress | weights | reason |\n|---|---|---|---|---|\n{rows}"
+            )
+            return table, gr.Dropdown(choices=ready, value=None)
+
+        @shown
+        async def activate(name: str | None) -> tuple[str, Any]:
+            if not name:
+                raise gr.Error("Pick a ready version first.")
+            await api.post(f"/v1/models/{name}/activate")
+            return await versions()
+
+        page.load(describe, outputs=model_text).then(
+            versions, outputs=[versions_text, version_choice]
+        )
+        refresh.click(describe, outputs=model_text).then(
+            versions, outputs=[versions_text, version_choice]
+        )
+        make_live.click(activate, version_choice, [versions_text, version_choice]).then(
+            describe, outputs=model_text
+        )
         classified = [labels, explain_class, timings]
         picked = [classify_image, explain_class]
         classify_image.upload(classify, [classify_image, top_k], classified).then(

@@ -10,9 +10,11 @@ import io
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -106,6 +108,7 @@ def test_every_tab_works_offline(
     expect(card).to_contain_text("tf_efficientnet_lite0")
     expect(card).to_contain_text("torch-cpu-fp32")
     expect(card).to_contain_text("320 x 7 x 7")
+    expect(page.locator("#versions")).to_contain_text("default (live)")
     screenshot(page, "model", tmp_path)
 
     # Classify: drop the coffee photo, see espresso and its Grad-CAM.
@@ -169,6 +172,35 @@ def test_every_tab_works_offline(
     screenshot(page, "batch", tmp_path)
 
     assert outside == [], f"the page reached outside: {outside}"
+
+
+def test_the_model_tab_lists_versions_and_makes_a_ready_one_live(
+    server: Server, page: Page
+) -> None:
+    added = httpx.post(
+        f"{server.url}/v1/models", json={"name": "v2", "weights": "random"}, timeout=30
+    )
+    assert added.status_code == 202, added.text
+    try:
+        deadline = time.monotonic() + 120
+        while (
+            httpx.get(f"{server.url}/v1/models", timeout=30).json()["versions"][-1]["state"]
+            != "ready"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        page.goto(f"{server.url}/ui/")
+        versions = page.locator("#versions")
+        expect(versions).to_contain_text("default (live)")
+        expect(versions).to_contain_text("ready")
+        page.locator("#version-choice input").click()
+        page.get_by_role("option", name="v2").click()
+        page.get_by_role("button", name="Make live").click()
+        expect(versions).to_contain_text("v2 (live)")
+        assert httpx.get(f"{server.url}/v1/models", timeout=30).json()["live"] == "v2"
+    finally:  # the other tests share this server
+        httpx.post(f"{server.url}/v1/models/default/activate", timeout=30)
+        httpx.delete(f"{server.url}/v1/models/v2", timeout=30)
 
 
 def test_errors_show_as_messages_and_the_page_keeps_working(
