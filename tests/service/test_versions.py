@@ -1,8 +1,10 @@
 """Model versions in one process: add one beside the live one, watch it re-embed, pin
 requests to it, make it live, go back, remove it; refusals; the key; a restart."""
 
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from loadtest.images import unique_jpegs
 from service.app import create_app
 from tests.conftest import lite0_settings
 from tests.photos import PHOTO_NAMES, encode, photo
@@ -97,6 +100,53 @@ def test_a_version_is_added_re_embedded_pinned_made_live_rolled_back_and_removed
     assert [v["name"] for v in client.get("/v1/models").json()["versions"]] == ["default"]
     gone = client.post("/v1/classify", params={"version": "v2"}, files=upload("coffee"))
     assert gone.status_code == 422
+
+
+def test_a_switch_under_load_fails_nothing_and_labels_change_exactly_at_it(
+    client: TestClient,
+) -> None:
+    client.post("/v1/models", json={"name": "v2", "weights": "random"})
+    wait_for_state(client, "v2", "ready")
+    images = unique_jpegs(tag="switch")
+    answers: list[tuple[float, float, bytes, Any]] = []
+    stop = threading.Event()
+    taking = threading.Lock()  # one generator, four threads
+
+    def classify() -> None:
+        while not stop.is_set():
+            with taking:
+                image = next(images)
+            started = time.monotonic()
+            answer = client.post("/v1/classify", files={"file": ("x.jpg", image, "image/jpeg")})
+            answers.append((started, time.monotonic(), image, answer))
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(classify) for _ in range(4)]
+        deadline = time.monotonic() + 60
+        while len(answers) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        asked = time.monotonic()
+        assert client.post("/v1/models/v2/activate").status_code == 200
+        answered = time.monotonic()
+        while len([a for a in answers if a[0] > answered]) < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        stop.set()
+        for each in running:
+            each.result()
+    assert [a[3].status_code for a in answers] == [200] * len(answers)
+    for started, finished, image, answer in answers:
+        version = answer.headers["x-model-version"]
+        if finished < asked:
+            assert version == "default"
+        if started > answered:
+            assert version == "v2"
+        # What that version answers for this image, asked again pinned: the same labels.
+        pinned = client.post(
+            "/v1/classify", params={"version": version}, files={"file": ("x.jpg", image)}
+        )
+        assert pinned.json()["predictions"] == answer.json()["predictions"]
 
 
 def test_bad_versions_are_refused_and_the_live_one_is_untouched(
