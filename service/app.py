@@ -100,9 +100,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Model versions are hosted in this process only, for now (WORKERS=1).
         versioned = components is in_process
-        live, live_settings = (
-            ModelVersions.live_settings(settings) if versioned else (DEFAULT, settings)
-        )
+        live, live_settings = ModelVersions.live_settings(settings)
+        if not versioned and live != DEFAULT:
+            log.warning(
+                "model version %s is live in %s, but versions are hosted only with WORKERS=1: "
+                "serving the default version (the service's own settings)",
+                live,
+                settings.data_dir / "versions.json",
+            )
+            live, live_settings = DEFAULT, settings
         async with components(live_settings, metrics_registry) as parts:
             pipeline = Pipeline(parts.model, live_settings, metrics_registry)
             await pipeline.start()
