@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from prometheus_client import CollectorRegistry
 
 from service.errors import Conflict, InsufficientMemory, InvalidInput, NotFound, NotReady
@@ -392,11 +392,21 @@ def parameter_bytes(serving: Serving) -> int | None:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
+def available_memory_bytes() -> int:
+    """Memory the kernel says new allocations can have (MemAvailable), without psutil (an
+    optional package)."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def _check_memory(live: Version) -> None:
     """Refuse a version that would not fit: it needs about what the live one takes (its
     weights several times over: backend, explainer replicas, activations)."""
     need = 4 * (parameter_bytes(live.serving) or 0) if live.serving is not None else 0
-    available = psutil.virtual_memory().available
+    available = available_memory_bytes()
     if need > available:
         raise InsufficientMemory(
             f"a new version needs about {need / 2**20:.0f} MiB; "
