@@ -80,6 +80,13 @@ def test_a_version_is_added_re_embedded_pinned_made_live_rolled_back_and_removed
         assert time.monotonic() < deadline
         time.sleep(0.1)
 
+    # A deletion reaches it too (no label marks it: found by id).
+    assert client.delete("/v1/items/late").status_code == 204
+    deadline = time.monotonic() + 30
+    while client.get("/v1/items/late/similar", params={"version": "v2"}).status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
     switched = client.post("/v1/models/v2/activate")
     assert switched.status_code == 200 and switched.json()["live"] == "v2"
     after = client.post("/v1/classify", files=upload("coffee"))
