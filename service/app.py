@@ -28,7 +28,7 @@ from service.pipeline import Pipeline
 from service.routes import classify, embed, explain, health, items, items_batch, models, search
 from service.routes.docs import serve_docs
 from service.settings import Settings
-from service.versions.manager import ModelVersions, Serving
+from service.versions.manager import ModelVersions, Serving, Versions
 from service.versions.registry import DEFAULT
 
 log = logging.getLogger(__name__)
@@ -43,13 +43,19 @@ class ServiceParts:
     inspector: ModelInspector
 
 
-# Where the parts live: this process (the default), or worker processes.
-Components = Callable[[Settings, CollectorRegistry], AbstractAsyncContextManager[ServiceParts]]
+# Where a model version's parts live: this process (the default), worker processes, or Ray
+# deployments. They are given the version's name and its settings.
+Components = Callable[[str, Settings, CollectorRegistry], AbstractAsyncContextManager[ServiceParts]]
+
+# How the app reaches its model versions: it manages them itself (one process), or sees those
+# the first model worker manages (an HTTP worker). Given the settings, the version it started
+# with, where versions' parts live, and what to call when the live version changes.
+VersionHosting = Callable[[Settings, Serving, Components, Callable[[Serving], None]], Versions]
 
 
 @asynccontextmanager
 async def in_process(
-    settings: Settings, registry: CollectorRegistry
+    name: str, settings: Settings, registry: CollectorRegistry
 ) -> AsyncIterator[ServiceParts]:
     """Host the model and open the index, all in this process."""
     host = ModelHost(settings, registry)
@@ -80,9 +86,11 @@ def create_app(
     components: Components = in_process,
     registry: CollectorRegistry | None = None,
     exposition: CollectorRegistry | None = None,
+    versions: VersionHosting | None = ModelVersions,
 ) -> FastAPI:
     """The app; metrics are created on `registry` and /metrics serves `exposition` (the same
-    registry unless worker processes aggregate theirs)."""
+    registry unless worker processes aggregate theirs). `versions=None`: only the default
+    model version is served (Ray)."""
     if registry is None:
         registry = CollectorRegistry()
         # Process CPU, memory and file descriptors, as the default registry would have them.
@@ -98,18 +106,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Model versions are hosted in this process only, for now (WORKERS=1).
-        versioned = components is in_process
         live, live_settings = ModelVersions.live_settings(settings)
-        if not versioned and live != DEFAULT:
+        if versions is None and live != DEFAULT:
             log.warning(
-                "model version %s is live in %s, but versions are hosted only with WORKERS=1: "
+                "model version %s is live in %s, but versions are not hosted here (Ray): "
                 "serving the default version (the service's own settings)",
                 live,
                 settings.data_dir / "versions.json",
             )
             live, live_settings = DEFAULT, settings
-        async with components(live_settings, metrics_registry) as parts:
+        async with components(live, live_settings, metrics_registry) as parts:
             pipeline = Pipeline(parts.model, live_settings, metrics_registry)
             await pipeline.start()
             # Everything loaded so far lives as long as the process: out of the collector's
@@ -117,15 +123,15 @@ def create_app(
             gc.freeze()
             first = Serving(live, pipeline, parts.index, parts.inspector)
             switch(first)
-            versions = ModelVersions(settings, first, components, switch) if versioned else None
-            app.state.versions = versions
-            if versions is not None:
-                versions.start()
+            hosted = None if versions is None else versions(settings, first, components, switch)
+            app.state.versions = hosted
+            if hosted is not None:
+                hosted.start()
             try:
                 yield
             finally:
-                if versions is not None:
-                    await versions.close()
+                if hosted is not None:
+                    await hosted.close()
                 await pipeline.stop()
 
     app = FastAPI(

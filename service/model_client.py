@@ -77,6 +77,12 @@ class ModelClient(Protocol):
 
     async def start(self) -> None: ...
 
+    async def connected_if_listening(self) -> None:
+        """Wait briefly for a host that listens but is not connected yet (it restarted, or
+        a model version was published a moment ago), so a request does not fail for want of a
+        connection; returns at once when connected, in-process, or nobody listens."""
+        ...
+
     async def stop(self, drain_timeout_s: float) -> None: ...
 
 
@@ -202,6 +208,9 @@ class InProcessModel:
 
     async def start(self) -> None:
         await self.host.start()
+
+    async def connected_if_listening(self) -> None:
+        return None  # in this process
 
     async def stop(self, drain_timeout_s: float) -> None:
         await self.host.stop(drain_timeout_s=drain_timeout_s)

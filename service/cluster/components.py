@@ -19,7 +19,7 @@ from service.workers.remote_inspector import RemoteInspector
 def on_ray(model: DeploymentHandle[Any], index: DeploymentHandle[Any]) -> Components:
     @asynccontextmanager
     async def components(
-        settings: Settings, registry: CollectorRegistry
+        name: str, settings: Settings, registry: CollectorRegistry
     ) -> AsyncIterator[ServiceParts]:
         ray_model = RayModel(model)
         yield ServiceParts(

@@ -131,7 +131,7 @@ class Ingress:
         self._parts = on_ray(model, index)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(replica_settings(), self._parts)
+        return create_app(replica_settings(), self._parts, versions=None)
 
 
 # @serve.deployment made the classes Deployments; mypy still sees the classes.

@@ -45,6 +45,9 @@ class RayLink:
     async def open(self) -> None:
         return None
 
+    async def connected_if_listening(self) -> None:
+        return None
+
     async def stop(self) -> None:
         return None
 

@@ -73,5 +73,8 @@ class RayModel:
         # Ray Serve starts the deployments together; the first call waits for a replica.
         self._status = await MODEL.describe.call(self.link)
 
+    async def connected_if_listening(self) -> None:
+        return None  # Ray Serve routes each call to a live replica
+
     async def stop(self, drain_timeout_s: float) -> None:
         return None  # the replicas are Ray's; this ingress holds nothing of them

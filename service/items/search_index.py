@@ -72,6 +72,25 @@ class ItemIndex(Protocol):
 
     async def stats(self) -> CollectionStats: ...
 
+    # What another model version's copy of the index needs to follow this one.
+
+    async def written_after(self, label: int, limit: int) -> list[tuple[int, str]]:
+        """(label, id) of up to `limit` items added or replaced after store label `label`,
+        oldest first (every write takes a new label)."""
+        ...
+
+    async def max_label(self) -> int: ...
+
+    async def count(self) -> int: ...
+
+    async def ids(self) -> set[str]: ...
+
+    async def connected_if_listening(self) -> None:
+        """Wait briefly for a host that listens but is not connected yet (it restarted, or
+        a model version was published a moment ago), so a request does not fail for want of a
+        connection; returns at once when connected, in-process, or nobody listens."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -119,6 +138,21 @@ class SearchIndex:
 
     async def stats(self) -> CollectionStats:
         return await self._read(self.collection.stats)
+
+    async def written_after(self, label: int, limit: int) -> list[tuple[int, str]]:
+        return await self._read(self.collection.store.written_after, label, limit)
+
+    async def max_label(self) -> int:
+        return await self._read(self.collection.store.max_label)
+
+    async def count(self) -> int:
+        return await self._read(self.collection.store.count)
+
+    async def ids(self) -> set[str]:
+        return await self._read(self.collection.store.ids)
+
+    async def connected_if_listening(self) -> None:
+        return None  # in this process
 
     async def close(self) -> None:
         self._readers.shutdown(wait=True)

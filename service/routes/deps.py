@@ -16,7 +16,7 @@ from service.items.search_index import ItemIndex
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
 from service.settings import Settings
-from service.versions.manager import ModelVersions, Serving
+from service.versions.manager import Serving, Versions
 
 
 def _serving(request: Request, version: str | None) -> Serving:
@@ -25,7 +25,7 @@ def _serving(request: Request, version: str | None) -> Serving:
     resolved: Serving | None = getattr(request.state, "serving", None)
     if resolved is not None:
         return resolved
-    versions: ModelVersions | None = getattr(request.app.state, "versions", None)
+    versions: Versions | None = getattr(request.app.state, "versions", None)
     if versions is not None:
         resolved = versions.serving(version)
     else:
@@ -47,7 +47,11 @@ VersionQuery = Annotated[
 ]
 
 
-def _checked(pipeline: Pipeline) -> Pipeline:
+async def _checked(pipeline: Pipeline) -> Pipeline:
+    if not pipeline.ready:
+        # A host that restarted, or a version made live a moment after it was published:
+        # connect now rather than answer 503.
+        await pipeline.model.connected_if_listening()
     if not pipeline.ready:
         pipeline.status()  # raises NotReady saying why: hung, restarting, shutting down
         raise NotReady("the model is not loaded or is shutting down")
@@ -56,16 +60,16 @@ def _checked(pipeline: Pipeline) -> Pipeline:
 
 async def get_pipeline(request: Request) -> Pipeline:
     """The live version's pipeline (writes, health)."""
-    return _checked(_serving(request, None).pipeline)
+    return await _checked(_serving(request, None).pipeline)
 
 
 async def pinned_pipeline(request: Request, version: VersionQuery = None) -> Pipeline:
     """The pipeline of `version=NAME`, or of the live version."""
-    return _checked(_serving(request, version).pipeline)
+    return await _checked(_serving(request, version).pipeline)
 
 
 async def pinned_index(request: Request, version: VersionQuery = None) -> ItemIndex:
-    return _open(_serving(request, version).index)
+    return await _open(_serving(request, version).index)
 
 
 async def pinned_inspector(request: Request, version: VersionQuery = None) -> ModelInspector:
@@ -83,7 +87,9 @@ def model_info(spec: ModelSpec) -> ModelInfoFields:
     return {"model": spec.model_id, "weights": spec.weights, "warnings": list(spec.warnings)}
 
 
-def _open(index: ItemIndex) -> ItemIndex:
+async def _open(index: ItemIndex) -> ItemIndex:
+    if not index.ready:
+        await index.connected_if_listening()
     if not index.ready:
         raise NotReady("the similarity index is not open (starting or restarting)")
     return index
@@ -91,7 +97,7 @@ def _open(index: ItemIndex) -> ItemIndex:
 
 async def get_index(request: Request) -> ItemIndex:
     """The live version's index: item writes always go there (other versions follow it)."""
-    return _open(_serving(request, None).index)
+    return await _open(_serving(request, None).index)
 
 
 MAX_FILTER_BYTES = 8192

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.errors import NotReady
 from service.http.schemas import ErrorResponse
 from service.routes.deps import ERROR_RESPONSES
-from service.versions.manager import ModelVersions
+from service.versions.manager import Versions
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -59,38 +59,38 @@ class VersionsResponse(BaseModel):
     versions: list[VersionInfo]
 
 
-async def get_versions(request: Request) -> ModelVersions:
-    versions: ModelVersions | None = getattr(request.app.state, "versions", None)
+async def get_versions(request: Request) -> Versions:
+    versions: Versions | None = getattr(request.app.state, "versions", None)
     if versions is None:
-        raise NotReady("model versions are managed with the model in this process (WORKERS=1)")
+        raise NotReady("model versions are not hosted here (Ray Serve: the default version only)")
     return versions
 
 
-Versions = Annotated[ModelVersions, Depends(get_versions)]
+HostedVersions = Annotated[Versions, Depends(get_versions)]
 
 
 @router.get("", response_model=VersionsResponse, responses=MANAGEMENT_ERRORS)
-async def list_versions(versions: Versions) -> dict[str, Any]:
+async def list_versions(versions: HostedVersions) -> dict[str, Any]:
     """The live version and every version with its state."""
-    return versions.describe()
+    return await versions.describe()
 
 
 @router.post("", status_code=202, response_model=VersionInfo, responses=MANAGEMENT_ERRORS)
-async def add_version(new: NewVersion, versions: Versions) -> dict[str, Any]:
+async def add_version(new: NewVersion, versions: HostedVersions) -> dict[str, Any]:
     """Load a version beside the live one; it re-embeds every stored item in the background,
     then is `ready` to be made live."""
-    return versions.add(new.name, new.weights, new.model)
+    return await versions.add(new.name, new.weights, new.model)
 
 
 @router.post("/{name}/activate", response_model=VersionsResponse, responses=MANAGEMENT_ERRORS)
-async def activate_version(name: str, versions: Versions) -> dict[str, Any]:
+async def activate_version(name: str, versions: HostedVersions) -> dict[str, Any]:
     """Make a ready version live (or go back to the previous one): every route switches at
     once; requests in flight finish on the version they started with."""
     return await versions.activate(name)
 
 
 @router.delete("/{name}", status_code=204, responses=MANAGEMENT_ERRORS)
-async def remove_version(name: str, versions: Versions) -> Response:
+async def remove_version(name: str, versions: HostedVersions) -> Response:
     """Remove a version that is not live: its model and its index."""
     await versions.remove(name)
     return Response(status_code=204)

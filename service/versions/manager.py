@@ -21,13 +21,13 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from service.errors import Conflict, InsufficientMemory, InvalidInput, NotFound, NotReady
 from service.explain.inspector import ModelInspector
-from service.items.search_index import ItemIndex, SearchIndex
+from service.items.search_index import ItemIndex
 from service.model_client import InProcessModel
 from service.pipeline import Pipeline
 from service.settings import Settings
@@ -58,22 +58,21 @@ class Serving:
     inspector: ModelInspector
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
-    @property
-    def store(self) -> Any:
-        if not isinstance(self.index, SearchIndex):
-            raise NotReady("model versions need the index in this process (WORKERS=1)")
-        return self.index.collection.store
+
+# A version's parts (service.app.ServiceParts), by its name and settings: where they live.
+Parts = Callable[[str, Settings, CollectorRegistry], AbstractAsyncContextManager[Any]]
 
 
-Parts = Callable[[Settings, CollectorRegistry], AbstractAsyncContextManager[Any]]
-
-
-async def open_serving(name: str, settings: Settings, parts: Parts) -> Serving:
-    """Load a version: its model host (raises ModelLoadError) and its index."""
+async def open_serving(
+    name: str, settings: Settings, parts: Parts, exported: CollectorRegistry | None = None
+) -> Serving:
+    """Load a version: its model host (raises ModelLoadError) and its index. Its parts'
+    metrics go to `exported` (a worker's first version) or, like its pipeline's, to a
+    registry of its own: a second host's metrics would collide with the first one's."""
     stack = AsyncExitStack()
     try:
-        registry = CollectorRegistry()  # its own: a second host's metrics would collide
-        loaded = await stack.enter_async_context(parts(settings, registry))
+        registry = CollectorRegistry()
+        loaded = await stack.enter_async_context(parts(name, settings, exported or registry))
         pipeline = Pipeline(loaded.model, settings, registry)
         await pipeline.start()
         stack.push_async_callback(pipeline.stop)
@@ -112,6 +111,36 @@ class Version:
     progress: Progress = field(default_factory=Progress)
     synced_to: int = 0  # the live store's label this version's index has caught up to
     task: "asyncio.Task[None] | None" = None
+    # After it stops being live: until when writes of requests that resolved it as live may
+    # still reach it, and the label of its own store they are forwarded from.
+    forward_until: float = 0.0
+    forwarded_to: int = 0
+
+
+class Versions(Protocol):
+    """The model versions as the routes see them: managed in this process (ModelVersions),
+    or by the first model worker (service.workers.remote_versions.RemoteVersions)."""
+
+    def start(self) -> None: ...
+
+    def serving(self, name: str | None) -> Serving:
+        """The version `name` (None: the live one), if it can answer (ready or live)."""
+        ...
+
+    async def describe(self) -> dict[str, Any]:
+        """The live version's name and every version with its state."""
+        ...
+
+    async def add(self, name: str, weights: str, model: str | None) -> dict[str, Any]:
+        """Load a version beside the live one and re-embed the index for it, in the
+        background; answers at once with its description."""
+        ...
+
+    async def activate(self, name: str) -> dict[str, Any]: ...
+
+    async def remove(self, name: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class ModelVersions:
@@ -157,7 +186,7 @@ class ModelVersions:
             raise NotReady(f"model version {version.record.name!r} is {version.state}")
         return version.serving
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
         return {"live": self.live, "versions": [self._describe(v) for v in self._versions.values()]}
 
     def _describe(self, version: Version) -> dict[str, Any]:
@@ -182,14 +211,14 @@ class ModelVersions:
 
     # -- management -----------------------------------------------------------------------
 
-    def add(self, name: str, weights: str, model: str | None) -> dict[str, Any]:
+    async def add(self, name: str, weights: str, model: str | None) -> dict[str, Any]:
         try:
             check_name(name)
         except InvalidVersion as exc:
             raise InvalidInput(str(exc)) from None
         if name in self._versions:
             raise Conflict(f"model version {name!r} exists; DELETE it first")
-        if _looks_like_path(weights) and not Path(weights).exists():
+        if _looks_like_path(weights) and not await asyncio.to_thread(Path(weights).exists):
             raise InvalidInput(f"weights {weights!r}: no such file or model directory")
         live = self._versions[self.live]
         record = VersionRecord(name, weights, model or live.record.model)
@@ -206,27 +235,28 @@ class ModelVersions:
             raise NotFound(f"no model version {name!r}")
         async with self._switching:
             if name == self.live:
-                return self.describe()
+                return await self.describe()
             if version.state != "ready" or version.serving is None:
                 raise Conflict(f"model version {name!r} is {version.state}, not ready")
             old = self._versions[self.live]
             assert old.serving is not None
             await self._catch_up(version, old.serving)
-            watermark = old.serving.store.max_label()
+            watermark = await old.serving.index.max_label()
             # The switch: one assignment each, no await in between.
             self.live, version.state, old.state = name, "live", "ready"
             self._on_switch(version.serving)
             self._save()
             # Writes that reached the old live version during the catch-up, then the old
             # one follows the new live from where the new one's store stands now.
-            version.synced_to = watermark
-            await self._catch_up_from(version, old.serving, watermark)
-            old.synced_to = version.serving.store.max_label()
+            version.synced_to, version.forward_until = watermark, 0.0
+            old.forwarded_to = await self._catch_up_from(version, old.serving, watermark)
+            old.synced_to = await version.serving.index.max_label()
+            old.forward_until = time.monotonic() + self._settings.request_timeout_s + 1
             # So that a restart resumes the old version from here, not from the start.
             old_settings = version_settings(self._settings, old.record)
             _write_watermark(old_settings, name, old.synced_to)
             log.info("model version %s is live (was %s)", name, old.record.name)
-        return self.describe()
+        return await self.describe()
 
     async def remove(self, name: str) -> None:
         version = self._versions.get(name)
@@ -257,7 +287,7 @@ class ModelVersions:
             version.state = "re-embedding"
             live = self._live_serving()
             version.synced_to = _read_watermark(settings, live.name)
-            version.progress = Progress(total=live.store.count())
+            version.progress = Progress(total=await live.index.count())
             await self._catch_up(version, live)
             version.state = "ready"
             log.info("model version %s is ready", name)
@@ -265,12 +295,27 @@ class ModelVersions:
                 await asyncio.sleep(_FOLLOW_EVERY_S)
                 async with self._switching:
                     if version.state == "ready":
-                        await self._catch_up(version, self._live_serving())
+                        await self._follow(version)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             version.state, version.reason = "failed", f"{type(exc).__name__}: {exc}"
             log.exception("model version %s failed", name)
+
+    async def _follow(self, version: Version) -> None:
+        live = self._versions[self.live]
+        if not version.forward_until:
+            await self._catch_up(version, self._live_serving())
+            return
+        # It was live a moment ago: a request that resolved it then (here, or in an HTTP
+        # worker that had not yet seen the switch) may still write to it. Those writes go on
+        # to the live version until no such request can be left; only then does it follow.
+        assert version.serving is not None
+        version.forwarded_to = await self._catch_up_from(
+            live, version.serving, version.forwarded_to, deletions=False
+        )
+        if time.monotonic() >= version.forward_until:
+            version.forward_until = 0.0
 
     def _live_serving(self) -> Serving:
         serving = self._versions[self.live].serving
@@ -280,15 +325,17 @@ class ModelVersions:
     async def _catch_up(self, version: Version, source: Serving) -> None:
         version.synced_to = await self._catch_up_from(version, source, version.synced_to)
 
-    async def _catch_up_from(self, version: Version, source: Serving, after: int) -> int:
+    async def _catch_up_from(
+        self, version: Version, source: Serving, after: int, *, deletions: bool = True
+    ) -> int:
         """Embed into `version` every item written to `source` after label `after`, drop the
-        ones deleted there; returns the label caught up to."""
+        ones deleted there (with `deletions`); returns the label caught up to."""
         target = version.serving
         assert target is not None
         settings = version_settings(self._settings, version.record)
         wrote = False
         while True:
-            chunk = await asyncio.to_thread(source.store.written_after, after, _CHUNK)
+            chunk = await source.index.written_after(after, _CHUNK)
             if not chunk:
                 break
             wrote = True
@@ -302,11 +349,11 @@ class ModelVersions:
         # Deletions leave no label: compare the ids, but only when something may differ
         # (this runs every second for each ready version; at a million items a diff is not
         # free): with no write caught up, equal counts mean the same items.
-        if not wrote:
-            counts = await asyncio.to_thread(lambda: (target.store.count(), source.store.count()))
-            if counts[0] == counts[1]:
-                return after
-        gone = await asyncio.to_thread(lambda: target.store.ids() - source.store.ids())
+        if not deletions or (
+            not wrote and await target.index.count() == await source.index.count()
+        ):
+            return after
+        gone = await target.index.ids() - await source.index.ids()
         for item_id in gone:
             await target.index.delete(item_id)
         return after

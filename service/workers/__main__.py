@@ -48,9 +48,9 @@ def main() -> None:
     parser.add_argument("role", choices=("model", "index", "http"))
     parser.add_argument("--name", required=True)
     parser.add_argument("--settings", required=True, help="Settings as JSON")
-    parser.add_argument("--socket", type=Path, help="where a model or index worker listens")
-    parser.add_argument("--model-socket", type=Path, action="append", default=[])
-    parser.add_argument("--index-socket", type=Path)
+    parser.add_argument("--sockets", type=Path, required=True, help="the workers' sockets")
+    parser.add_argument("--device-number", type=int, default=0, help="a model worker's")
+    parser.add_argument("--model-workers", type=int, default=1, help="how many there are")
     parser.add_argument("--listen-fd", type=int, help="the HTTP listening socket")
     parser.add_argument("--slots", help="path prefix of this HTTP worker's pixel slots")
     args = parser.parse_args()
@@ -61,16 +61,16 @@ def main() -> None:
         if args.role == "model":
             from service.workers.model_worker import serve_model
 
-            run_worker(serve_model(settings, args.socket))
+            run_worker(serve_model(settings, args.sockets, args.device_number))
         elif args.role == "index":
             from service.workers.index_worker import serve_index
 
-            run_worker(serve_index(settings, args.socket, args.model_socket[0]))
+            run_worker(serve_index(settings, args.sockets))
         else:
             from service.workers.http_worker import serve_http
 
-            slots = Path(f"{args.slots}-{os.getpid()}.pixels")
-            serve_http(settings, args.listen_fd, args.model_socket, args.index_socket, slots)
+            slots = f"{args.slots}-{os.getpid()}"
+            serve_http(settings, args.listen_fd, args.sockets, args.model_workers, slots)
     except (ModelLoadError, ModelMismatch, IndexInUse) as exc:
         log.error("%s", exc)
         sys.exit(EXIT_CONFIG_ERROR)

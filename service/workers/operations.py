@@ -17,7 +17,9 @@ from service.explain.inspector import ModelInspector
 from service.items.search_index import ItemIndex
 from service.model.backend import ModelOutputs
 from service.model.runtime import ModelInput
+from service.model.spec import ModelSpec
 from service.model_client import ModelStatus
+from service.versions.manager import Versions
 from service.workers.rpc import Handler, Peer, RpcClient
 
 P = ParamSpec("P")
@@ -36,6 +38,10 @@ class Link(Protocol):
 
     async def open(self) -> None:
         """Connect (in the background), waiting briefly for a peer that already listens."""
+        ...
+
+    async def connected_if_listening(self) -> None:
+        """Wait briefly for a peer that listens but is not connected yet."""
         ...
 
     async def stop(self) -> None: ...
@@ -100,6 +106,34 @@ class ModelWorkerCalls(HostedModelCalls, Protocol):
         ...
 
 
+class IndexHostCalls(Protocol):
+    """The index worker's own calls: it opens each model version's index when the first model
+    worker asks, and serves it on that version's socket (service.workers.sockets)."""
+
+    async def open_index(self, version: str, data_dir: str, spec: ModelSpec) -> None:
+        """Open (once) the index under `data_dir` for vectors of `spec`: raises ModelMismatch
+        for an index of another model."""
+        ...
+
+    async def close_index(self, version: str) -> None: ...
+
+
+class IndexHostOperations:
+    open_index = Operation(IndexHostCalls.open_index, cancellable=False)
+    close_index = Operation(IndexHostCalls.close_index, cancellable=False)
+    ALL: tuple[Operation[Any, Any], ...] = (open_index, close_index)
+
+
+class VersionOperations:
+    """Model version management, answered by the first model worker for the HTTP workers."""
+
+    describe = Operation(Versions.describe)
+    add = Operation(Versions.add, cancellable=False)
+    activate = Operation(Versions.activate, cancellable=False)
+    remove = Operation(Versions.remove, cancellable=False)
+    ALL: tuple[Operation[Any, Any], ...] = (describe, add, activate, remove)
+
+
 class IndexOperations:
     put = Operation(ItemIndex.put, cancellable=False)
     delete = Operation(ItemIndex.delete, cancellable=False)
@@ -108,7 +142,14 @@ class IndexOperations:
     search = Operation(ItemIndex.search)
     similar = Operation(ItemIndex.similar)
     stats = Operation(ItemIndex.stats)
-    ALL: tuple[Operation[Any, Any], ...] = (put, delete, get, image, search, similar, stats)
+    written_after = Operation(ItemIndex.written_after)
+    max_label = Operation(ItemIndex.max_label)
+    count = Operation(ItemIndex.count)
+    ids = Operation(ItemIndex.ids)
+    ALL: tuple[Operation[Any, Any], ...] = (
+        *(put, delete, get, image, search, similar, stats),
+        *(written_after, max_label, count, ids),
+    )
 
 
 class InspectorOperations:

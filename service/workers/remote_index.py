@@ -53,5 +53,20 @@ class RemoteIndex:
     async def stats(self) -> CollectionStats:
         return await INDEX.stats.call(self._client)
 
+    async def written_after(self, label: int, limit: int) -> list[tuple[int, str]]:
+        return await INDEX.written_after.call(self._client, label, limit)
+
+    async def max_label(self) -> int:
+        return await INDEX.max_label.call(self._client)
+
+    async def count(self) -> int:
+        return await INDEX.count.call(self._client)
+
+    async def ids(self) -> set[str]:
+        return await INDEX.ids.call(self._client)
+
+    async def connected_if_listening(self) -> None:
+        await self._client.connected_if_listening()
+
     async def close(self) -> None:
         await self._client.stop()

@@ -139,6 +139,9 @@ class RemoteModel:
             client.start()
         await asyncio.gather(*(client.connected_if_listening() for client in self._clients))
 
+    async def connected_if_listening(self) -> None:
+        await asyncio.gather(*(client.connected_if_listening() for client in self._clients))
+
     async def stop(self, drain_timeout_s: float) -> None:
         # uvicorn has already drained the requests; what is left is failed by the clients.
         for client in self._clients:

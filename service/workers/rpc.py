@@ -178,6 +178,8 @@ class RpcClient:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count()
         self._task: asyncio.Task[None] | None = None
+        self._retry_now = asyncio.Event()  # someone waits: try again without the back-off
+        self._attempt_failed = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -188,12 +190,21 @@ class RpcClient:
 
     async def connected_if_listening(self, timeout_s: float = _PEER_WAIT_S) -> None:
         """Wait, at most `timeout_s`, for the connection if the worker is already listening
-        (its socket is there); a worker still starting up is not waited for."""
-        if not self.path.exists():
+        (its socket is there): one attempt is made at once, not at the next retry. A worker
+        still starting up, or a dead one's socket (the attempt fails), is not waited for."""
+        if self.connected or not self.path.exists():
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._connected.wait()
+        self._attempt_failed.clear()
+        self._retry_now.set()
+        attempt_failed = asyncio.ensure_future(self._attempt_failed.wait())
+        connected = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait(
+                (attempt_failed, connected), timeout=timeout_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            attempt_failed.cancel()
+            connected.cancel()
 
     @property
     def in_flight(self) -> int:
@@ -247,7 +258,11 @@ class RpcClient:
                 reader, self._writer = await asyncio.open_unix_connection(self.path)
             except OSError:
                 # Not listening yet (loading the model) or restarting: retry with backoff.
-                await asyncio.sleep(delay)
+                self._attempt_failed.set()
+                self._retry_now.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._retry_now.wait()
                 delay = min(2 * delay, 1.0)
                 continue
             delay = 0.05

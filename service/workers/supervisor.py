@@ -71,26 +71,22 @@ class Supervisor:
         self.workers: list[WorkerSpec] = []
 
     def plan(self, listen_fd: int, sockets: Path) -> list[WorkerSpec]:
-        """The workers to run; their Unix sockets go in `sockets`."""
+        """The workers to run; their Unix sockets go in `sockets` (service.workers.sockets)."""
         settings = self.settings
         devices = model_devices(settings)
-        model_sockets = [str(sockets / f"model-{i}.sock") for i in range(len(devices))]
-        index_socket = str(sockets / "index.sock")
         workers = [
             WorkerSpec(
                 f"model-{i}",
                 "model",
-                _flags(settings=settings.model_copy(update={"device": device}), socket=path),
+                _flags(
+                    settings=settings.model_copy(update={"device": device}),
+                    sockets=sockets,
+                    device_number=i,
+                ),
             )
-            for i, (device, path) in enumerate(zip(devices, model_sockets, strict=True))
+            for i, device in enumerate(devices)
         ]
-        workers.append(
-            WorkerSpec(
-                "index",
-                "index",
-                _flags(settings=settings, socket=index_socket, model_socket=model_sockets[0]),
-            )
-        )
+        workers.append(WorkerSpec("index", "index", _flags(settings=settings, sockets=sockets)))
         http_settings = settings
         if "decode_threads" not in settings.model_fields_set:
             # The cores are shared by the workers: a full pool each would oversubscribe them.
@@ -100,11 +96,11 @@ class Supervisor:
             name = f"http-{i}"
             flags = _flags(
                 settings=http_settings,
+                sockets=sockets,
+                model_workers=len(devices),
                 listen_fd=listen_fd,
-                index_socket=index_socket,
                 slots=self._shm / name,
             )
-            flags += [arg for path in model_sockets for arg in ("--model-socket", path)]
             workers.append(WorkerSpec(name, "http", flags, pass_fds=(listen_fd,)))
         return workers
 

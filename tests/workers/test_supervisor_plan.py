@@ -26,13 +26,13 @@ def test_plan_has_one_model_worker_per_device_an_index_worker_and_http_workers(
     settings = pinned_settings(tmp_path, device="cpu").model_copy(update={"port": 8123})
     workers = Supervisor(settings, http_workers=3).plan(7, tmp_path)
     assert [w.role for w in workers] == ["model", "index", "http", "http", "http"]
-    model, index, *http = workers
-    assert settings_of(model).device == "cpu"
-    assert flag(index, "--model-socket") == flag(model, "--socket")
+    model, _, *http = workers
+    assert settings_of(model).device == "cpu" and flag(model, "--device-number") == "0"
+    # Every worker finds the others' sockets (one per model version) in one directory.
+    assert {flag(worker, "--sockets") for worker in workers} == {str(tmp_path)}
     for worker in http:
         assert worker.pass_fds == (7,) and flag(worker, "--listen-fd") == "7"
-        assert flag(worker, "--model-socket") == flag(model, "--socket")
-        assert flag(worker, "--index-socket") == flag(index, "--socket")
+        assert flag(worker, "--model-workers") == "1"
     assert len({flag(worker, "--slots") for worker in http}) == 3  # each its own slots
 
 
