@@ -252,6 +252,8 @@ class ModelVersions:
             old.forwarded_to = await self._catch_up_from(version, old.serving, watermark)
             old.synced_to = await version.serving.index.max_label()
             old.forward_until = time.monotonic() + self._settings.request_timeout_s + 1
+            if old.task is None:  # the version the service started with: follow from now on
+                old.task = asyncio.create_task(self._keep_following(old))
             # So that a restart resumes the old version from here, not from the start.
             old_settings = version_settings(self._settings, old.record)
             _write_watermark(old_settings, name, old.synced_to)
@@ -291,16 +293,27 @@ class ModelVersions:
             await self._catch_up(version, live)
             version.state = "ready"
             log.info("model version %s is ready", name)
-            while True:  # follow the live version until removed
-                await asyncio.sleep(_FOLLOW_EVERY_S)
-                async with self._switching:
-                    if version.state == "ready":
-                        await self._follow(version)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            version.state, version.reason = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("model version %s failed", name)
+            _fail(version, exc)
+            return
+        await self._keep_following(version)
+
+    async def _keep_following(self, version: Version) -> None:
+        """Until removed, whenever not live: follow the live version."""
+        while True:
+            await asyncio.sleep(_FOLLOW_EVERY_S)
+            async with self._switching:
+                if version.state != "ready":
+                    continue
+                try:
+                    await self._follow(version)
+                except NotReady as exc:  # a worker process restarting: next time
+                    log.warning("model version %s cannot follow now: %s", version.record.name, exc)
+                except Exception as exc:
+                    _fail(version, exc)
+                    return
 
     async def _follow(self, version: Version) -> None:
         live = self._versions[self.live]
@@ -389,6 +402,11 @@ class ModelVersions:
     def _save(self) -> None:
         records = tuple(v.record for v in self._versions.values())
         self._file.save(Registry(self.live, records))
+
+
+def _fail(version: Version, exc: Exception) -> None:
+    version.state, version.reason = "failed", f"{type(exc).__name__}: {exc}"
+    log.exception("model version %s failed", version.record.name)
 
 
 def default_record(settings: Settings) -> VersionRecord:

@@ -223,3 +223,26 @@ def test_the_live_version_and_the_others_survive_a_restart(tmp_path: Path) -> No
         assert listed["live"] == "v2"
         hits = client.post("/v1/search", files=upload("coffee")).json()["results"]
         assert hits[0]["id"] == "coffee" and hits[0]["score"] > 0.99
+
+
+def test_a_write_that_resolved_the_old_version_still_reaches_the_new_live_one(
+    client: TestClient,
+) -> None:
+    """A request resolves its version once; a write that did so just before the switch lands
+    in the old version's index after it, and must not be lost to the new live one."""
+    client.post("/v1/models", json={"name": "v2", "weights": "random"})
+    wait_for_state(client, "v2", "ready")
+    old = client.app.state.versions.serving(None)  # type: ignore[attr-defined]
+    image = encode(photo("rocket"))
+    inference = client.portal.call(old.pipeline.run, image)  # type: ignore[union-attr]
+    assert client.post("/v1/models/v2/activate").json()["live"] == "v2"
+    vector = inference.outputs.embedding
+    client.portal.call(old.index.put, "late", vector, {"from": "old"}, image)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while (found := client.get("/v1/items/late")).status_code != 200:
+        assert time.monotonic() < deadline, "the late write never reached the live version"
+        time.sleep(0.1)
+    assert found.headers.get("x-model-version", "v2") == "v2"
+    assert found.json()["metadata"] == {"from": "old"}
+    hits = client.post("/v1/search", files=upload("rocket")).json()["results"]
+    assert hits[0]["id"] in ("late", "rocket") and hits[0]["score"] > 0.99  # v2's own vector

@@ -171,8 +171,8 @@ async def test_a_new_client_waits_for_a_listening_worker_and_only_for_one(
         dead.bind(str(socket_path))  # a socket file nobody listens on, as a kill -9 leaves
         dead.close()
         started = time.monotonic()
-        await client.connected_if_listening(timeout_s=0.3)
-        assert not client.connected and time.monotonic() - started >= 0.3
+        await client.connected_if_listening(timeout_s=5)  # one attempt, refused: no wait
+        assert not client.connected and time.monotonic() - started < 2.5
         server = await RpcServer({}).start(socket_path)
         try:
             await client.connected_if_listening()
