@@ -14,18 +14,13 @@ from fastapi.testclient import TestClient
 from index.store import ModelMismatch
 from loadtest.digits import write_digits_folder
 from service.app import create_app
-from service.commands.cli import main
 from service.finetune import model_dir
 from service.finetune.data import DataError, load_folder
 from service.model.runtime import ModelRuntime
 from service.model.weights import ModelLoadError, load_model
 from tests.conftest import lite0_settings
+from tests.finetuned import LITE0, finetune
 from tests.photos import jpeg
-
-LITE0 = [
-    "--model", "tf_efficientnet_lite0", "--weights", "lite0-package",
-    "--backend", "torch", "--precision", "fp32",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +37,6 @@ def unseen(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
         for digit in range(10)
         for path in sorted((everything / str(digit)).iterdir(), key=lambda p: int(p.stem))[-4:]
     ]
-
-
-def finetune(data: Path, out: Path, work: Path, *flags: str) -> int:
-    with pytest.raises(SystemExit) as ended:
-        main(["finetune", str(data), "--out", str(out), "--data-dir", str(work), *LITE0, *flags])
-    return int(ended.value.code or 0)
 
 
 def served_accuracy(model: Path, work: Path, unseen: list[tuple[Path, str]]) -> float:
