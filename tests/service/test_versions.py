@@ -115,7 +115,8 @@ def test_a_version_is_added_re_embedded_pinned_made_live_rolled_back_and_removed
     assert again.headers["x-model-version"] == "default"
     assert again.json()["predictions"] == before.json()["predictions"]
     metrics = client.get("/metrics").text
-    assert 'model_version_responses_total{version="v2"}' in metrics
+    assert 'model_version_responses_total{status="200",version="v2"}' in metrics
+    assert 'model_version_request_seconds_count{route="/v1/classify",version="v2"}' in metrics
 
     assert client.delete("/v1/models/default").status_code == 409  # live, and the default
     assert client.delete("/v1/models/v2").status_code == 204
