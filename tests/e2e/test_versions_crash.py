@@ -18,7 +18,7 @@ from tests.e2e.server import Server, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-ITEMS = 300
+ITEMS = 160
 
 
 def models(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
