@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         failed = any(s.total.failures or s.locust_exit_code for s in steps)
         return 1 if failed else 0
     except KeyboardInterrupt:
+        # A second Ctrl-C (or SIGTERM) must not cut the clean-up short and leak processes.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("interrupted: stopping everything this run started", file=sys.stderr)
         return 130
     except RuntimeError as exc:
