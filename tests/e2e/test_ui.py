@@ -16,9 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from service.app import create_app
+from tests.conftest import lite0_settings
 from tests.e2e.server import Server, start_server
 from tests.photos import encode, jpeg, photo
 
@@ -237,20 +240,18 @@ def test_api_docs_render_without_a_cdn(server: Server, page: Page, tmp_path: Pat
     assert outside == [], f"/docs reached outside: {outside}"
 
 
-def test_the_page_can_be_turned_off(tmp_path: Path) -> None:
-    off = start_server(tmp_path, {"RESNET_SERVE_UI": "false"})
-    try:
-        import httpx
-
-        assert httpx.get(f"{off.url}/ui/").status_code == 404
-        assert httpx.get(f"{off.url}/docs").status_code == 200
-        classify = httpx.post(
-            f"{off.url}/v1/classify",
+def test_the_page_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNET_SERVE_UI", "false")
+    settings = lite0_settings(tmp_path)
+    assert not settings.ui
+    with TestClient(create_app(settings)) as off:
+        assert off.get("/ui/").status_code == 404
+        assert off.get("/docs").status_code == 200
+        classify = off.post(
+            "/v1/classify",
             files={"file": ("c.png", encode(photo("coffee"), "PNG"), "image/png")},
         )
         assert json.loads(classify.text)["predictions"][0]["label"] == "espresso"
-    finally:
-        off.stop()
 
 
 def test_with_an_api_key_the_page_asks_for_it_and_its_writes_carry_it(

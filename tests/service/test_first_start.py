@@ -61,6 +61,7 @@ def test_ready_on_the_reference_then_the_winner_is_swapped_in_under_load(
 
     monkeypatch.setattr(model_host, "search_backends", held_search)
     monkeypatch.setattr(selection, "images_per_second", openvino_wins)
+    monkeypatch.setattr(backend_search, "GATE_IMAGES", 50)  # the gate's own tests use 200
     settings = lite0_settings(tmp_path, backend="auto", precision="fp32", max_batch_size=None)
     with TestClient(create_app(settings)) as http:
         ready = http.get("/readyz").json()
