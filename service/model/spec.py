@@ -1,15 +1,18 @@
-"""What a loaded model is: id, weights, preprocessing, labels, embedding size, fingerprint."""
+"""What a loaded model is: id, weights, preprocessing, labels, embedding size, fingerprint.
+
+Light to import: the index worker and the HTTP workers pass specs around without loading a
+model, so torch and timm are imported only where a spec is made from a loaded model.
+"""
 
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from timm.data.config import resolve_model_data_config
-from timm.data.imagenet_info import ImageNetInfo, infer_imagenet_subset
+if TYPE_CHECKING:
+    import torch
 
-from service.model.weights import LoadedModel
+    from service.model.weights import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,9 @@ class ModelSpec:
         return len(self.labels)
 
     @classmethod
-    def of(cls, loaded: LoadedModel) -> "ModelSpec":
+    def of(cls, loaded: "LoadedModel") -> "ModelSpec":
+        from timm.data.config import resolve_model_data_config
+
         module = loaded.module
         data_config = dict(resolve_model_data_config(module))  # type: ignore[no-untyped-call]
         identity = {
@@ -49,8 +54,10 @@ class ModelSpec:
         )
 
 
-def class_labels(module: torch.nn.Module) -> tuple[str, ...]:
+def class_labels(module: "torch.nn.Module") -> tuple[str, ...]:
     """Human-readable class names: ImageNet descriptions when the head is an ImageNet one."""
+    from timm.data.imagenet_info import ImageNetInfo, infer_imagenet_subset
+
     num_classes = _int_attribute(module, "num_classes")
     subset = infer_imagenet_subset(module)
     if subset:
@@ -59,12 +66,14 @@ def class_labels(module: torch.nn.Module) -> tuple[str, ...]:
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def labels_source(module: torch.nn.Module) -> str:
+def labels_source(module: "torch.nn.Module") -> str:
+    from timm.data.imagenet_info import infer_imagenet_subset
+
     subset = infer_imagenet_subset(module)
     return f"{subset} (timm ImageNetInfo)" if subset else "unnamed classes (class_N)"
 
 
-def _int_attribute(module: torch.nn.Module, name: str) -> int:
+def _int_attribute(module: "torch.nn.Module", name: str) -> int:
     """timm models keep plain ints such as num_features as attributes nn.Module cannot type."""
     value = module.__dict__[name]
     assert isinstance(value, int), f"{name} is {value!r}"

@@ -1,4 +1,5 @@
-"""The process split, for real: a supervisor, a model worker, an index worker, 2 HTTP workers."""
+"""The process split, for real: a supervisor, a model worker, an index worker, 2 HTTP workers;
+model versions hosted by the model worker."""
 
 import asyncio
 import itertools
@@ -6,8 +7,10 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 import redis
@@ -15,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.images import unique_jpegs
 from tests.e2e.server import Server, start_server
-from tests.photos import encode, jpeg, photo
+from tests.photos import PHOTO_NAMES, encode, jpeg, photo
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
@@ -61,12 +64,13 @@ def wait_ready(url: str, timeout_s: float = 60) -> None:
         time.sleep(0.05 if ok else 0.2)
 
 
-@pytest.fixture
-def split(tmp_path: Path) -> "Server":
-    server = start_server(tmp_path, WORKERS)
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> "Server":
+    """One service for the tests that kill its workers: each waits until it is whole again."""
+    server = start_server(tmp_path_factory.mktemp("split"), WORKERS)
     wait_ready(server.url)
     yield server  # type: ignore[misc]
-    server.stop()
+    assert server.stop() == 0, server.log()[-3000:]  # SIGTERM: a clean stop, versions and all
 
 
 def test_classify_embed_items_and_search_through_two_workers(tmp_path: Path) -> None:
@@ -200,6 +204,7 @@ async def _kill_later(delay_s: float, process: psutil.Process) -> None:
 
 
 def test_kill_9_of_a_worker_and_of_the_model_worker_under_load(split: Server) -> None:
+    wait_ready(split.url)
     (http_worker, _), (model,) = workers(split, "http"), workers(split, "model")
 
     async def scenario() -> Counter[str]:
@@ -224,6 +229,7 @@ def test_kill_9_of_a_worker_and_of_the_model_worker_under_load(split: Server) ->
 def test_a_replacement_http_worker_takes_requests_only_once_it_reaches_the_model(
     split: Server,
 ) -> None:
+    wait_ready(split.url)
     """Connections wait in the shared listening socket while a worker restarts; the one that
     replaces it must not take them before it can answer them (it would answer 503)."""
     http_worker = workers(split, "http")[0]
@@ -268,6 +274,118 @@ def test_a_replacement_http_worker_takes_requests_only_once_it_reaches_the_model
     # Only the requests on the killed worker's own connections are lost.
     assert set(outcomes) <= {"200", "connection lost"}, outcomes
     assert outcomes["connection lost"] <= 4, outcomes
+
+
+def upload(name: str) -> dict[str, Any]:
+    return {"file": (f"{name}.jpg", encode(photo(name)), "image/jpeg")}
+
+
+def wait_for(http: httpx.Client, name: str, state: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = http.get("/v1/models")
+        if answer.status_code == 200:
+            found = next(v for v in answer.json()["versions"] if v["name"] == name)
+            if found["state"] == state:
+                return
+            assert found["state"] != "failed", found
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.2)
+
+
+def embedding(http: httpx.Client, name: str, version: str) -> np.ndarray:
+    answer = http.post("/v1/embed", params={"version": version}, files=upload(name))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-model-version"] == version
+    return np.array(answer.json()["embedding"])
+
+
+def answered_by(http: httpx.Client, times: int = 8) -> set[str]:
+    """Which versions answered `times` classifications (spread over both HTTP workers: each
+    request is a new connection)."""
+    seen = set()
+    for _ in range(times):
+        answer = httpx.post(f"{http.base_url}/v1/classify", files=upload("coffee"), timeout=60)
+        assert answer.status_code == 200, answer.text
+        seen.add(answer.headers["x-model-version"])
+    return seen
+
+
+def eventually(condition: Any, what: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_versions_in_the_first_model_worker_switch_every_http_worker(split: Server) -> None:
+    """The first model worker hosts the versions, the index worker holds each one's index,
+    and both HTTP workers switch with the live one. A kill -9 of the model worker and of the
+    index worker leaves the live version serving again."""
+    server = split
+    wait_ready(server.url)
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for name in PHOTO_NAMES:
+            assert http.put(f"/v1/items/{name}", files=upload(name)).status_code == 201
+        before = http.post("/v1/classify", files=upload("coffee")).json()["predictions"]
+
+        added = http.post("/v1/models", json={"name": "v2", "weights": "random"})
+        assert added.status_code == 202, added.text
+        assert http.post("/v1/models", json={"name": "v2", "weights": "x"}).status_code == 409
+        wait_for(http, "v2", "ready")
+
+        # Pinned to v2: the query vector and the index searched are both v2's.
+        eventually(
+            lambda: (
+                http.post("/v1/embed", params={"version": "v2"}, files=upload("coffee")).status_code
+                == 200
+            ),
+            "every HTTP worker sees v2 ready",
+        )
+        query = embedding(http, "coffee", "v2")
+        hits = http.post("/v1/search", params={"version": "v2"}, files=upload("coffee"))
+        assert hits.headers["x-model-version"] == "v2"
+        assert len(hits.json()["results"]) == len(PHOTO_NAMES)
+        for hit in hits.json()["results"]:
+            item = embedding(http, hit["id"], "v2")
+            assert hit["score"] == pytest.approx(float(query @ item), abs=2e-3)
+
+        # A write to the live version reaches v2 (it follows in the model worker).
+        assert http.put("/v1/items/late", files=upload("rocket")).status_code == 201
+        eventually(
+            lambda: http.get("/v1/items/late/similar", params={"version": "v2"}).status_code == 200,
+            "the late item in v2",
+        )
+
+        assert http.post("/v1/models/v2/activate").json()["live"] == "v2"
+        assert answered_by(http) == {"v2"}  # both HTTP workers, from the switch on
+        after = http.post("/v1/classify", files=upload("coffee")).json()["predictions"]
+        assert after != before
+
+        # kill -9 of the model worker, then of the index worker: v2 serves again.
+        for role in ("model", "index"):
+            (victim,) = workers(server, role)
+            victim.send_signal(signal.SIGKILL)
+            eventually(
+                lambda: http.post("/v1/search", files=upload("coffee")).status_code == 200,
+                f"search after the {role} worker's restart",
+            )
+            searched = http.post("/v1/search", files=upload("coffee"))
+            assert searched.headers["x-model-version"] == "v2"
+            assert searched.json()["results"][0]["id"] == "coffee"
+        assert http.get("/v1/models").json()["live"] == "v2"
+        wait_for(http, "default", "ready")  # loaded again beside v2, following it
+
+        started = time.monotonic()
+        assert http.post("/v1/models/default/activate").json()["live"] == "default"
+        assert time.monotonic() - started < 1.0
+        assert answered_by(http) == {"default"}
+        again = http.post("/v1/classify", files=upload("coffee")).json()["predictions"]
+        assert again == before
+
+        assert http.delete("/v1/models/v2").status_code == 204
+        gone = http.post("/v1/classify", params={"version": "v2"}, files=upload("coffee"))
+        assert gone.status_code == 422, gone.text
 
 
 def test_the_model_workers_watchdog_turns_readiness_red_while_a_batch_overruns(
