@@ -285,9 +285,14 @@ class ItemStore:
             ).fetchall()
         return [(int(row[0]), str(row[1])) for row in rows]
 
-    def ids(self) -> set[str]:
+    def ids(self, up_to: int | None = None) -> set[str]:
+        """Every item's id, or only those whose label is at most `up_to`."""
         with self._lock:
-            return {row[0] for row in self._db.execute("SELECT id FROM items")}
+            if up_to is None:
+                rows = self._db.execute("SELECT id FROM items")
+            else:
+                rows = self._db.execute("SELECT id FROM items WHERE label <= ?", (up_to,))
+            return {row[0] for row in rows}
 
     def _matrix(self, blobs: list[bytes]) -> np.ndarray:
         if all(len(blob) == 2 * self.d for blob in blobs):  # one copy for the chunk

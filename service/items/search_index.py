@@ -83,7 +83,9 @@ class ItemIndex(Protocol):
 
     async def count(self) -> int: ...
 
-    async def ids(self) -> set[str]: ...
+    async def ids(self, up_to: int | None = None) -> set[str]:
+        """Every item's id, or those whose store label is at most `up_to`."""
+        ...
 
     async def connected_if_listening(self) -> None:
         """Wait briefly for a host that listens but is not connected yet (it restarted, or
@@ -148,8 +150,8 @@ class SearchIndex:
     async def count(self) -> int:
         return await self._read(self.collection.store.count)
 
-    async def ids(self) -> set[str]:
-        return await self._read(self.collection.store.ids)
+    async def ids(self, up_to: int | None = None) -> set[str]:
+        return await self._read(self.collection.store.ids, up_to)
 
     async def connected_if_listening(self) -> None:
         return None  # in this process

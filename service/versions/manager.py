@@ -115,6 +115,7 @@ class Version:
     # still reach it, and the label of its own store they are forwarded from.
     forward_until: float = 0.0
     forwarded_to: int = 0
+    switched_at: int = 0  # the new live version's store label at the switch
 
 
 class Versions(Protocol):
@@ -241,16 +242,18 @@ class ModelVersions:
             old = self._versions[self.live]
             assert old.serving is not None
             await self._catch_up(version, old.serving)
-            watermark = await old.serving.index.max_label()
+            # Everything the new version's store holds up to here is what the old one held.
+            boundary = await version.serving.index.max_label()
             # The switch: one assignment each, no await in between.
             self.live, version.state, old.state = name, "live", "ready"
             self._on_switch(version.serving)
             self._save()
-            # Writes that reached the old live version during the catch-up, then the old
-            # one follows the new live from where the new one's store stands now.
-            version.synced_to, version.forward_until = watermark, 0.0
-            old.forwarded_to = await self._catch_up_from(version, old.serving, watermark)
-            old.synced_to = await version.serving.index.max_label()
+            version.forward_until = 0.0
+            # Writes that reached the old version since the last catch-up.
+            old.forwarded_to = await self._catch_up_from(version, old.serving, version.synced_to)
+            # It follows the new live version from the boundary on (what the catch-up just
+            # brought over is embedded again, harmlessly), after its grace (see _follow).
+            old.synced_to = old.switched_at = boundary
             old.forward_until = time.monotonic() + self._settings.request_timeout_s + 1
             if old.task is None:  # the version the service started with: follow from now on
                 old.task = asyncio.create_task(self._keep_following(old))
@@ -323,12 +326,18 @@ class ModelVersions:
         # It was live a moment ago: a request that resolved it then (here, or in an HTTP
         # worker that had not yet seen the switch) may still write to it. Those writes go on
         # to the live version until no such request can be left; only then does it follow.
-        assert version.serving is not None
+        assert version.serving is not None and live.serving is not None
         version.forwarded_to = await self._catch_up_from(
             live, version.serving, version.forwarded_to, deletions=False
         )
-        if time.monotonic() >= version.forward_until:
-            version.forward_until = 0.0
+        if time.monotonic() < version.forward_until:
+            return
+        version.forward_until = 0.0
+        # Deletions leave no label. What the live version held at the switch was exactly what
+        # this one held: those of its items this one no longer has were deleted here since.
+        held = await live.serving.index.ids(version.switched_at)
+        for item_id in held - await version.serving.index.ids():
+            await live.serving.index.delete(item_id)
 
     def _live_serving(self) -> Serving:
         serving = self._versions[self.live].serving

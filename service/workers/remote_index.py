@@ -62,8 +62,8 @@ class RemoteIndex:
     async def count(self) -> int:
         return await INDEX.count.call(self._client)
 
-    async def ids(self) -> set[str]:
-        return await INDEX.ids.call(self._client)
+    async def ids(self, up_to: int | None = None) -> set[str]:
+        return await INDEX.ids.call(self._client, up_to)
 
     async def connected_if_listening(self) -> None:
         await self._client.connected_if_listening()

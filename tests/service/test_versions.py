@@ -243,24 +243,38 @@ def test_the_live_version_and_the_others_survive_a_restart(tmp_path: Path) -> No
         assert hits[0]["id"] == "coffee" and hits[0]["score"] > 0.99
 
 
-def test_a_write_that_resolved_the_old_version_still_reaches_the_new_live_one(
-    client: TestClient,
+def test_writes_that_resolved_the_old_version_still_reach_the_new_live_one(
+    tmp_path: Path,
 ) -> None:
-    """A request resolves its version once; a write that did so just before the switch lands
-    in the old version's index after it, and must not be lost to the new live one."""
-    client.post("/v1/models", json={"name": "v2", "weights": "random"})
-    wait_for_state(client, "v2", "ready")
-    old = client.app.state.versions.serving(None)  # type: ignore[attr-defined]
-    image = encode(photo("rocket"))
-    inference = client.portal.call(old.pipeline.run, image)  # type: ignore[union-attr]
-    assert client.post("/v1/models/v2/activate").json()["live"] == "v2"
-    vector = inference.outputs.embedding
-    client.portal.call(old.index.put, "late", vector, {"from": "old"}, image)  # type: ignore[union-attr]
-    deadline = time.monotonic() + 30
-    while (found := client.get("/v1/items/late")).status_code != 200:
-        assert time.monotonic() < deadline, "the late write never reached the live version"
-        time.sleep(0.1)
-    assert found.headers.get("x-model-version", "v2") == "v2"
-    assert found.json()["metadata"] == {"from": "old"}
-    hits = client.post("/v1/search", files=upload("rocket")).json()["results"]
-    assert hits[0]["id"] in ("late", "rocket") and hits[0]["score"] > 0.99  # v2's own vector
+    """A request resolves its version once: a write or a deletion that did so just before
+    the switch lands in the old version's index after it, and must not be lost to the new
+    live version. (The old one forwards them for the request timeout: 2 s here.)"""
+    settings = lite0_settings(tmp_path / "data", request_timeout_s=2.0)
+    with TestClient(create_app(settings)) as client:
+        for name in ("coffee", "chelsea"):
+            assert client.put(f"/v1/items/{name}", files=upload(name)).status_code == 201
+        client.post("/v1/models", json={"name": "v2", "weights": "random"})
+        wait_for_state(client, "v2", "ready")
+        old = client.app.state.versions.serving(None)  # type: ignore[attr-defined]
+        image = encode(photo("rocket"))
+        inference = client.portal.call(old.pipeline.run, image)  # type: ignore[union-attr]
+        assert client.post("/v1/models/v2/activate").json()["live"] == "v2"
+        late_put = (old.index.put, "late", inference.outputs.embedding, {"from": "old"}, image)
+        client.portal.call(*late_put)  # type: ignore[union-attr]
+        client.portal.call(old.index.delete, "chelsea")  # type: ignore[union-attr]
+        assert client.put("/v1/items/new", files=upload("astronaut")).status_code == 201
+        deadline = time.monotonic() + 30
+        while client.get("/v1/items/late").status_code != 200 or (
+            client.get("/v1/items/chelsea").status_code != 404
+        ):
+            assert time.monotonic() < deadline, "a late write never reached the live version"
+            time.sleep(0.1)
+        found = client.get("/v1/items/late")
+        assert found.json()["metadata"] == {"from": "old"}
+        hits = client.post("/v1/search", files=upload("rocket")).json()["results"]
+        assert hits[0]["id"] == "late" and hits[0]["score"] > 0.99  # embedded again by v2
+        # Written to v2 after the switch: kept, and followed by the old version after its grace.
+        assert client.get("/v1/items/new").status_code == 200
+        while client.get("/v1/items/new/similar", params={"version": "default"}).status_code != 200:
+            assert time.monotonic() < deadline, "the old version never followed the new one"
+            time.sleep(0.1)
