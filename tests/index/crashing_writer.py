@@ -3,8 +3,8 @@
     python -m tests.index.crashing_writer DIR FACTORY SNAPSHOT_EVERY EXACT_UP_TO OPS_JSON
 OPS_JSON: [["put", id, row, metadata] | ["delete", id] | ["settle"] | ["die_while_building"]
 | ["die_writing_header"]], rows of vectors.clustered(N, 32). "settle" waits until no build
-runs or is due; the last two die (like kill -9) in the middle of a background build, or
-between a snapshot's data file and its header.
+runs or is due; the last two ask for a background build and die (like kill -9) in the
+middle of it, or between its snapshot's data file and header.
 """
 
 import json
@@ -14,8 +14,12 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.index.vectors import clustered
+
+if TYPE_CHECKING:
+    from index.collection import Collection
 
 D_TEST = 32
 ROWS = 3000
@@ -72,11 +76,17 @@ def main() -> None:
             collection.settle()
         elif op[0] == "die_while_building":
             VectorIndex.add = dying_in_the_builder(VectorIndex.add)  # type: ignore[method-assign]
-            collection.settle()
+            build_now_and_settle(collection)
         elif op[0] == "die_writing_header":
             os.replace = dying_before(Path(directory) / "snapshot.json", os.replace)  # type: ignore[assignment]
-            collection.settle()
+            build_now_and_settle(collection)
     die("finished")
+
+
+def build_now_and_settle(collection: "Collection") -> None:
+    """Ask for a build: the builds the writes made due may all have finished already."""
+    collection.build_in_background(fresh=True)
+    collection.settle()
 
 
 def dying_in_the_builder(add: Callable[..., None]) -> Callable[..., None]:
