@@ -1,10 +1,11 @@
 """Run scripted writes against a collection in a child process that then dies without close().
 
     python -m tests.index.crashing_writer DIR FACTORY SNAPSHOT_EVERY EXACT_UP_TO OPS_JSON
-OPS_JSON: [["put", id, row, metadata] | ["delete", id] | ["settle"] | ["die_while_building"]
-| ["die_writing_header"]], rows of vectors.clustered(N, 32). "settle" waits until no build
-runs or is due; the last two ask for a background build and die (like kill -9) in the
-middle of it, or between its snapshot's data file and header.
+OPS_JSON: [["put", id, row, metadata] | ["delete", id] | ["build"] | ["die_while_building"]
+| ["die_writing_header"]], rows of vectors.clustered(N, 32). "build" snapshots every write
+made so far (the builds the writes make due start whenever the builder thread gets to
+them); the last two ask for a build and die (like kill -9) in the middle of it, or between
+its snapshot's data file and header.
 """
 
 import json
@@ -72,8 +73,8 @@ def main() -> None:
             collection.put(op[1], xb[op[2]], op[3], None)
         elif op[0] == "delete":
             collection.delete(op[1])
-        elif op[0] == "settle":
-            collection.settle()
+        elif op[0] == "build":
+            build_now_and_settle(collection)
         elif op[0] == "die_while_building":
             VectorIndex.add = dying_in_the_builder(VectorIndex.add)  # type: ignore[method-assign]
             build_now_and_settle(collection)

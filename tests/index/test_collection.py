@@ -59,9 +59,9 @@ def test_items_survive_a_crash(tmp_path: Path, factory: str) -> None:
 
 def test_a_snapshot_catches_up_on_the_items_added_after_it(tmp_path: Path) -> None:
     ops: list[list[object]] = [["put", f"item-{i}", i, {}] for i in range(20)]
-    # A merge into a snapshot after 10 additions; then item-2 (in the snapshot) is deleted,
-    # and "late" is added and deleted, after it.
-    ops += [["settle"]] + [["put", f"item-{i}", i, {}] for i in range(20, 25)]
+    # A snapshot of the first 20; then item-2 (in the snapshot) is deleted, and "late" is
+    # added and deleted, after it.
+    ops += [["build"]] + [["put", f"item-{i}", i, {}] for i in range(20, 25)]
     ops += [["delete", "item-2"], ["put", "late", 25, {}], ["delete", "late"]]
     run_then_die(tmp_path, "Flat", 10, ops)
     assert (tmp_path / "snapshot.json").exists()
@@ -70,6 +70,7 @@ def test_a_snapshot_catches_up_on_the_items_added_after_it(tmp_path: Path) -> No
     reopened = open_collection(tmp_path, snapshot_every=10)
     labels = [label for rows in reopened.store.labels_and_metadata() for label, _ in rows]
     after = [label for label in labels if label > watermark]
+    assert len(after) == 5  # item-20..24
     assert reopened.stats().changes_since_snapshot == len(after)  # added from the store
     assert reopened.stats().count == 24
     assert reopened.get("item-2") is None and reopened.get("late") is None
