@@ -1,13 +1,18 @@
-"""Safe image decoding and model preprocessing (runs in a thread pool, never on the event loop)."""
+"""Safe image decoding and model preprocessing (runs in a thread pool, never on the event loop).
+
+Pillow and numpy only: HTTP workers preprocess, and they do not load torch (about 300 MB and
+seconds of start-up each). timm is imported only for an eval transform not done here.
+"""
 
 import io
 import math
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from timm.data.transforms_factory import create_transform
 
 from service.errors import InvalidInput, PayloadTooLarge
 
@@ -83,6 +88,95 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+DEFAULT_CROP_PCT = 0.875  # timm's, for a config that names none
+# timm's interpolation names, as Pillow filters.
+PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def resized_to_shorter_side(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """torchvision's Resize(shorter) output size: the short side `shorter`, the long side
+    scaled and truncated."""
+    if width <= height:
+        return shorter, int(shorter * height / width)
+    return int(shorter * width / height), shorter
+
+
+def centre_crop_origin(width: int, height: int, crop_w: int, crop_h: int) -> tuple[int, int]:
+    """torchvision's CenterCrop: the crop's left and top edges, rounded half to even."""
+    return round((width - crop_w) / 2), round((height - crop_h) / 2)
+
+
+@dataclass(frozen=True)
+class ResizeAndCentreCrop:
+    """timm's eval transform in its usual form (crop_mode "center", a square input, crop_pct
+    at most 1), done in Pillow with torchvision's rounding, so its pixels are timm's exactly."""
+
+    shorter_side: int
+    crop: tuple[int, int]  # height, width
+    interpolation: str  # a timm name, a key of PIL_FILTERS
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        size = resized_to_shorter_side(*image.size, self.shorter_side)
+        if size != image.size:
+            image = image.resize(size, PIL_FILTERS[self.interpolation])
+        crop_h, crop_w = self.crop
+        left, top = centre_crop_origin(*size, crop_w, crop_h)
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def torchvision_steps(self) -> list[Callable[..., Any]]:
+        """The same resize and crop as torchvision transforms, for tensors (device_jpeg)."""
+        from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+        return [
+            Resize(self.shorter_side, interpolation=InterpolationMode(self.interpolation)),
+            CenterCrop(self.crop),
+        ]
+
+
+@dataclass(frozen=True)
+class TimmEvalSteps:
+    """The resize and crop steps of timm's own eval transform, for the configurations that
+    ResizeAndCentreCrop does not cover."""
+
+    steps: tuple[Callable[[Image.Image], Image.Image], ...]
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        for step in self.steps:
+            image = step(image)
+        return image
+
+    def torchvision_steps(self) -> list[Callable[..., Any]]:
+        return list(self.steps)
+
+
+def resize_and_crop_for(data_config: dict[str, Any]) -> ResizeAndCentreCrop | TimmEvalSteps:
+    """The PIL part of timm's eval transform for a model's pretrained config."""
+    _, height, width = data_config["input_size"]
+    crop_pct = data_config.get("crop_pct") or DEFAULT_CROP_PCT
+    interpolation = data_config.get("interpolation", "bilinear")
+    if (
+        data_config.get("crop_mode") in (None, "center")
+        and height == width
+        and crop_pct <= 1.0
+        and interpolation in PIL_FILTERS
+        and not data_config.get("crop_border_pixels")
+    ):
+        return ResizeAndCentreCrop(math.floor(height / crop_pct), (height, width), interpolation)
+    from timm.data.transforms_factory import create_transform
+
+    steps = create_transform(**data_config, is_training=False).transforms
+    # resize, crop, to-tensor, normalise: keep the PIL part.
+    to_tensor = next(i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__)
+    return TimmEvalSteps(tuple(steps[:to_tensor]))
+
+
 class Preprocessor:
     """Bytes -> (H, W, 3) uint8 pixels, resized and cropped as the model's pretrained config says.
 
@@ -91,13 +185,10 @@ class Preprocessor:
     """
 
     def __init__(self, data_config: dict[str, Any], *, max_pixels: int) -> None:
-        steps = create_transform(**data_config, is_training=False).transforms
-        # timm's eval transform is resize, crop, to-tensor, normalise: keep the PIL part.
-        to_tensor = next(i for i, step in enumerate(steps) if "ToTensor" in type(step).__name__)
-        self.resize_and_crop = steps[:to_tensor]
+        self.resize_and_crop = resize_and_crop_for(data_config)
         _, height, width = data_config["input_size"]
         self.input_size: tuple[int, int] = (height, width)
-        crop_pct = data_config.get("crop_pct") or 1.0
+        crop_pct = data_config.get("crop_pct") or DEFAULT_CROP_PCT
         self.min_side = math.ceil(min(height, width) / crop_pct)  # what the resize keeps
         self.max_pixels = max_pixels
 
@@ -111,6 +202,4 @@ class Preprocessor:
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """A decoded RGB image -> the model's input pixels."""
-        for step in self.resize_and_crop:
-            image = step(image)
-        return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy warns otherwise
+        return np.array(self.resize_and_crop(image), dtype=np.uint8)  # writable, for torch

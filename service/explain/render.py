@@ -6,7 +6,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from service.images import Preprocessor
+from service.images import Preprocessor, centre_crop_origin, resized_to_shorter_side
 
 OVERLAY_MAX_SIDE = 2048  # the overlay keeps the upload's size, up to this long side
 _TILE_GAP = 2
@@ -31,13 +31,9 @@ def crop_box(
 ) -> tuple[float, float, float, float]:
     """Where the model's input lies in an upright image of this size, as fractions of it
     (left, top, right, bottom): torchvision's resize of the short side, then the centre crop."""
-    size = preprocessor.min_side
-    if width <= height:
-        resized_w, resized_h = size, int(size * height / width)
-    else:
-        resized_w, resized_h = int(size * width / height), size
+    resized_w, resized_h = resized_to_shorter_side(width, height, preprocessor.min_side)
     crop_h, crop_w = preprocessor.input_size
-    left, top = round((resized_w - crop_w) / 2), round((resized_h - crop_h) / 2)
+    left, top = centre_crop_origin(resized_w, resized_h, crop_w, crop_h)
     return (
         left / resized_w,
         top / resized_h,

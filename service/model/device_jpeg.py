@@ -82,10 +82,10 @@ class DeviceJpegDecoder:
     def __init__(
         self, preprocessor: Preprocessor, device: torch.device, fallbacks: Fallbacks
     ) -> None:
-        steps = preprocessor.resize_and_crop
+        steps = preprocessor.resize_and_crop.torchvision_steps()
         if not all(isinstance(step, Resize | CenterCrop) for step in steps):
             raise ValueError(f"no tensor version of {steps}")
-        self._steps = list(steps)
+        self._steps = steps
         self._preprocessor = preprocessor
         self._min_side = preprocessor.min_side
         self._fallbacks = fallbacks

@@ -98,23 +98,49 @@ def test_pixel_bombs_are_refused_before_decoding(side: int) -> None:
         decode_image(png_header_only(side, side), max_pixels=LIMIT)
 
 
+CONFIG = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bilinear",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+
+
 def test_preprocessor_follows_the_model_config() -> None:
-    config = {
-        "input_size": (3, 224, 224),
-        "interpolation": "bilinear",
-        "mean": (0.485, 0.456, 0.406),
-        "std": (0.229, 0.224, 0.225),
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-    }
-    pixels = Preprocessor(config, max_pixels=LIMIT)(jpeg("chelsea"))
+    pixels = Preprocessor(CONFIG, max_pixels=LIMIT)(jpeg("chelsea"))
     assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
     # Normalised as the served graph does it, they are exactly timm's eval transform.
-    serving = ServingModule(torch.nn.Identity(), config["mean"], config["std"])
+    serving = ServingModule(torch.nn.Identity(), CONFIG["mean"], CONFIG["std"])
     normalised = serving.normalise(torch.from_numpy(pixels[None]))[0].numpy()
     image = decode_image(jpeg("chelsea"), max_pixels=LIMIT, min_side=256)
-    expected = create_transform(**config, is_training=False)(image).numpy()
+    expected = create_transform(**CONFIG, is_training=False)(image).numpy()
     np.testing.assert_allclose(normalised, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"interpolation": "bicubic", "crop_pct": 0.95, "input_size": (3, 288, 288)},
+        {"interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": None},
+        {"crop_mode": "squash"},  # not ours: timm's own steps
+        {"input_size": (3, 224, 192)},  # not ours either
+    ],
+    ids=["bilinear-224", "bicubic-288", "no-crop", "squash", "not-square"],
+)
+def test_the_pillow_resize_and_crop_are_timms_to_the_pixel(changes: dict[str, object]) -> None:
+    config = CONFIG | changes
+    preprocessor = Preprocessor(config, max_pixels=LIMIT)
+    steps = create_transform(**config, is_training=False).transforms[:-2]  # no tensor, norm
+    rng = np.random.default_rng(7)
+    for width, height in [(640, 480), (300, 1000), (225, 224), (224, 224), (1001, 999), (97, 61)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        expected = image
+        for step in steps:
+            expected = step(expected)
+        np.testing.assert_array_equal(preprocessor.pixels(image), np.asarray(expected))
 
 
 def test_a_damaged_jpeg_header_is_invalid() -> None:
