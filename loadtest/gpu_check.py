@@ -247,7 +247,7 @@ def raw_model(plan: Plan, report: Report, data_dir: Path) -> None:
 
 def jpeg_decode(plan: Plan, report: Report, data_dir: Path) -> None:
     from service.model.backend import TorchBackend
-    from service.model.device_jpeg import JpegUpload, inspect_jpeg
+    from service.model.jpeg_upload import JpegUpload, inspect_jpeg
     from service.model.runtime import jpeg_decoder_for, load_parts
 
     settings = _settings(plan, data_dir, jpeg_decode="device")

@@ -11,7 +11,7 @@ from ray import serve
 
 from batching import BatchOutcome
 from service.cluster.deployments import replica_settings
-from service.model.runtime import ModelInput, ModelResult
+from service.model.model_io import ModelInput, ModelResult
 from service.model_host import ModelHost
 
 

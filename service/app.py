@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.routing import BaseRoute
 
 from service.errors import install_error_handlers
-from service.explain.inspector import ModelInspector
+from service.explain.inspection import ModelInspector
 from service.http.access import ApiKeyGuard
 from service.http.admission import AdmitAtTheDoor, model_routes
 from service.http.http_metrics import HttpMetrics
@@ -23,7 +23,6 @@ from service.http.model_version import ModelVersionHeader
 from service.http.request_id import RequestId
 from service.items.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.model_client import InProcessModel, ModelClient
-from service.model_host import ModelHost
 from service.pipeline import Pipeline
 from service.routes import classify, embed, explain, health, items, items_batch, models, search
 from service.routes.docs import serve_docs
@@ -58,6 +57,9 @@ async def in_process(
     name: str, settings: Settings, registry: CollectorRegistry
 ) -> AsyncIterator[ServiceParts]:
     """Host the model and open the index, all in this process."""
+    # torch is imported where the model runs: HTTP workers import this module without it.
+    from service.model_host import ModelHost
+
     host = ModelHost(settings, registry)
     # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
     await host.load()

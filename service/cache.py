@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from service.model.backend import ModelOutputs
+from service.model.model_io import ModelOutputs
 
 log = logging.getLogger(__name__)
 

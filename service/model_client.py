@@ -14,13 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from batching import Batcher, BatchOutcome, PrometheusBatchObserver, QueueFull
 from service.errors import InvalidInput, NotReady
-from service.model.backend import ModelOutputs
-from service.model.runtime import ModelInput, ModelResult, ModelRuntime
+from service.model.model_io import ModelInput, ModelOutputs, ModelResult
 from service.model.spec import ModelSpec
 from service.model.thread_priority import lower_this_threads_priority
 from service.settings import Settings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch: HTTP workers import this module and never load it
+    from service.model.runtime import ModelRuntime
     from service.model_host import ModelHost
 
 
@@ -87,7 +87,7 @@ class ModelClient(Protocol):
 
 
 def model_status(
-    runtime: ModelRuntime, queue_depth: int, hung: bool, backend_search: str | None = None
+    runtime: "ModelRuntime", queue_depth: int, hung: bool, backend_search: str | None = None
 ) -> ModelStatus:
     return ModelStatus(
         spec=runtime.spec,
@@ -143,7 +143,7 @@ class RecentRefusal:
 
 def model_batcher(
     run_batch: Callable[[list[ModelInput]], list[ModelResult]],
-    runtime: ModelRuntime,
+    runtime: "ModelRuntime",
     settings: Settings,
     registry: CollectorRegistry,
     largest: int,

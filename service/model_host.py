@@ -22,8 +22,9 @@ from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector
 from service.model.backend_search import SearchCancelled, SearchProgress, search_backends
 from service.model.gil import hand_the_gil_over_quickly
+from service.model.model_io import ModelInput, ModelResult
 from service.model.passing_thread import in_passing_thread
-from service.model.runtime import ModelInput, ModelResult, ModelRuntime, load_first_runtime
+from service.model.runtime import ModelRuntime, load_first_runtime
 from service.model.selection import BATCH_SIZES, ModelParts
 from service.model.thread_priority import lower_this_threads_priority
 from service.model_client import ModelBatcher, ModelStatus, model_batcher, model_status

@@ -4,9 +4,8 @@ this one class, so both behave the same to their callers."""
 
 from batching import BatchOutcome
 from service.errors import NotReady
-from service.model.backend import ModelOutputs
-from service.model.device_jpeg import JpegUpload
-from service.model.runtime import ModelInput
+from service.model.jpeg_upload import JpegUpload
+from service.model.model_io import ModelInput, ModelOutputs
 from service.model_client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
 from service.model_host import ModelHost
 from service.single_flight import SingleFlight

@@ -22,9 +22,8 @@ from service.cache import (
 )
 from service.http.admission import OnTheWay, Ticket, reached_model
 from service.images import Preprocessor, decode_image
-from service.model.backend import ModelOutputs
-from service.model.device_jpeg import inspect_jpeg
-from service.model.runtime import ModelInput
+from service.model.jpeg_upload import inspect_jpeg
+from service.model.model_io import ModelInput, ModelOutputs
 from service.model_client import ModelClient, ModelStatus
 from service.settings import Settings
 from service.single_flight import SingleFlight

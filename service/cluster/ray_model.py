@@ -10,8 +10,7 @@ from ray.serve.handle import DeploymentHandle
 from batching import BatchOutcome, DeadlineExceeded, QueueFull
 from service.cluster.link import RayLink
 from service.errors import NotReady
-from service.model.backend import ModelOutputs
-from service.model.runtime import ModelInput
+from service.model.model_io import ModelInput, ModelOutputs
 from service.model_client import HUNG_MESSAGE, ModelStatus, RecentRefusal
 from service.workers.operations import HostedModelOperations as MODEL
 

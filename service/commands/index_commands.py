@@ -11,8 +11,8 @@ from index.store import ItemStore, ModelMismatch
 from service.items.bulk import add_folder, reindex
 from service.items.search_index import open_collection, open_collection_for
 from service.items.vector_import import ExpectedModel, ImportRefused, import_vectors
+from service.model.load_error import ModelLoadError
 from service.model.runtime import load_parts, load_runtime
-from service.model.weights import ModelLoadError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,69 +11,24 @@ import copy
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from service.errors import InvalidInput, Unavailable
+from service.explain.inspection import (
+    CamResult,
+    FeatureMaps,
+    ModelCard,
+    Stage,
+    StageShape,
+)
 from service.model.backend import ServingModule
 from service.model.device_memory import is_out_of_memory, release_cached_memory
 from service.model.fallbacks import Fallbacks
 from service.model.spec import ModelSpec
-
-CamMethod = Literal["gradcam", "gradcam++", "eigencam", "layercam"]
-CAM_METHODS: tuple[CamMethod, ...] = ("gradcam", "gradcam++", "eigencam", "layercam")
-
-
-@dataclass(frozen=True)
-class Stage:
-    number: int  # 1-based: C1..Cn
-    module: str  # e.g. layer4, blocks.6
-    channels: int
-    reduction: int  # input pixels per output pixel
-
-
-@dataclass(frozen=True)
-class CamResult:
-    heatmap: np.ndarray  # (H, W) float32 in [0, 1], over the model input
-    class_id: int
-    score: float  # the class's probability
-    method: str
-    stage: Stage
-
-
-@dataclass(frozen=True)
-class FeatureMaps:
-    activations: np.ndarray  # (C, h, w) float32
-    stage: Stage
-
-
-@dataclass(frozen=True)
-class StageShape:
-    name: str  # C1..Cn
-    module: str
-    shape: tuple[int, int, int]  # channels, height, width at the model's input size
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    model: str
-    weights: str
-    warnings: tuple[str, ...]
-    parameters: int
-    gmacs: float  # multiply-accumulates per image at the input size, in billions
-    input_size: tuple[int, int, int]
-    preprocessing: dict[str, Any]
-    stages: tuple[StageShape, ...]
-    embedding_dim: int
-    num_classes: int
-    labels: str  # where the class names come from
-    backend: str
-    precision: str
-    device: str
 
 
 def _record_shape(shapes: dict[str, tuple[int, int, int]], stage: Stage) -> Any:

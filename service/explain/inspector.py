@@ -11,7 +11,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,23 +19,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from batching import QueueFull
 from service.errors import ServiceError, Unavailable
-from service.explain.explainer import CamResult, Explainer, FeatureMaps, ModelCard
+from service.explain.explainer import Explainer
+from service.explain.inspection import CamResult, FeatureMaps, ModelCard
 from service.model.device_memory import is_out_of_memory, release_cached_memory
 from service.model.passing_thread import in_passing_thread
 
 T = TypeVar("T")
-
-
-class ModelInspector(Protocol):
-    async def cam(
-        self, pixels: np.ndarray, class_id: int | None, method: str, layer: str | None
-    ) -> CamResult: ...
-
-    async def features(self, pixels: np.ndarray, stage: int) -> FeatureMaps: ...
-
-    async def kernels(self) -> np.ndarray: ...
-
-    async def card(self) -> ModelCard: ...
 
 
 class InspectorMetrics:

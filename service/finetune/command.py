@@ -15,9 +15,9 @@ from service.finetune.data import DataError, Dataset, load_folder
 from service.finetune.embeddings import EmbeddingCache, embed_files
 from service.finetune.train import History, train_full, train_head
 from service.model.cpu_features import cpu_supports_bf16
+from service.model.load_error import ModelLoadError
 from service.model.runtime import load_parts, load_runtime
 from service.model.spec import ModelSpec
-from service.model.weights import ModelLoadError
 from service.settings import Settings
 
 

@@ -15,7 +15,7 @@ from index.collection import Collection, CollectionFiles, hold_process_lock
 from index.store import ItemStore
 from service.errors import InvalidInput, ServiceError
 from service.items.item_ids import MAX_ID_LENGTH, validate_item_id
-from service.model.backend import ModelOutputs
+from service.model.model_io import ModelOutputs
 from service.model.runtime import ModelRuntime
 from service.settings import Settings
 

@@ -1,7 +1,6 @@
 """The model backend seam: a batch of uint8 pixels in, probabilities and embeddings out."""
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -9,23 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from service.model.fallbacks import Fallbacks
-
-
-@dataclass(frozen=True)
-class ModelOutputs:
-    """What one forward pass gives: for a batch (leading axis n), or for one image (no axis).
-
-    The one type for a forward pass's outputs, from backend to batcher, cache and routes.
-    """
-
-    probabilities: np.ndarray  # (n, num_classes) or (num_classes,) float32, rows sum to 1
-    embedding: np.ndarray  # (n, embedding_dim) or (embedding_dim,) float32, unit length
-
-    def rows(self) -> Iterator["ModelOutputs"]:
-        """One ModelOutputs per image of a batch."""
-        for probabilities, embedding in zip(self.probabilities, self.embedding, strict=True):
-            yield ModelOutputs(probabilities, embedding)
-
+from service.model.model_io import ModelOutputs
 
 Pixels = np.ndarray | torch.Tensor
 

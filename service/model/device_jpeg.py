@@ -1,65 +1,24 @@
 """JPEG decode on the model's device (nvJPEG on CUDA), for when the host cannot keep up.
 
-The HTTP side only reads the header (`inspect_jpeg`: Pillow, no pixel decoded): a baseline
-RGB or greyscale JPEG within the pixel limits and with no EXIF rotation travels as bytes;
-anything else (progressive, CMYK, rotated, other formats, very large images) goes through
-Pillow as before. Rotated JPEGs stay on the host because decoders disagree on whether they
-apply EXIF orientation (TorchCodec's CPU decoder does, undocumented); most are phone photos,
-over the device size cap anyway. On the model side `DeviceJpegDecoder` decodes a batch at
-once and applies the model's own resize and crop (the same torchvision transforms the Pillow
-path uses, on tensors), so the model input matches the host path within resampling noise.
+The HTTP side only reads the header (service.model.jpeg_upload). `DeviceJpegDecoder` decodes
+a batch at once and applies the model's own resize and crop (torchvision's transforms on
+tensors, with the geometry of the Pillow path), so the model input matches the host path
+within resampling noise.
 Decoding is TorchCodec's (torchvision's decoders are deprecated since 0.29). On a CPU the
 same code runs through libjpeg-turbo, which is how it is tested without a GPU.
 """
 
-import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import CenterCrop, Resize
 
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from service.errors import InvalidInput, ServiceError
 from service.images import Preprocessor, draft_factor
 from service.model.fallbacks import Fallbacks
-
-# Bigger images go through Pillow, which decodes them at a reduced scale (JPEG draft): a full
-# decode on the device of a batch of 50-MP images would take gigabytes of GPU memory.
-DEVICE_MAX_PIXELS = 12_000_000
-_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class JpegUpload:
-    """An upload the model's device decodes."""
-
-    data: bytes
-
-
-def inspect_jpeg(data: bytes, *, max_pixels: int) -> JpegUpload | None:
-    """A JpegUpload when the device can decode this upload exactly like Pillow would, else None.
-
-    Reads the header only. Raises PayloadTooLarge over `max_pixels`, like the Pillow path.
-    """
-    try:
-        image = Image.open(io.BytesIO(data), formats=("JPEG",))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return None  # not a JPEG (or not a sane one): Pillow gives the precise answer
-    width, height = image.size
-    if width * height > max_pixels:
-        raise PayloadTooLarge(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
-    progressive = image.info.get("progressive") or image.info.get("progression")
-    if image.mode not in ("RGB", "L") or progressive or width * height > DEVICE_MAX_PIXELS:
-        return None
-    try:
-        orientation = image.getexif().get(_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):
-        return None  # a broken EXIF block: Pillow's path reports or tolerates it
-    return JpegUpload(data) if orientation == 1 else None
-
+from service.model.jpeg_upload import JpegUpload, inspect_jpeg
 
 # After this many batches in a row in which the device refused images that the host then
 # decoded, the device decoder is taken to be broken (a driver or library fault, not the

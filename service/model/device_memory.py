@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import torch
 
-from service.model.backend import ModelOutputs, Pixels
+from service.model.backend import Pixels
 from service.model.fallbacks import Fallbacks
+from service.model.model_io import ModelOutputs
 
 # Allocation failures that are not torch's own OutOfMemoryError (cuDNN, cuBLAS workspaces).
 _OOM_MESSAGES = ("out of memory", "ALLOC_FAILED")

@@ -17,8 +17,9 @@ import numpy as np
 import openvino as ov
 import torch
 
-from service.model.backend import ModelOutputs, Pixels, serving_module
+from service.model.backend import Pixels, serving_module
 from service.model.cpu_features import cpu_has_int8_dot_product
+from service.model.model_io import ModelOutputs
 
 log = logging.getLogger(__name__)
 

@@ -10,23 +10,19 @@ import torch
 
 from service.errors import InvalidInput
 from service.images import Preprocessor
-from service.model.backend import BucketedBackend, InferenceBackend, ModelOutputs, resolve_device
+from service.model.backend import BucketedBackend, InferenceBackend, resolve_device
 from service.model.backend_search import choose, first_choice
-from service.model.device_jpeg import DeviceJpegDecoder, JpegUpload
+from service.model.device_jpeg import DeviceJpegDecoder
 from service.model.device_memory import BatchCeiling
 from service.model.fallbacks import Fallbacks
+from service.model.jpeg_upload import JpegUpload
+from service.model.model_io import ModelInput, ModelResult
 from service.model.selection import Choice, ModelParts
 from service.model.spec import ModelSpec
 from service.model.weights import RANDOM, load_model
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-# What the batcher carries to the model: host-decoded pixels, or a JPEG for the device.
-ModelInput = np.ndarray | JpegUpload
-# Per image: its outputs, or why its JPEG did not decode on the device (its request: 422).
-ModelResult = ModelOutputs | InvalidInput
 
 
 @dataclass(frozen=True)

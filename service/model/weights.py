@@ -15,6 +15,8 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg
 
+from service.model.load_error import ModelLoadError
+
 log = logging.getLogger(__name__)
 
 PRETRAINED = "pretrained"
@@ -23,10 +25,6 @@ LITE0_PACKAGE = "lite0-package"
 LITE0_MODEL = "tf_efficientnet_lite0"
 HUB_PROBE_TIMEOUT_S = 3.0
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class ModelLoadError(RuntimeError):
-    """The configured model or weights cannot be loaded; the message says what to do."""
 
 
 class WeightsUnavailable(ModelLoadError):

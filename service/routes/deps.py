@@ -10,7 +10,7 @@ from fastapi import Query, Request
 
 from index.filters import Filter, InvalidFilter, parse_filter
 from service.errors import InvalidInput, NotReady
-from service.explain.inspector import ModelInspector
+from service.explain.inspection import ModelInspector
 from service.http.schemas import ErrorResponse
 from service.items.search_index import ItemIndex
 from service.model.spec import ModelSpec

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.errors import InvalidInput
 from service.explain import render
-from service.explain.explainer import CamMethod
-from service.explain.inspector import ModelInspector
+from service.explain.inspection import CamMethod, ModelInspector
 from service.http.disconnect import unless_disconnected
 from service.http.schemas import ExplainResponse, FeaturesResponse, ModelCardResponse
 from service.http.uploads import read_images

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from service.errors import Conflict, InsufficientMemory, InvalidInput, NotFound, NotReady
-from service.explain.inspector import ModelInspector
+from service.explain.inspection import ModelInspector
 from service.items.search_index import ItemIndex
 from service.model_client import InProcessModel
 from service.pipeline import Pipeline

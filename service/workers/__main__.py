@@ -14,7 +14,7 @@ from typing import Any
 from index.collection import IndexInUse
 from index.store import ModelMismatch
 from service.logs import configure_logging
-from service.model.weights import ModelLoadError
+from service.model.load_error import ModelLoadError
 from service.settings import Settings
 from service.workers.process import EXIT_CONFIG_ERROR
 

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from batching import BatchOutcome
 from service.app import Components, ServiceParts
 from service.errors import NotReady
-from service.model.backend import ModelOutputs
+from service.model.model_io import ModelOutputs
 from service.model.spec import ModelSpec
 from service.model_client import InProcessModel
 from service.model_host import ModelHost

@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from batching import BatchOutcome
-from service.explain.inspector import ModelInspector
+from service.explain.inspection import ModelInspector
 from service.items.search_index import ItemIndex
-from service.model.backend import ModelOutputs
-from service.model.runtime import ModelInput
+from service.model.model_io import ModelInput, ModelOutputs
 from service.model.spec import ModelSpec
 from service.model_client import ModelStatus
 from service.versions.manager import Versions

@@ -3,7 +3,7 @@ or a Model replica on Ray)."""
 
 import numpy as np
 
-from service.explain.explainer import CamResult, FeatureMaps, ModelCard
+from service.explain.inspection import CamResult, FeatureMaps, ModelCard
 from service.workers.operations import InspectorOperations as INSPECTOR
 from service.workers.operations import Link
 

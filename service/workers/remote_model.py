@@ -9,9 +9,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from batching import BatchOutcome, DeadlineExceeded, QueueFull
 from service.errors import NotReady
-from service.model.backend import ModelOutputs
-from service.model.device_jpeg import JpegUpload
-from service.model.runtime import ModelInput
+from service.model.jpeg_upload import JpegUpload
+from service.model.model_io import ModelInput, ModelOutputs
 from service.model_client import HUNG_MESSAGE, ModelStatus, RecentRefusal
 from service.workers.operations import ModelOperations as MODEL
 from service.workers.rpc import RpcClient, WorkerUnavailable

@@ -16,8 +16,9 @@ from loadtest.digits import write_digits_folder
 from service.app import create_app
 from service.finetune import model_dir
 from service.finetune.data import DataError, load_folder
+from service.model.load_error import ModelLoadError
 from service.model.runtime import ModelRuntime
-from service.model.weights import ModelLoadError, load_model
+from service.model.weights import load_model
 from tests.conftest import lite0_settings
 from tests.finetuned import LITE0, finetune
 from tests.photos import jpeg

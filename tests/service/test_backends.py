@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from service.model import backend_search, openvino_backend, selection
-from service.model.backend import InferenceBackend, ModelOutputs, TorchBackend
+from service.model.backend import InferenceBackend, TorchBackend
 from service.model.gate import GATE_IMAGES, check, outputs
+from service.model.model_io import ModelOutputs
 from service.model.runtime import load_parts, load_runtime
 from service.model.samples import sample_images
 from service.model.selection import Candidate, ModelParts, build, candidates

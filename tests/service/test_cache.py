@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from service.app import create_app
 from service.cache import CacheMetrics, MemoryCache, decode_record, encode_record
-from service.model.backend import ModelOutputs
+from service.model.model_io import ModelOutputs
 from service.single_flight import SingleFlight
 from tests.conftest import lite0_settings
 from tests.photos import jpeg

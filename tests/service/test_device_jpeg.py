@@ -13,9 +13,9 @@ from PIL import Image
 
 from service.app import create_app
 from service.errors import InvalidInput, PayloadTooLarge
-from service.model import device_jpeg
-from service.model.backend import ModelOutputs
-from service.model.device_jpeg import JpegUpload, inspect_jpeg
+from service.model import jpeg_upload
+from service.model.jpeg_upload import JpegUpload, inspect_jpeg
+from service.model.model_io import ModelOutputs
 from service.model.runtime import ModelRuntime, load_runtime
 from tests.conftest import lite0_settings
 from tests.photos import encode, jpeg, photo
@@ -54,7 +54,7 @@ def test_what_the_device_does_not_decode_goes_to_pillow(monkeypatch: pytest.Monk
     rotated = with_orientation(image, 6)
     for data in (progressive.getvalue(), cmyk, rotated, encode(image, "PNG"), b"not an image"):
         assert inspect_jpeg(data, max_pixels=LIMIT) is None
-    monkeypatch.setattr(device_jpeg, "DEVICE_MAX_PIXELS", 1000)  # large: Pillow's draft path
+    monkeypatch.setattr(jpeg_upload, "DEVICE_MAX_PIXELS", 1000)  # large: Pillow's draft path
     assert inspect_jpeg(jpeg("coffee"), max_pixels=LIMIT) is None
 
 

@@ -21,10 +21,11 @@ from service.errors import Unavailable, describe_error
 from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector
 from service.model import selection
-from service.model.backend import ModelOutputs, TorchBackend
+from service.model.backend import TorchBackend
 from service.model.backend_search import choose
 from service.model.device_jpeg import BROKEN_AFTER_BATCHES, DeviceJpegDecoder
 from service.model.fallbacks import Fallbacks
+from service.model.model_io import ModelOutputs
 from service.model.runtime import ModelRuntime, load_parts
 from service.model.selection import Candidate, Choice, ModelParts
 from tests.conftest import lite0_settings

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import model_host
 from service.app import create_app
 from service.model import backend_search, selection
-from service.model.backend import InferenceBackend, ModelOutputs
+from service.model.backend import InferenceBackend
 from service.model.backend_search import GateHistory, SearchProgress, evaluate
+from service.model.model_io import ModelOutputs
 from service.model.runtime import load_parts
 from service.model.selection import Candidate, ModelParts
 from service.model_host import ModelHost

@@ -9,7 +9,8 @@ import torch
 from timm.data import resolve_model_data_config
 
 from service.model import selection
-from service.model.backend import BucketedBackend, ModelOutputs, TorchBackend, batch_buckets
+from service.model.backend import BucketedBackend, TorchBackend, batch_buckets
+from service.model.model_io import ModelOutputs
 from service.model.runtime import ModelRuntime, load_parts
 from service.model.selection import Candidate, Choice, candidates
 from tests.conftest import pinned_settings

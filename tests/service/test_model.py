@@ -7,13 +7,9 @@ import numpy as np
 import pytest
 import safetensors.torch
 
+from service.model.load_error import ModelLoadError
 from service.model.runtime import ModelRuntime, load_runtime
-from service.model.weights import (
-    LITE0_MODEL,
-    ModelLoadError,
-    WeightsUnavailable,
-    load_model,
-)
+from service.model.weights import LITE0_MODEL, WeightsUnavailable, load_model
 from service.settings import DEFAULT_MODEL
 from tests.conftest import lite0_settings, pinned_settings
 from tests.photos import jpeg
