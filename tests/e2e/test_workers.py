@@ -79,8 +79,16 @@ def test_classify_embed_items_and_search_through_two_workers(tmp_path: Path) -> 
     try:
         wait_ready(server.url)
         round_trip(server)
+        # Only the model worker loads torch (about 600 MB and seconds of start-up each).
+        for role in ("http", "index", "model"):
+            loaded = [torch_is_loaded(worker.pid) for worker in workers(server, role)]
+            assert loaded == [role == "model"] * len(loaded), (role, loaded)
     finally:
         server.stop()
+
+
+def torch_is_loaded(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def round_trip(split: Server) -> None:
