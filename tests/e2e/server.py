@@ -9,7 +9,10 @@ from pathlib import Path
 import loadtest.processes
 from loadtest.processes import free_port, start_service
 
-LITE0_ENV = loadtest.processes.LITE0_ENV | {"RESNET_SERVE_THREADS": "2"}
+# The web page is off unless a test turns it on (UI_ON): importing Gradio adds 3 s to the
+# start of every process that serves it.
+LITE0_ENV = loadtest.processes.LITE0_ENV | {"RESNET_SERVE_THREADS": "2", "RESNET_SERVE_UI": "false"}
+UI_ON = {"RESNET_SERVE_UI": "true"}
 
 
 @dataclass

@@ -11,7 +11,7 @@ CI_EXAMPLES = 8  # cases per operation and phase
 
 
 def test_every_operation_answers_as_its_schema_says(tmp_path: Path) -> None:
-    server = start_server(tmp_path, {"RESNET_SERVE_UI": "false"})
+    server = start_server(tmp_path, {})
     try:
         command = schemathesis_command(server.url, CI_EXAMPLES, seed=1, report_dir=tmp_path)
         finished = subprocess.run(command, capture_output=True, text=True, timeout=900)

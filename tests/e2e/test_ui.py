@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from service.app import create_app
 from tests.conftest import lite0_settings
-from tests.e2e.server import Server, start_server
+from tests.e2e.server import UI_ON, Server, start_server
 from tests.photos import encode, jpeg, photo
 
 pytestmark = pytest.mark.e2e
@@ -43,7 +43,7 @@ TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("ui"), {})
+    running = start_server(tmp_path_factory.mktemp("ui"), UI_ON)
     yield running
     running.stop()
 
@@ -261,7 +261,7 @@ def test_with_an_api_key_the_page_asks_for_it_and_its_writes_carry_it(
 
     key = "ui-test-key-1234"
     locked = start_server(
-        tmp_path, {"RESNET_SERVE_API_KEY": key, "RESNET_SERVE_LOG_FORMAT": "json"}
+        tmp_path, UI_ON | {"RESNET_SERVE_API_KEY": key, "RESNET_SERVE_LOG_FORMAT": "json"}
     )
     try:
         wrong = {"username": "anyone", "password": "not-the-key"}
