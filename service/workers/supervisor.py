@@ -5,7 +5,7 @@ A worker that dies is started again (with backoff if it keeps dying); while the 
 is down the HTTP workers answer 503 and /readyz is red. A worker that exits with
 EXIT_CONFIG_ERROR (weights missing, index of another model) stops the whole service, since a
 restart would fail the same way. SIGTERM stops the HTTP workers first, so in-flight requests
-finish against a live model, then the model and index workers.
+finish against a live model, then the model workers, then the index worker.
 """
 
 import asyncio
@@ -131,8 +131,10 @@ class Supervisor:
             await self._stopping.wait()
             listener.close()  # the HTTP workers hold their own copies until they drain
             await self._stop_role("http", timeout_s=self.settings.request_timeout_s + 15)
-            await self._stop_role("index", timeout_s=60)
+            # The model workers before the index worker: the first one's model versions
+            # write to it (re-embedding, following) until they are closed.
             await self._stop_role("model", timeout_s=self.settings.request_timeout_s + 15)
+            await self._stop_role("index", timeout_s=60)
             await asyncio.gather(*keepers)
         finally:
             for keeper in keepers:
