@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import httpx
+
+from service.workers.parent_death import signal_on_parent_death
 
 # How benchmarks, tests and the container (Dockerfile CMD) start the service: one command.
 SERVICE_COMMAND = ("python", "-m", "service", "serve")
@@ -44,7 +47,8 @@ def start_service(
     """`resnet-serve serve` on 127.0.0.1:port, returned once /readyz answers 200.
 
     Output goes to `log` when given. Raises RuntimeError if the service exits or is not
-    ready in time; the process is killed then, and on Ctrl-C while waiting.
+    ready in time; the process is killed then, and on Ctrl-C while waiting. If the caller
+    dies (a benchmark killed by its own timeout), the service is sent SIGTERM and stops.
     """
     process = subprocess.Popen(
         [
@@ -60,6 +64,7 @@ def start_service(
         env=env,
         stdout=log,
         stderr=log,
+        preexec_fn=_terminate_with_parent,
     )
 
     def ready() -> bool:
@@ -69,6 +74,11 @@ def start_service(
             return False
 
     return _wait_until_ready(process, ready, ready_timeout_s, "service")
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec (Linux; elsewhere a killed caller leaves it running)."""
+    signal_on_parent_death(signal.SIGTERM)
 
 
 def readiness(url: str, timeout_s: float = 60) -> dict[str, Any]:

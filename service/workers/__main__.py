@@ -2,7 +2,6 @@
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -16,18 +15,16 @@ from index.store import ModelMismatch
 from service.logs import configure_logging
 from service.model.load_error import ModelLoadError
 from service.settings import Settings
+from service.workers.parent_death import signal_on_parent_death
 from service.workers.process import EXIT_CONFIG_ERROR
 
 log = logging.getLogger("service.workers")
-_PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
     """A worker must not outlive its supervisor (kill -9 of the supervisor included)."""
     parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
+    if not signal_on_parent_death(signal.SIGKILL):
         return  # not Linux: the supervisor's own shutdown still stops its workers
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,3 +88,25 @@ def test_ctrl_c_while_the_service_starts_stops_it_too(tmp_path: Path) -> None:
         assert runner.wait(timeout=90) == 130
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [child.cmdline() for child in alive]
+
+
+LAUNCHER = """
+import sys
+from loadtest.processes import free_port, start_service
+service = start_service(dict(__import__("os").environ), free_port())
+print(service.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_a_service_stops_when_the_benchmark_that_started_it_is_killed(tmp_path: Path) -> None:
+    """A benchmark killed by its own timeout (kill -9: no clean-up) leaves no service behind."""
+    env = run_env(tmp_path) | {"RESNET_SERVE_DATA_DIR": str(tmp_path / "data")}
+    with subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as launcher:
+        assert launcher.stdout is not None
+        service = psutil.Process(int(launcher.stdout.readline()))
+        assert service.is_running()
+        launcher.kill()
+    service.wait(timeout=60)  # psutil.TimeoutExpired if it outlives its launcher
