@@ -109,4 +109,8 @@ def test_a_service_stops_when_the_benchmark_that_started_it_is_killed(tmp_path: 
         service = psutil.Process(int(launcher.stdout.readline()))
         assert service.is_running()
         launcher.kill()
-    service.wait(timeout=60)  # psutil.TimeoutExpired if it outlives its launcher
+    try:
+        service.wait(timeout=60)
+    except psutil.TimeoutExpired:
+        service.kill()
+        pytest.fail("the service outlived the process that started it")
