@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.images import unique_jpegs
 from tests.e2e.server import Server, start_server
+from tests.machine_speed import seconds_for_one_new_image
 from tests.photos import PHOTO_NAMES, encode, jpeg, photo
 from tests.redis_server import RedisServer
 
@@ -384,9 +385,10 @@ def test_versions_in_the_first_model_worker_switch_every_http_worker(split: Serv
         assert http.get("/v1/models").json()["live"] == "v2"
         wait_for(http, "default", "ready")  # loaded again beside v2, following it
 
+        one_image_s = seconds_for_one_new_image(http)
         started = time.monotonic()
         assert http.post("/v1/models/default/activate").json()["live"] == "default"
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < max(1.0, 10 * one_image_s)  # a pointer swap
         assert answered_by(http) == {"default"}
         again = http.post("/v1/classify", files=upload("coffee")).json()["predictions"]
         assert again == before

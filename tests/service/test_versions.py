@@ -16,6 +16,7 @@ from loadtest.images import unique_jpegs
 from service.app import create_app
 from tests.conftest import lite0_settings
 from tests.finetuned import digits_head
+from tests.machine_speed import seconds_for_one_new_image
 from tests.photos import PHOTO_NAMES, encode, photo
 
 pytestmark = pytest.mark.slow
@@ -108,9 +109,12 @@ def test_a_version_is_added_re_embedded_pinned_made_live_rolled_back_and_removed
     assert after.headers["x-model-version"] == "v2"
     assert labels(after) <= DIGITS  # the fine-tuned head's own labels
 
+    one_image_s = seconds_for_one_new_image(client)
     started = time.monotonic()
     assert client.post("/v1/models/default/activate").json()["live"] == "default"
-    assert time.monotonic() - started < 1.0  # going back is a pointer swap
+    # Going back is a pointer swap: under a second, more only on a machine loaded so much
+    # that one image takes over 100 ms.
+    assert time.monotonic() - started < max(1.0, 10 * one_image_s)
     again = client.post("/v1/classify", files=upload("coffee"))
     assert again.headers["x-model-version"] == "default"
     assert again.json()["predictions"] == before.json()["predictions"]
