@@ -179,13 +179,14 @@ async def test_a_slow_redis_is_a_miss_not_a_slow_request(
     async with running_app(tmp_path, redis_url=redis_server.url, cache_timeout_ms=50) as http:
         await classify(http, jpeg("chelsea"))  # warm the model path
         blocker = asyncio.create_task(
-            asyncio.to_thread(redis_server.client().execute_command, "DEBUG", "SLEEP", "1")
+            asyncio.to_thread(redis_server.client().execute_command, "DEBUG", "SLEEP", "2")
         )
         await asyncio.sleep(0.1)
         started = time.monotonic()
         response = await classify(http, jpeg("chelsea") + b"slow")
         assert response.headers["x-cache"] == "miss"
-        assert time.monotonic() - started < 0.9  # did not wait for Redis to wake up
+        # Did not wait for Redis to wake up (a loaded machine still classifies in under 1.8 s).
+        assert time.monotonic() - started < 1.8
         await blocker
 
 
