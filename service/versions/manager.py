@@ -320,13 +320,14 @@ class ModelVersions:
 
     async def _follow(self, version: Version) -> None:
         live = self._versions[self.live]
+        assert live.serving is not None
         if not version.forward_until:
-            await self._catch_up(version, self._live_serving())
+            await self._catch_up(version, live.serving)
             return
         # It was live a moment ago: a request that resolved it then (here, or in an HTTP
         # worker that had not yet seen the switch) may still write to it. Those writes go on
         # to the live version until no such request can be left; only then does it follow.
-        assert version.serving is not None and live.serving is not None
+        assert version.serving is not None
         version.forwarded_to = await self._catch_up_from(
             live, version.serving, version.forwarded_to, deletions=False
         )
