@@ -20,15 +20,17 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 import faiss
 import numpy as np
 
+from index.exact_scores import exact_among, rerank
+from index.filtered_plan import choose_filtered
 from index.filters import Filter, MetadataPostings
-from index.generation import BuildCancelled, Generation, build, candidates, rerank
+from index.generation import BuildCancelled, Generation, build, candidates
 from index.live_labels import LiveLabels, pack
 from index.plan import AUTO, IndexPlan, choose, rebuild_reason
 from index.rwlock import ReadWriteLock
@@ -87,6 +89,19 @@ class CollectionStats:
     last_build_error: str | None
     index_bytes_per_item: int  # the main FAISS index's memory per item (see VectorIndex)
     store_vector_bytes: int  # a vector in the store (float16)
+    filtered: str  # how filtered queries are answered (see index.filtered_plan)
+    filtered_exact_up_to: int  # filters matching up to this many items are answered exactly
+
+
+@dataclass(frozen=True)
+class FilteredRoute:
+    """How one search is answered: `plan` exact (a scan of the matching items' stored
+    vectors), approximate (the inverted file with the filter's bitmap: nprobe, and `depth`
+    candidates re-ranked), index (an exact or graph index with the bitmap) or unfiltered."""
+
+    plan: str
+    nprobe: int
+    depth: int | None  # None: the default depth for the share
 
 
 @dataclass(frozen=True)
@@ -150,6 +165,9 @@ class Collection:
         self._read_live_items()
         generation = self._opening_generation(self._load_snapshot())
         self._serving = _Serving(generation, self._delta_for(generation))
+        if generation.main.nlist and generation.plan.filtered is None:
+            log.info("the index snapshot predates measured filtered plans: measuring them now")
+            self._asked = True  # a fresh build in the background; this one serves meanwhile
         added = self._catch_up(self._serving.delta, generation.watermark)[1]
         if added:
             log.info("index caught up on %d items added after its snapshot", added)
@@ -244,20 +262,24 @@ class Collection:
         """The k nearest live items (matching `where`, when given), best first."""
         serving = self._serving
         want = k + (exclude is not None)
-        allowed, matching = self._allowed(where)
-        if matching == 0:
-            return []
-        generation = serving.generation
-        nprobe = generation.plan.nprobe
-        nlist = generation.main.nlist
-        if where is not None and nlist:
-            # A filter matching a fraction f of the items finds 1/f fewer per list.
-            nprobe = min(nlist, math.ceil(nprobe * self._live.count / matching))
         query = np.asarray(vector, np.float32)
-        share = matching / max(1, self._live.count)
-        scores, labels = self._nearest(serving, query, want, allowed, nprobe, share)
-        if len(labels) < min(want, matching) and nprobe < nlist:
-            scores, labels = self._nearest(serving, query, want, allowed, nlist, share)
+        if where is None:
+            route = FilteredRoute("unfiltered", serving.generation.plan.nprobe, None)
+            allowed, matching = self._live.bits(), self._live.count
+            scores, labels = self._nearest(serving, query, want, allowed, route, 1.0)
+        else:
+            mask = self._matching(where)
+            matching = int(np.count_nonzero(mask))
+            if matching == 0:
+                return []
+            route = self._route(serving.generation, matching)
+            log.debug("filtered search, %d matches: %s", matching, route)
+            if route.plan == "exact":
+                scores, labels = exact_among(self.store, query, np.flatnonzero(mask), want)
+            else:
+                share = matching / max(1, self._live.count)
+                allowed = pack(mask)
+                scores, labels = self._nearest(serving, query, want, allowed, route, share)
         found = self.store.by_labels(labels.tolist())
         hits = [
             SearchHit(found[label].id, float(score), found[label].metadata)
@@ -266,6 +288,11 @@ class Collection:
             if label in found and found[label].id != exclude
         ]
         return hits[:k]
+
+    def filtered_route(self, where: Filter) -> "FilteredRoute":
+        """How a search with this filter would be answered now (the debug log says it too)."""
+        matching = int(np.count_nonzero(self._matching(where)))
+        return self._route(self._serving.generation, matching)
 
     def similar(self, item_id: str, k: int, where: Filter | None = None) -> list[SearchHit] | None:
         """Nearest items to a stored item (itself excluded); None if the id is unknown."""
@@ -292,15 +319,42 @@ class Collection:
             last_build_error=self._last_build_error,
             index_bytes_per_item=main.bytes_per_item,
             store_vector_bytes=2 * self.d,
+            filtered=self._describe_filtered(plan, main.nlist),
+            filtered_exact_up_to=(
+                plan.filtered.exact_up_to(self._live.count) if plan.filtered is not None else 0
+            ),
         )
 
-    def _allowed(self, where: Filter | None) -> tuple[np.ndarray, int]:
-        """Packed bits of the labels a search may return, and how many there are."""
-        if where is None:
-            return self._live.bits(), self._live.count
+    def _describe_filtered(self, plan: IndexPlan, nlist: int) -> str:
+        if not nlist:
+            return "the index takes the filter's bitmap (exact or graph search)"
+        if plan.filtered is None:
+            return (
+                "approximate, nprobe grown with 1/share (not measured; the next build measures it)"
+            )
+        return plan.filtered.describe(self._live.count)
+
+    def _matching(self, where: Filter) -> np.ndarray:
+        """A bool per label: live and matching the filter."""
         live = self._live.as_bool()
-        mask = self._postings.matching(where, len(live)) & live
-        return pack(mask), int(np.count_nonzero(mask))
+        matching: np.ndarray = self._postings.matching(where, len(live)) & live
+        return matching
+
+    def _route(self, generation: Generation, matching: int) -> "FilteredRoute":
+        """The plan for a filter with `matching` live matches (see index.filtered_plan)."""
+        plan, nlist = generation.plan, generation.main.nlist
+        if not nlist:  # exact or a graph: the index itself takes the filter's bitmap
+            return FilteredRoute("index", plan.nprobe, None)
+        if plan.filtered is None:  # not measured (a snapshot from before): scale nprobe
+            # A filter matching a fraction f of the items finds 1/f fewer per list.
+            nprobe = min(nlist, math.ceil(plan.nprobe * self._live.count / matching))
+            return FilteredRoute("approximate, not measured", nprobe, None)
+        step = choose_filtered(plan.filtered, matching, self._live.count)
+        if step is None:
+            return FilteredRoute("exact", 0, None)
+        return FilteredRoute(
+            f"approximate as measured at share {step.share:g}", step.nprobe, step.depth
+        )
 
     def _nearest(
         self,
@@ -308,13 +362,31 @@ class Collection:
         query: np.ndarray,
         want: int,
         allowed: np.ndarray,
-        nprobe: int,
+        route: "FilteredRoute",
         share: float,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores and labels of the best `want` allowed items (a `share` of all), best first."""
         main = serving.generation.main
+        scores, labels = self._candidates(serving, query, want, allowed, route, share)
+        if len(labels) < min(want, int(share * self._live.count)) and route.nprobe < main.nlist:
+            # Too few allowed items in the lists probed: all of them, then.
+            everywhere = FilteredRoute(route.plan, main.nlist, route.depth)
+            scores, labels = self._candidates(serving, query, want, allowed, everywhere, share)
+        return scores[:want], labels[:want]
+
+    def _candidates(
+        self,
+        serving: _Serving,
+        query: np.ndarray,
+        want: int,
+        allowed: np.ndarray,
+        route: "FilteredRoute",
+        share: float,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        main = serving.generation.main
         exact = main.exact
-        wanted = candidates(want, exact, share)
+        wanted = route.depth or candidates(want, exact, share)
+        nprobe = route.nprobe
         D, I = main.search(query[None], wanted, live=allowed, nprobe=nprobe)  # immutable
         with self._lock.reading():
             dD, dI = serving.delta.search(query[None], wanted, live=allowed, nprobe=nprobe)
@@ -326,7 +398,7 @@ class Collection:
         scores, labels = scores[order], labels[order]
         if not exact:
             scores, labels = rerank(self.store, query, labels.tolist())
-        return scores[:want], labels[:want]
+        return scores, labels
 
     # --- generations ------------------------------------------------------------------------
 
@@ -481,7 +553,7 @@ class Collection:
             "d": self.d,
             "factory": self.factory,
             "fingerprint": self.fingerprint,
-            "plan": asdict(generation.plan),
+            "plan": generation.plan.as_dict(),
             "data": data_name,
         }
         temporary = self._header_path.with_suffix(".tmp")
@@ -510,9 +582,9 @@ class Collection:
             main = VectorIndex.read(
                 self.directory / header["data"], self.d, ef_search=self._ef_search
             )
-            plan = IndexPlan(**header["plan"])
+            plan = IndexPlan.from_dict(header["plan"])
             if plan.nprobe and plan.factory != FLAT and self.factory != AUTO:
-                plan = IndexPlan(plan.factory, self._nprobe, plan.built_for, plan.reason)
+                plan = replace(plan, nprobe=self._nprobe)
             return Generation(main, plan, int(header["watermark"]))
         except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
             # FAISS raises RuntimeError for a damaged file; json raises ValueError.

@@ -14,10 +14,13 @@ restart adds them from the store, so a snapshot never needs a log to catch up.
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from index.exact_scores import rerank
+from index.filtered_plan import tuning_filter
+from index.filtered_tuning import tune_filtered, tuned_shares
 from index.live_labels import LiveLabels, pack
 from index.plan import NPROBES, TARGET_RECALL, TRAIN_POINTS_PER_LIST, IndexPlan
 from index.store import ItemStore
@@ -53,15 +56,6 @@ def candidates(k: int, exact: bool, share: float = 1.0) -> int:
     return round(max(RERANK_MIN, RERANK_FACTOR * k) * widen)
 
 
-def rerank(store: ItemStore, query: np.ndarray, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine scores of candidate labels from their stored vectors, best first. Labels
-    deleted meanwhile are left out."""
-    found, vectors = store.vectors_of(labels)
-    scores = vectors @ query.astype(np.float32)
-    order = np.argsort(-scores, kind="stable")
-    return scores[order], found[order]
-
-
 def build(
     store: ItemStore,
     plan: IndexPlan,
@@ -81,7 +75,9 @@ def build(
     if main.needs_training:
         sample_labels, sample = _training_sample(store, live, watermark, main)
         main.train(sample)
-        truth = _ExactTopTen(sample_labels[:TUNING_QUERIES], sample[:TUNING_QUERIES])
+        truth = _ExactTopTen(
+            sample_labels[:TUNING_QUERIES], sample[:TUNING_QUERIES], tuned_shares(live.count)
+        )
         del sample
     for labels, vectors in store.vectors(upto=watermark):
         _stop_if(cancelled)
@@ -90,6 +86,16 @@ def build(
             truth.update(labels, vectors)
     if truth is not None and main.nlist:
         plan = _tune(store, main, plan, truth)
+        filtered = tune_filtered(
+            store,
+            main,
+            live.as_bool(watermark + 1)[: watermark + 1],
+            (truth.labels, truth.queries),
+            truth.filtered,
+            nprobes=[n for n in NPROBES if plan.nprobe <= n < main.nlist] + [main.nlist],
+            base_depth=candidates(10, exact=False),
+        )
+        plan = replace(plan, filtered=filtered)
     log.info("built index %s over %d vectors: %s", plan.factory, main.ntotal, plan.reason)
     return Generation(main, plan, watermark)
 
@@ -133,24 +139,43 @@ def _training_sample(
 
 class _ExactTopTen:
     """The exact 10 nearest labels of each query (the query's own label left out), fed the
-    collection chunk by chunk while the index is built."""
+    collection chunk by chunk while the index is built; and the same among the labels of a
+    tuning filter of each share in `shares` (see index.filtered_plan)."""
 
-    def __init__(self, labels: np.ndarray, queries: np.ndarray) -> None:
+    def __init__(self, labels: np.ndarray, queries: np.ndarray, shares: list[float]) -> None:
         self.labels = labels
         self.queries = queries
-        self._scores = np.full((len(queries), 0), -np.inf, np.float32)
-        self._top = np.zeros((len(queries), 0), np.int64)
+        self._shares = shares
+        empty = (
+            np.full((len(queries), 0), -np.inf, np.float32),
+            np.zeros((len(queries), 0), np.int64),
+        )
+        self._best = {share: empty for share in [1.0, *shares]}
+
+    @property
+    def _top(self) -> np.ndarray:
+        return self._best[1.0][1]
+
+    @property
+    def filtered(self) -> dict[float, np.ndarray]:
+        """By share, each query's exact top 10 among the tuning filter's labels."""
+        return {share: self._best[share][1] for share in self._shares}
 
     def update(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         scores = self.queries @ vectors.T
         scores[self.labels[:, None] == labels[None, :]] = -np.inf
-        scores = np.concatenate([self._scores, scores], axis=1)
-        every = np.concatenate(
-            [self._top, np.broadcast_to(labels, (len(self.queries), len(labels)))], axis=1
-        )
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-        self._scores = np.take_along_axis(scores, keep, axis=1)
-        self._top = np.take_along_axis(every, keep, axis=1)
+        for share, (best_scores, best_labels) in self._best.items():
+            kept = labels if share == 1.0 else labels[tuning_filter(labels, share)]
+            chunk = scores if share == 1.0 else scores[:, tuning_filter(labels, share)]
+            every_score = np.concatenate([best_scores, chunk], axis=1)
+            every = np.concatenate(
+                [best_labels, np.broadcast_to(kept, (len(self.queries), len(kept)))], axis=1
+            )
+            keep = np.argsort(-every_score, axis=1, kind="stable")[:, :10]
+            self._best[share] = (
+                np.take_along_axis(every_score, keep, axis=1),
+                np.take_along_axis(every, keep, axis=1),
+            )
 
     def recall(self, found: list[np.ndarray]) -> float:
         return float(

@@ -21,10 +21,13 @@ given (IVF ones exact until they have enough vectors to train).
 import functools
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import faiss
 import numpy as np
+
+from index.filtered_plan import FilteredTuning
 
 AUTO = "auto"
 FLAT = "Flat"
@@ -41,10 +44,27 @@ class IndexPlan:
     nprobe: int  # IVF lists visited per query (0 for non-IVF)
     built_for: int  # the collection size the plan was chosen for
     reason: str
+    # How filtered queries are answered (measured with nprobe; None: not measured, as for an
+    # exact index or a snapshot written before filtered plans)
+    filtered: FilteredTuning | None = None
 
     @property
     def exact(self) -> bool:
         return self.factory == FLAT
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "IndexPlan":
+        filtered = raw.get("filtered")
+        return cls(
+            str(raw["factory"]),
+            int(raw["nprobe"]),
+            int(raw["built_for"]),
+            str(raw["reason"]),
+            None if filtered is None else FilteredTuning.from_dict(filtered),
+        )
 
     def tuned(self, nprobe: int, recall: float) -> "IndexPlan":
         why = self.reason.split(TUNED)[0]  # a plan trained again is measured again

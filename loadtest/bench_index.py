@@ -2,14 +2,19 @@
 writes during a background build, and the same search over HTTP.
 
     python -m loadtest.bench_index --size 1000000 --dir /tmp/bench-index [--http]
+        [--data small-clusters]
 
-The data: `size` unit vectors (2048-d, like ResNet50 embeddings) in a mixture of clusters on
-the sphere, two levels deep as photo collections are: size/1000 topics (like ImageNet's
-classes), each of 20 groups of about 50 (an object, a scene, a burst of shots), with
-isotropic spread inside a group. All share a mean direction (pooled CNN features are
-non-negative, so unrelated images still score about 0.3, as real ones do). Queries are
-held-out vectors from the same groups.
-Metadata `bucket` = row % 100, so {"bucket": 0} matches 1%, ten buckets 10%, ninety 90%.
+The data (`--data topics`, the default): `size` unit vectors (2048-d, like ResNet50
+embeddings) in a mixture of clusters on the sphere, two levels deep as photo collections
+are: size/1000 topics (like ImageNet's classes), each of 20 groups of about 50 (an object,
+a scene, a burst of shots), with isotropic spread inside a group. All share a mean
+direction (pooled CNN features are non-negative, so unrelated images still score about
+0.3, as real ones do). Queries are held-out vectors from the same groups.
+`--data small-clusters`: many small, tight clusters (size/100 of them, 100 members each;
+two members score about 0.55, strangers about 0), no shared direction: the data where a
+filter that is independent of the clusters leaves a query's true top 10 in many lists.
+Metadata `bucket` = row % 1000, independent of the clusters in both: {"bucket": 0} matches
+0.1%, ten buckets 1%, and so on to 90%.
 
 Steps, each printed as it finishes and all written to DIR/results.json:
 1. write the vectors as Parquet (float32 lists) and import them with the import-vectors
@@ -47,7 +52,15 @@ QUERIES = 200
 CHUNK = 20_000
 PER_TOPIC = 1000
 GROUPS_PER_TOPIC = 20
-FILTERS = {"1%": [0], "10%": list(range(10)), "90%": list(range(90))}
+FILTERS = {
+    "0.1%": [0],
+    "1%": list(range(10)),
+    "10%": list(range(100)),
+    "50%": list(range(500)),
+    "90%": list(range(900)),
+}
+BUCKETS = 1000
+CLUSTER_SIZE = 100  # --data small-clusters
 WRITES = 1000
 
 
@@ -67,6 +80,20 @@ def clustered(n: int, seed: int, total: int, d: int = D) -> np.ndarray:
         own = np.stack([_centre(-1 - int(g), d) for g in which])
         block = 0.6 * mean + 0.65 * topics + 0.45 * own
         block += rng.standard_normal((m, d), dtype=np.float32) * (0.4 / np.sqrt(d))
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + m] = block
+    return out
+
+
+def small_clusters(n: int, seed: int, total: int, d: int = D) -> np.ndarray:
+    """n unit vectors from total/CLUSTER_SIZE small, tight clusters (same ones every call)."""
+    count = max(1, total // CLUSTER_SIZE)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, d), np.float32)
+    for start in range(0, n, CHUNK):
+        m = min(n, start + CHUNK) - start
+        centres = np.stack([_centre(int(c), d) for c in rng.integers(0, count, m)])
+        block = 0.74 * centres + 0.67 * rng.standard_normal((m, d), dtype=np.float32) / np.sqrt(d)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         out[start : start + m] = block
     return out
@@ -94,7 +121,7 @@ class TopTen:
     def update(self, first_row: int, vectors: np.ndarray) -> None:
         rows = np.arange(first_row, first_row + len(vectors))
         if self.buckets is not None:
-            keep = np.isin(rows % 100, self.buckets)
+            keep = np.isin(rows % BUCKETS, self.buckets)
             rows, vectors = rows[keep], vectors[keep]
         scores = np.concatenate([self.scores, self.queries @ vectors.T], axis=1)
         every = np.concatenate(
@@ -123,7 +150,8 @@ def prepare(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from service.items.vector_import import ExpectedModel, import_vectors
 
     fingerprint, model = model_identity()
-    queries = clustered(QUERIES, seed=2, total=args.size)
+    vectors = small_clusters if args.data == "small-clusters" else clustered
+    queries = vectors(QUERIES, seed=2, total=args.size)
     truths = {"all": TopTen(queries, None)} | {
         name: TopTen(queries, buckets) for name, buckets in FILTERS.items()
     }
@@ -134,7 +162,7 @@ def prepare(args: argparse.Namespace, results: dict[str, Any]) -> None:
     )
     with pq.ParquetWriter(parquet, schema) as writer:
         for start in range(0, args.size, CHUNK):
-            block = clustered(min(CHUNK, args.size - start), seed=1000 + start, total=args.size)
+            block = vectors(min(CHUNK, args.size - start), seed=1000 + start, total=args.size)
             for truth in truths.values():
                 truth.update(start, block)
             rows = range(start, start + len(block))
@@ -145,7 +173,7 @@ def prepare(args: argparse.Namespace, results: dict[str, Any]) -> None:
                         "vector": pa.FixedSizeListArray.from_arrays(
                             pa.array(block.ravel()), D
                         ).cast(pa.list_(pa.float32())),
-                        "metadata": [json.dumps({"bucket": i % 100}) for i in rows],
+                        "metadata": [json.dumps({"bucket": i % BUCKETS}) for i in rows],
                     },
                     schema=schema,
                 )
@@ -191,6 +219,8 @@ def stats_of(collection: Collection) -> dict[str, Any]:
         "nprobe": stats.nprobe,
         "reason": stats.reason,
         "index_bytes_per_item": stats.index_bytes_per_item,
+        "filtered": stats.filtered,
+        "filtered_exact_up_to": stats.filtered_exact_up_to,
     }
 
 
@@ -240,7 +270,7 @@ def search_figures(
     queries: np.ndarray,
     truth: np.ndarray,
     where: dict[str, list[Any]] | None,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     latencies, recall = [], []
     for query, best in zip(queries, truth, strict=True):
         started = time.perf_counter()
@@ -248,7 +278,10 @@ def search_figures(
         latencies.append(time.perf_counter() - started)
         expected = {f"item-{row}" for row in best}
         recall.append(len({hit.id for hit in hits} & expected) / 10)
-    return {**quantiles_ms(latencies), "recall_at_10": round(float(np.mean(recall)), 3)}
+    plan: dict[str, float | str] = {}
+    if where is not None:
+        plan["plan"] = collection.filtered_route(where).plan
+    return {**quantiles_ms(latencies), "recall_at_10": round(float(np.mean(recall)), 3), **plan}
 
 
 def write_figures(collection: Collection, vectors: np.ndarray, prefix: str) -> dict[str, float]:
@@ -392,13 +425,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-index")
     parser.add_argument("--reuse", action="store_true", help="keep DIR's index (skip steps 1-2)")
+    parser.add_argument("--data", choices=("topics", "small-clusters"), default="topics")
     parser.add_argument("--http", action="store_true", help="step 5: search over HTTP too")
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:  # the child process of step 3
         print(json.dumps(probe(args.dir)))
         return
-    results: dict[str, Any] = {"size": args.size, "machine": machine()}
+    results: dict[str, Any] = {"size": args.size, "data": args.data, "machine": machine()}
     if not args.reuse:
         shutil.rmtree(args.dir, ignore_errors=True)
         args.dir.mkdir(parents=True)

@@ -188,3 +188,12 @@ class IndexResponse(BaseModel):
         description="memory an item costs in the FAISS index: its code, its id, graph links"
     )
     store_vector_bytes: int = Field(description="bytes of one stored vector (float16)")
+    filtered: str = Field(
+        description="how filtered searches are answered: exact over the matching items while "
+        "they are few, else the approximate index with the nprobe and re-rank depth measured "
+        "to hold recall at the filter's share"
+    )
+    filtered_exact_up_to: int = Field(
+        description="filters matching up to this many items are answered exactly (0: the "
+        "index itself is exact, or not measured yet)"
+    )

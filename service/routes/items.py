@@ -186,6 +186,8 @@ async def index_info(index: Annotated[ItemIndex, Depends(get_index)]) -> IndexRe
         fingerprint=stats.fingerprint,
         index_bytes_per_item=stats.index_bytes_per_item,
         store_vector_bytes=stats.store_vector_bytes,
+        filtered=stats.filtered,
+        filtered_exact_up_to=stats.filtered_exact_up_to,
     )
 
 

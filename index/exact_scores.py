@@ -1,0 +1,53 @@
+"""Exact cosine scores of stored vectors, computed by FAISS on their float16 bytes.
+
+The store keeps vectors as float16. Converting them to float32 in numpy costs about 3 ns a
+value (6 ms for 1,000 vectors of 2048-d on the 2-core machine), more than reading them;
+FAISS's float16 scalar quantizer scores the bytes as they are, with SIMD conversion, in a
+fraction of that. Scores equal the float32 dot products of the stored values.
+"""
+
+import faiss
+import numpy as np
+
+from index.store import ItemStore
+
+_LABELS_PER_READ = 10_000  # an exact scan reads and scores this many stored vectors at a time
+
+
+def best_of_codes(query: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and row positions of the k best rows of `codes` (float16 bytes), best first."""
+    d = codes.shape[1] // 2
+    k = min(k, len(codes))
+    if k == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    scorer = faiss.IndexScalarQuantizer(
+        d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    scorer.add_sa_codes(codes)
+    D, I = scorer.search(np.ascontiguousarray(query, np.float32).reshape(1, d), k)
+    return D[0], I[0]
+
+
+def rerank(store: ItemStore, query: np.ndarray, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine scores of candidate labels from their stored vectors, best first. Labels
+    deleted meanwhile are left out."""
+    found, codes = store.encoded_vectors_of(labels)
+    scores, rows = best_of_codes(query, codes, len(found))
+    return scores, found[rows]
+
+
+def exact_among(
+    store: ItemStore, query: np.ndarray, labels: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of `labels` by exact cosine, best first: a scan of just their stored
+    vectors (a filter's matches), a chunk at a time so memory stays bounded."""
+    best_scores = np.zeros(0, np.float32)
+    best_labels = np.zeros(0, np.int64)
+    for start in range(0, len(labels), _LABELS_PER_READ):
+        found, codes = store.encoded_vectors_of(labels[start : start + _LABELS_PER_READ].tolist())
+        scores, rows = best_of_codes(query, codes, k)
+        best_scores = np.concatenate([best_scores, scores])
+        best_labels = np.concatenate([best_labels, found[rows]])
+        keep = np.argsort(-best_scores, kind="stable")[:k]
+        best_scores, best_labels = best_scores[keep], best_labels[keep]
+    return best_scores, best_labels

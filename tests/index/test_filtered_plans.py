@@ -1,0 +1,171 @@
+"""Filters that cut across many small clusters keep their recall (issue: a filter independent
+of the clusters leaves a query's true top 10 in lists an IVF search never probes).
+
+One collection of many small, tight clusters with metadata assigned by row number, so every
+filter is independent of the clusters; its IVF index is built and measured once per module.
+"""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import index.collection
+import index.filtered_tuning
+from index.collection import Collection
+from index.filtered_plan import FilteredTuning, ShareStep, choose_filtered
+from index.store import ItemStore
+
+D = 256  # 4-bit PQ codes, as at 2048-d
+N = 30_000
+CLUSTERS = 1_000  # 30 members each: members score about 0.55, strangers about 0
+QUERIES = 40
+
+
+def metadata_of(row: int) -> dict[str, object]:
+    return {"half": row % 2 == 1, "tenth": row % 10 == 3, "hundredth": row % 100 == 7, "row": row}
+
+
+def many_small_clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors (n of them) and QUERIES held-out queries from the same clusters."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((CLUSTERS, D)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    which = rng.integers(0, CLUSTERS, n + QUERIES)
+    spread = rng.standard_normal((n + QUERIES, D)).astype(np.float32) / np.sqrt(D)
+    vectors = 0.74 * centres[which] + 0.67 * spread
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors[:n], vectors[n:]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return many_small_clusters(N, seed=5)
+
+
+@pytest.fixture(scope="module")
+def directory(
+    tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, np.ndarray]
+) -> Path:
+    """A store of N items written in bulk (as an import does); the index is built at open."""
+    path = tmp_path_factory.mktemp("clusters")
+    store = ItemStore(path / "items.sqlite3", D, "fp", "m")
+    xb, _ = data
+    store.add_many([(f"item-{i}", xb[i], json.dumps(metadata_of(i))) for i in range(N)])
+    store.close()
+    return path
+
+
+@pytest.fixture(scope="module", params=["measured", "approximate", "exact"])
+def collection(request: pytest.FixtureRequest, directory: Path) -> Iterator[Collection]:
+    """The collection with its plans as measured; with the approximate plan wherever it was
+    measured to hold recall (the exact scan made to look dear while measuring); and with the
+    exact plan for every filter. Each opens a copy of the bulk-written store."""
+    copy = directory / request.param
+    copy.mkdir()
+    (copy / "items.sqlite3").write_bytes((directory / "items.sqlite3").read_bytes())
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "approximate":
+            patch.setattr(index.filtered_tuning, "_exact_seconds_per_item", lambda *_: 1.0)
+        if request.param == "exact":
+            patch.setattr(index.collection, "choose_filtered", lambda *_: None)
+        opened = Collection(copy, d=D, fingerprint="fp", model="m", exact_up_to=1000)
+        yield opened
+        opened.close()
+
+
+def exact_top(xb: np.ndarray, query: np.ndarray, rows: np.ndarray, k: int) -> list[str]:
+    scores = xb[rows] @ query
+    return [f"item-{rows[j]}" for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+@pytest.mark.parametrize("key, share", [("hundredth", 0.01), ("tenth", 0.1), ("half", 0.5)])
+def test_filters_across_the_clusters_keep_recall(
+    collection: Collection, data: tuple[np.ndarray, np.ndarray], key: str, share: float
+) -> None:
+    xb, queries = data
+    assert collection.stats().kind.startswith("IVF")  # the approximate index serves
+    rows = np.array([i for i in range(N) if metadata_of(i)[key]])
+    assert len(rows) == share * N
+    recall = []
+    for query in queries:
+        hits = collection.search(query, 10, where={key: [True]})
+        assert len(hits) == 10 and all(metadata_of(int(h.id[5:]))[key] for h in hits)
+        recall.append(len({h.id for h in hits} & set(exact_top(xb, query, rows, 10))) / 10)
+    assert np.mean(recall) >= 0.95, np.mean(recall)
+
+
+def test_each_fixture_takes_the_plan_it_names(collection: Collection) -> None:
+    """With 30 items a cluster, a filter of 10% leaves 3 of a query's neighbours: the rest of
+    its true top 10 are strangers no inverted list holds, so only half holds recall there."""
+    route = collection.filtered_route({"half": [True]}).plan
+    stats = collection.stats()
+    if collection.directory.name == "exact":
+        assert route == "exact"
+    elif collection.directory.name == "approximate":
+        assert route.startswith("approximate as measured"), stats.filtered
+        assert stats.filtered_exact_up_to < N // 2, stats.filtered
+    else:
+        assert (route == "exact") == (stats.filtered_exact_up_to >= N // 2), stats.filtered
+
+
+def test_the_plan_switches_at_the_measured_threshold(collection: Collection) -> None:
+    """Whatever the measurements, the threshold /v1/index reports is where the plan switches."""
+    plan = collection._serving.generation.plan
+    assert plan.filtered is not None and plan.filtered.steps, collection.stats().filtered
+    threshold = plan.filtered.exact_up_to(N)
+    assert choose_filtered(plan.filtered, threshold, N) is None
+    if threshold < N:
+        assert choose_filtered(plan.filtered, threshold + 1, N) is not None
+
+
+def test_the_cheaper_plan_that_holds_recall_is_chosen() -> None:
+    tuning = FilteredTuning(
+        exact_seconds_per_item=1e-6,
+        steps=(ShareStep(0.5, 8, 100, 0.99, 2e-3), ShareStep(0.1, 32, 400, 0.98, 3e-3)),
+    )
+    count = 100_000
+    assert choose_filtered(tuning, 9_999, count) is None  # below every measured share
+    assert choose_filtered(tuning, 10_000, count) == tuning.steps[1]  # 10 ms exact vs 3 ms
+    assert choose_filtered(tuning, 60_000, count) == tuning.steps[0]
+    cheap_scan = FilteredTuning(1e-8, tuning.steps)  # 0.1 ms for 10,000: exact wins there
+    assert choose_filtered(cheap_scan, 10_000, count) is None
+    assert choose_filtered(cheap_scan, 60_000, count) is None
+    assert cheap_scan.exact_up_to(count) == count
+    assert tuning.exact_up_to(count) == 9_999
+    assert FilteredTuning.from_dict(tuning.as_dict()) == tuning
+
+
+@pytest.mark.parametrize("rows", [[], [17], list(range(10)), list(range(4))])
+def test_nothing_one_k_and_fewer_than_k_matches(
+    collection: Collection, data: tuple[np.ndarray, np.ndarray], rows: list[int]
+) -> None:
+    xb, queries = data
+    where = {"row": rows or [-1]}
+    hits = collection.search(queries[0], 10, where=where)
+    assert [h.id for h in hits] == exact_top(xb, queries[0], np.array(rows, int), 10)
+
+
+def test_deleted_items_never_appear(
+    collection: Collection, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    xb, queries = data
+    rows = np.array([i for i in range(N) if metadata_of(i)["hundredth"]])
+    before = collection.search(queries[1], 10, where={"hundredth": [True]})
+    gone = before[:3]
+    stored = {h.id: collection.store.vector(h.id) for h in gone}
+    for hit in gone:
+        collection.delete(hit.id)
+    try:
+        for where in ({"hundredth": [True]}, {"row": [int(h.id[5:]) for h in before]}):
+            after = collection.search(queries[1], 10, where=where)
+            assert not {h.id for h in after} & set(stored)
+        kept = np.array([r for r in rows if f"item-{r}" not in stored])
+        after = collection.search(queries[1], 10, where={"hundredth": [True]})
+        assert [h.id for h in after][:5] == exact_top(xb, queries[1], kept, 5)
+    finally:
+        for item_id, vector in stored.items():
+            assert vector is not None
+            collection.put(item_id, vector, metadata_of(int(item_id[5:])), None)
