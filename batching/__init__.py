@@ -1,11 +1,12 @@
 """Generic asyncio dynamic batcher (no torch, no FastAPI)."""
 
 from batching.batcher import Batcher
-from batching.batcher_types import BatchOutcome, CloseReason
+from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason
 from batching.errors import BatcherError, BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 from batching.metrics import BatchObserver, PrometheusBatchObserver
 
 __all__ = [
+    "BatchActivity",
     "BatchFailed",
     "BatchObserver",
     "BatchOutcome",

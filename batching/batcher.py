@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from batching.batcher_types import BatchOutcome, CloseReason
+from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason
 from batching.errors import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 from batching.metrics import BatchObserver
 
@@ -55,6 +55,7 @@ class Batcher(Generic[T, R]):
         owner_setup: runs once on the owner thread before its first batch (its scheduling
             priority, say).
         observer: receives metrics; optional.
+        activity: told when the batcher turns busy and idle (on the event loop's thread).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class Batcher(Generic[T, R]):
         hung_after_s: float | None = None,
         owner_setup: Callable[[], None] | None = None,
         observer: BatchObserver | None = None,
+        activity: BatchActivity | None = None,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
@@ -80,6 +82,7 @@ class Batcher(Generic[T, R]):
         self._hung_after_s = hung_after_s
         self._owner_setup = owner_setup
         self._observer = observer
+        self._activity = activity
         self._name = name
         self._pending: deque[_Pending[T, R]] = deque()
         self._wakeup = asyncio.Event()
@@ -120,13 +123,19 @@ class Batcher(Generic[T, R]):
     def max_batch_size(self) -> int:
         return self._max_batch_size
 
-    def resize(self, *, max_batch_size: int, max_queue: int) -> None:
+    def resize(
+        self, *, max_batch_size: int, max_queue: int, seconds_per_item: float | None = None
+    ) -> None:
         """New limits from the next batch on (the batch function's replacement runs bigger or
-        smaller batches); call on the event loop's thread, like submit."""
+        smaller batches); call on the event loop's thread, like submit. `seconds_per_item`:
+        the replacement's measured cost, which admission predicts with from now on (the
+        average of the batches before it measured what no longer runs)."""
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be >= 1")
         self._max_batch_size = max_batch_size
         self._max_queue = max_queue
+        if seconds_per_item is not None:
+            self._seconds_per_item = seconds_per_item
         self._wakeup.set()  # a batch that is full at the new size starts now
 
     def predicted_latency_s(self, ahead: int = 0) -> float:
@@ -189,7 +198,7 @@ class Batcher(Generic[T, R]):
         future: asyncio.Future[BatchOutcome[R]] = asyncio.get_running_loop().create_future()
         deadline = None if timeout_s is None else now + timeout_s
         self._pending.append(_Pending(item, future, now, deadline))
-        self._idle.clear()
+        self._became_busy()
         self._report_depth()
         self._wakeup.set()
         try:
@@ -292,7 +301,7 @@ class Batcher(Generic[T, R]):
             self._pending = live
             self._report_depth()
             if not live and not self._running_batch:
-                self._idle.set()
+                self._became_idle()
 
     async def _run(self, batch: list[_Pending[T, R]], reason: CloseReason) -> None:
         assert self._owner is not None
@@ -326,7 +335,7 @@ class Batcher(Generic[T, R]):
         finally:
             self._running_batch = []
             if not self._pending:
-                self._idle.set()
+                self._became_idle()
             if watchdog is not None:
                 watchdog.cancel()
             if self._hung:
@@ -343,6 +352,18 @@ class Batcher(Generic[T, R]):
                 pending.future.set_result(BatchOutcome(result, queued_s, run_s, len(batch)))
         if self._observer:
             self._observer.batch_ran(len(batch), reason, run_s, ok=True)
+
+    def _became_busy(self) -> None:
+        if self._idle.is_set():
+            self._idle.clear()
+            if self._activity is not None:
+                self._activity.busy()
+
+    def _became_idle(self) -> None:
+        if not self._idle.is_set():
+            self._idle.set()
+            if self._activity is not None:
+                self._activity.idle()
 
     def _mark_hung(self, size: int) -> None:
         log.error(

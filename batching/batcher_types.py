@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 R = TypeVar("R")
 
@@ -22,3 +22,12 @@ class BatchOutcome(Generic[R]):
     queued_s: float
     run_s: float
     batch_size: int
+
+
+class BatchActivity(Protocol):
+    """Told when the batcher turns busy (an item queued while idle) and idle again (nothing
+    queued or running): another process sharing the cores can run in the gaps."""
+
+    def busy(self) -> None: ...
+
+    def idle(self) -> None: ...

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 
-from batching import Batcher, BatchOutcome, PrometheusBatchObserver, QueueFull
+from batching import BatchActivity, Batcher, BatchOutcome, PrometheusBatchObserver, QueueFull
 from service.errors import InvalidInput, NotReady
 from service.model.model_io import ModelInput, ModelOutputs, ModelResult
 from service.model.spec import ModelSpec
@@ -147,6 +147,7 @@ def model_batcher(
     settings: Settings,
     registry: CollectorRegistry,
     largest: int,
+    activity: BatchActivity | None = None,
 ) -> ModelBatcher:
     """The batcher in front of a runtime (`run_batch` runs whichever is live), with its
     metrics on `registry`; `largest`: the biggest batch size a replacement may bring.
@@ -171,6 +172,7 @@ def model_batcher(
             else None
         ),
         observer=PrometheusBatchObserver(registry, max(largest, runtime.batch_size)),
+        activity=activity,
         name="model",
     )
 

@@ -2,12 +2,14 @@
 
 It is hosted in this process (service.app) or in a model worker (service.workers.
 model_worker), from the same code: load, warm up, batcher, GIL interval, inspector. It is
-ready as soon as one backend is warm: with `BACKEND=auto` and no cached decision that is the
-reference (torch fp32 on a CPU, fp16 on a GPU where it passes the gate), and the search for
-a faster backend runs in the background (service.model.backend_search). What serves is
+ready as soon as one backend is warm: with `BACKEND=auto` and no decision made for this
+machine that is the reference (torch fp32 on a CPU, fp16 on a GPU where it passes the gate),
+and the search for a faster backend runs in the background, in a process of its own at the
+lowest priority (service.model.search_process), in the gaps between batches. What serves is
 replaced in one way only, `replace`: the replacement is built and warmed beside the live
-runtime, then swapped in between two batches, with its batch size. The search's winner goes
-live that way; a new model version will too.
+runtime, then swapped in between two batches, with its batch size and its measured speed
+(admission predicts with it from the next request on). The search's winner goes live that
+way (built here from the converted models the search cached).
 """
 
 import asyncio
@@ -20,28 +22,29 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector
-from service.model.backend_search import SearchCancelled, SearchProgress, search_backends
+from service.model import selection
+from service.model.backend_search import SearchProgress
 from service.model.gil import hand_the_gil_over_quickly
 from service.model.model_io import ModelInput, ModelResult
 from service.model.passing_thread import in_passing_thread
 from service.model.runtime import ModelRuntime, load_first_runtime
+from service.model.search_process import CONTEXT, Decision, SearchProcess
 from service.model.selection import BATCH_SIZES, ModelParts
+from service.model.serving_gaps import SearchCancelled, ServingActivity
 from service.model.thread_priority import lower_this_threads_priority
 from service.model_client import ModelBatcher, ModelStatus, model_batcher, model_status
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# The background search runs as nice as a thread can be: serving comes first.
+# The thread here that builds and warms the search's winner is as nice as a thread can be.
 _SEARCH_NICENESS = 19
-# And each of its forward passes waits up to this long for the model to be idle first.
-_YIELD_S = 1.0
 # The swap itself is a few assignments on the event loop; a loop that does not run it in
 # this long is shutting down.
 _SWAP_TIMEOUT_S = 30.0
 # How long a stop waits for the search to reach its next step (a model conversion or int8
-# quantization cannot be interrupted; past this the process exits without it).
-_SEARCH_STOP_S = 60.0
+# quantization cannot be interrupted; past this its process is killed).
+_SEARCH_STOP_S = 30.0
 
 
 class ModelHost:
@@ -57,6 +60,9 @@ class ModelHost:
         self._progress: SearchProgress | None = None
         self._stopping = threading.Event()
         self._search: threading.Thread | None = None
+        self._search_process: SearchProcess | None = None
+        # The batcher's busy/idle state, shared with the search process (while one is due).
+        self._activity: ServingActivity | None = None
         # Set once no search is due or running any more (its winner, if any, serving).
         self.searched = threading.Event()
         self._backend = Gauge(
@@ -79,12 +85,14 @@ class ModelHost:
         log.info("warming up %s at batch %d", runtime.backend.name, runtime.batch_size)
         await in_passing_thread(runtime.warm_up, "model-warm-up")
         self._live, self._parts = runtime, search_parts
+        self._activity = None if search_parts is None else ServingActivity(CONTEXT)
         self._batcher = model_batcher(
             self.predict_batch,
             runtime,
             self._settings,
             self._registry,
             largest=max(BATCH_SIZES[runtime.device.split(":")[0]]),
+            activity=self._activity,
         )
         self._backend.labels(runtime.backend.name, str(runtime.batch_size)).set(1)
         hand_the_gil_over_quickly()  # the event loop shares this process with the model
@@ -125,41 +133,54 @@ class ModelHost:
         search = None if self._progress is None else self._progress.describe()
         return model_status(self.runtime, queue_depth, hung=hung, backend_search=search)
 
+    @property
+    def search_pid(self) -> int | None:
+        """The background search's process id while one runs (its threads' priority is
+        observable there)."""
+        return None if self._search_process is None else self._search_process.pid
+
     async def start(self) -> None:
         """Serve; with a search due, start it in the background."""
         await self.batcher.start()
-        if self._parts is None:
+        if self._parts is None or self._activity is None:
             self.searched.set()
-        else:
-            self._progress = SearchProgress()
-            loop = asyncio.get_running_loop()
-            self._search = threading.Thread(
-                target=self._search_and_replace,
-                args=(self._parts, loop),
-                name="backend-search",
-                daemon=True,  # a conversion that outlasts the stop must not hold the exit
-            )
-            self._search.start()
-            log.info(
-                "searching for a faster backend in the background; serving meanwhile on %s",
-                self.runtime.backend.name,
-            )
+            return
+        self._progress = SearchProgress()
+        self._search_process = SearchProcess(self._settings, self._activity)
+        loop = asyncio.get_running_loop()
+        self._search = threading.Thread(
+            target=self._search_and_replace,
+            args=(self._parts, self._search_process, loop),
+            name="backend-search",
+            daemon=True,
+        )
+        self._search.start()
+        log.info(
+            "searching for a faster backend in the background; serving meanwhile on %s",
+            self.runtime.backend.name,
+        )
 
     async def stop(self, drain_timeout_s: float) -> None:
-        self._stopping.set()  # the search ends at its next step; what it wrote is atomic
+        self._stopping.set()
+        if self._search_process is not None:
+            self._search_process.stop()  # it ends at its next step; what it wrote is atomic
         await self.batcher.stop(drain_timeout_s=drain_timeout_s)
         if self._search is not None:
-            # A thread still inside torch when the interpreter exits aborts the process
-            # ("terminate called"): let it reach its next step, which is a forward away.
             await asyncio.to_thread(self._search.join, _SEARCH_STOP_S)
+            if self._search.is_alive() and self._search_process is not None:
+                self._search_process.kill()  # inside a conversion: it cannot stop sooner
+                await asyncio.to_thread(self._search.join, _SEARCH_STOP_S)
 
     async def replace(self, runtime: ModelRuntime, why: str) -> None:
-        """Serve `runtime` (built and warmed beside the live one) from the next batch on."""
+        """Serve `runtime` (built and warmed beside the live one) from the next batch on;
+        admission predicts with its measured speed, where it has one, from now on."""
         old = self.runtime
         self._live = runtime
+        speed = runtime.choice.images_per_s
         self.batcher.resize(
             max_batch_size=runtime.batch_size,
             max_queue=max(self._settings.queue_size, 2 * runtime.batch_size),
+            seconds_per_item=1 / speed if speed > 0 else None,
         )
         self._backend.labels(old.backend.name, str(old.batch_size)).set(0)
         self._backend.labels(runtime.backend.name, str(runtime.batch_size)).set(1)
@@ -173,32 +194,20 @@ class ModelHost:
             why,
         )
 
-    def _yield_to_serving(self) -> None:
-        """Before each forward pass of the search: stop there if the service is stopping;
-        else wait for the model to be idle, for up to _YIELD_S (so a saturated model still
-        lets the search creep on)."""
-        if self._stopping.is_set():
-            raise SearchCancelled
-        self.batcher.wait_idle(_YIELD_S)
-
-    def _search_and_replace(self, parts: ModelParts, loop: asyncio.AbstractEventLoop) -> None:
+    def _search_and_replace(
+        self, parts: ModelParts, search: SearchProcess, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """The search thread: starts the search process (its parent-death signal follows this
+        thread, which lives as long as it) and serves each decision it makes."""
         lower_this_threads_priority(_SEARCH_NICENESS)
         progress = self._progress
         assert progress is not None
         try:
-            choice, backend = search_backends(
-                parts, self._settings, progress, self._stopping, self._yield_to_serving
-            )
+            search.start()
+            for decision in search.decisions(progress):
+                self._serve_decision(decision, parts, loop)
             live = self.runtime
-            replacement = replaced(
-                live, backend=backend, choice=choice, batch_size=choice.batch_size
-            )
-            replacement.warm_up()
-            if self._stopping.is_set():
-                raise SearchCancelled
-            progress.finish(f"{backend.name} at batch {choice.batch_size}: {choice.reason}")
-            swap = asyncio.run_coroutine_threadsafe(self.replace(replacement, choice.reason), loop)
-            swap.result(timeout=_SWAP_TIMEOUT_S)
+            progress.finish(f"{live.backend.name} at batch {live.batch_size}: {live.choice.reason}")
         except SearchCancelled:
             progress.finish("stopped: the service is shutting down")
         except Exception as exc:  # the reference keeps serving: a failed search is no outage
@@ -209,6 +218,28 @@ class ModelHost:
         finally:
             self._parts = None
             self.searched.set()
+
+    def _serve_decision(
+        self, decision: Decision, parts: ModelParts, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Build the decided backend here (from the converted models the search cached),
+        warm it beside the live one, and swap it in."""
+        if self._stopping.is_set():
+            raise SearchCancelled
+        choice, live = decision.choice, self.runtime
+        if choice.candidate == live.choice.candidate and choice.batch_size == live.batch_size:
+            replacement = replaced(live, choice=choice)  # the same backend, now measured
+        else:
+            backend = selection.build(choice.candidate, parts, self._settings)
+            replacement = replaced(
+                live, backend=backend, choice=choice, batch_size=choice.batch_size
+            )
+            replacement.warm_up()
+        why = choice.reason
+        if not decision.final:
+            why = f"measured under load, served until measured again with serving idle: {why}"
+        swap = asyncio.run_coroutine_threadsafe(self.replace(replacement, why), loop)
+        swap.result(timeout=_SWAP_TIMEOUT_S)
 
 
 async def inspector_for(

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto", description="numeric precision; fp16 is CUDA only, int8 OpenVINO only"
     )
+    backend_decisions: Path | None = Field(
+        None,
+        description=(
+            "a directory of backend decisions and converted models made ahead of time by "
+            "`resnet-serve backends decide --out DIR` (read-only is fine): a decision there "
+            "for this model, CPU and libraries serves from the first request; any other is "
+            "ignored and decided again"
+        ),
+    )
     max_batch_size: int | None = Field(
         None, ge=1, le=256, description="most images in one model call; unset: measured"
     )

@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("gate", help="accuracy gate and speed of each backend candidate"),
         GATE_FLAGS,
     )
+    backends = commands.add_parser("backends", help="backend decisions made ahead of time")
+    decide = backends.add_subparsers(dest="action", required=True).add_parser(
+        "decide",
+        help="decide the backend for this model and machine now, and write the decision and "
+        "the converted model to DIR, to ship (RESNET_SERVE_BACKEND_DECISIONS=DIR)",
+    )
+    decide.add_argument("--out", type=Path, required=True, help="the directory to write")
+    _add_setting_flags(decide, GATE_FLAGS | {"--max-batch-size": "max_batch_size"})
     index = commands.add_parser("index", help="bulk work on the similarity index (service stopped)")
     actions = index.add_subparsers(dest="action", required=True)
     add_folder = actions.add_parser(
@@ -129,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from service.commands.gate_command import run_gate_command  # torch import is slow
 
         raise SystemExit(run_gate_command(settings))
+    if args.command == "backends":
+        from service.commands.backends_command import run_decide_command  # torch is slow
+
+        raise SystemExit(run_decide_command(settings, args.out))
     if args.command == "finetune":
         from service.finetune.command import run_finetune  # torch import is slow
 

@@ -16,9 +16,9 @@ so far. Progress, with an estimate of what is left, goes to the log as each cand
 import json
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from service.model.backend import InferenceBackend, TorchBackend
 from service.model.device_memory import release_cached_memory
 from service.model.gate import GATE_IMAGES, MIN_MEDIAN_COSINE, MIN_TOP1, GateResult, check, outputs
 from service.model.samples import sample_images
-from service.model.selection import Candidate, Choice, ModelParts, Pause
+from service.model.selection import Candidate, Choice, ModelParts
+from service.model.serving_gaps import ServingGaps
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,6 @@ PROBE_MARGIN = 0.02
 # Relative cost of a candidate, for the estimate of what is left (a full int8 quantization
 # costs several conversions).
 _COST = {"torch": 1.0, "torch-compile": 4.0, "openvino": 2.0, "openvino-int8": 8.0}
-
-
-class SearchCancelled(BaseException):
-    """The service is shutting down: the search stops at its next step. A BaseException,
-    like asyncio's CancelledError, so no handler of a candidate's failures swallows it."""
 
 
 @dataclass
@@ -90,6 +86,21 @@ class SearchProgress:
             return "no estimate before the first candidate ends"
         left = elapsed / self._cost_done * (self._cost_total - self._cost_done)
         return f"about {left:.0f} s left"
+
+    def snapshot(self) -> "SearchProgress":
+        """A plain copy (to send to another process)."""
+        return SearchProgress(
+            self.started, self.total, list(self.done), self._cost_done, self._cost_total
+        )
+
+    def adopt(self, other: "SearchProgress") -> None:
+        """Take what another process's search has done and expects (its clock is ours:
+        monotonic time is the machine's)."""
+        self.started = other.started
+        self.total = other.total
+        self.done = list(other.done)
+        self._cost_done = other._cost_done
+        self._cost_total = other._cost_total
 
     def finish(self, outcome: str) -> None:
         self.outcome = outcome
@@ -150,22 +161,27 @@ def choose(parts: ModelParts, settings: Settings) -> tuple[Choice, InferenceBack
 
 
 def _decided(parts: ModelParts, settings: Settings) -> tuple[Choice, InferenceBackend] | None:
-    """The cached decision, or the only candidate the settings allow; None: search."""
+    """A decision made for this model, machine and libraries (one shipped in
+    BACKEND_DECISIONS first, then the model cache), or the only candidate the settings allow;
+    None: search."""
     options = selection.candidates(settings, parts.device)
-    record = selection.decision_path(settings, parts.spec, options, parts.device)
-    cached = selection.read_decision(record)
-    if cached is not None:
+    identity = selection.decision_identity(settings, parts.spec, options, parts.device)
+    for root in _decision_roots(settings):
+        record = selection.decision_path(root, identity)
+        cached = selection.read_decision(record, identity)
+        if cached is None:
+            continue
         try:
-            backend = selection.build(cached.candidate, parts, settings)
+            backend = selection.build(cached.candidate, parts, settings, cache_root=root)
         except Exception as exc:  # a library changed under the cache: decide again
             parts.fallbacks.warn(
                 "backend_cache",
-                f"the cached backend choice {cached.candidate} failed to build "
+                f"the backend choice in {record} ({cached.candidate}) failed to build "
                 f"({_describe(exc)}); choosing again",
             )
-        else:
-            log.info("backend choice from %s: %s (%s)", record, cached.candidate, cached.reason)
-            return cached, backend
+            continue
+        log.info("backend choice from %s: %s (%s)", record, cached.candidate, cached.reason)
+        return cached, backend
     if len(options) == 1:
         (only,) = options
         backend = selection.build(only, parts, settings)
@@ -173,46 +189,100 @@ def _decided(parts: ModelParts, settings: Settings) -> tuple[Choice, InferenceBa
             backend, parts.spec, parts.device
         )
         choice = Choice(only, batch, "pinned by RESNET_SERVE_BACKEND/PRECISION")
-        selection.write_decision(record, choice)
+        _record(settings, identity, choice)
         return choice, backend
     return None
+
+
+def _decision_roots(settings: Settings) -> list[Path]:
+    shipped = [] if settings.backend_decisions is None else [settings.backend_decisions]
+    return [*shipped, settings.model_cache_dir]
+
+
+def _record(settings: Settings, identity: dict[str, object], choice: Choice) -> None:
+    """Cache a decision in the model cache (a failure to write costs the next start a
+    search, never this one its backend)."""
+    try:
+        selection.write_decision(
+            selection.decision_path(settings.model_cache_dir, identity), choice, identity
+        )
+    except OSError as exc:
+        log.warning("could not cache the backend decision (%s): the next start decides again", exc)
 
 
 def search_backends(
     parts: ModelParts,
     settings: Settings,
     progress: SearchProgress | None = None,
-    cancelled: threading.Event | None = None,
-    pause: Pause | None = None,
+    gaps: ServingGaps | None = None,
+    provisional: Callable[[Choice], object] | None = None,
 ) -> tuple[Choice, InferenceBackend]:
     """Evaluate every candidate, keep the fastest that passes the gate, cache the decision.
 
-    Raises SearchCancelled when `cancelled` is set between two steps. `pause` runs before
-    every forward pass (a search beside a serving model waits there for it to be idle)."""
+    `gaps`: a search beside a serving model runs in its gaps (raising SearchCancelled when it
+    stops). A decision that could only be measured while serving overlapped it is handed to
+    `provisional` (to serve meanwhile), measured again once serving is quiet, and only then
+    cached as final."""
     progress = progress or SearchProgress()
     options = selection.candidates(settings, parts.device)
-    record = selection.decision_path(settings, parts.spec, options, parts.device)
-    evaluated, failed, skipped = evaluate(options, parts, settings, progress, cancelled, pause)
-    measurements = [e.as_dict() for e in evaluated] + [f.as_dict() for f in failed]
+    identity = selection.decision_identity(settings, parts.spec, options, parts.device)
+    evaluated, failed, skipped = evaluate(options, parts, settings, progress, gaps)
+    choice, backend = _fastest(evaluated, failed, skipped, parts, settings, gaps, len(options))
+    while gaps is not None and gaps.under_load:
+        if provisional is not None:
+            provisional(choice)
+        log.info("backend search: measured under load; measuring again once serving is quiet")
+        gaps.wait_for_quiet()
+        compare_at = settings.max_batch_size or selection.COMPARE_AT[parts.device.type]
+        evaluated = [
+            replace(
+                e,
+                images_per_s=selection.images_per_second(
+                    e.backend, parts.spec, compare_at, gaps=gaps
+                ),
+            )
+            if e.gate.passed
+            else e
+            for e in evaluated
+        ]
+        choice, backend = _fastest(evaluated, failed, skipped, parts, settings, gaps, len(options))
+        choice.reason += "; measured again with serving idle"
+    _record(settings, identity, choice)
+    return choice, backend
+
+
+def _fastest(
+    evaluated: list["Evaluation"],
+    failed: list["Failure"],
+    skipped: list[tuple[Candidate, str]],
+    parts: ModelParts,
+    settings: Settings,
+    gaps: ServingGaps | None,
+    considered: int,
+) -> tuple[Choice, InferenceBackend]:
+    """The fastest candidate that passed the gate, at its preferred batch size."""
     passing = sorted(
         (e for e in evaluated if e.gate.passed), key=lambda e: e.images_per_s, reverse=True
     )
+    dropped = list(failed)
     for best in passing:
-        _check(cancelled)
+        if gaps is not None:
+            gaps.check()
         try:
             batch = settings.max_batch_size or selection.preferred_batch_size(
-                best.backend, parts.spec, parts.device, pause
+                best.backend, parts.spec, parts.device, gaps
             )
         except Exception as exc:  # fails at another batch size: the next fastest serves
-            failed.append(Failure(best.candidate, _describe(exc)))
-            measurements.append(failed[-1].as_dict())
-            log.warning("candidate %s dropped: %s", best.candidate, failed[-1].error)
+            dropped.append(Failure(best.candidate, _describe(exc)))
+            log.warning("candidate %s dropped: %s", best.candidate, dropped[-1].error)
             continue
         break
     else:
+        measurements = [e.as_dict() for e in evaluated] + [f.as_dict() for f in dropped]
         raise RuntimeError(f"no backend passed the accuracy gate: {measurements}")
+    measurements = [e.as_dict() for e in evaluated] + [f.as_dict() for f in dropped]
     reason = (
-        f"fastest of {len(options)} candidates passing the accuracy gate "
+        f"fastest of {considered} candidates passing the accuracy gate "
         f"({best.images_per_s:.1f} img/s); rejected: "
         + (
             ", ".join(f"{e.candidate} ({e.gate.reason})" for e in evaluated if not e.gate.passed)
@@ -221,13 +291,11 @@ def search_backends(
     )
     if skipped:
         reason += "; not built: " + ", ".join(f"{c} ({why})" for c, why in skipped)
-    if failed:
-        dropped = ", ".join(f"{f.candidate} ({f.error})" for f in failed)
-        reason += f"; failed: {dropped}"
-        parts.fallbacks.warn("backend_candidates", f"backend candidates dropped: {dropped}")
-    choice = Choice(best.candidate, batch, reason, measurements)
-    selection.write_decision(record, choice)
-    return choice, best.backend
+    if dropped:
+        lost = ", ".join(f"{f.candidate} ({f.error})" for f in dropped)
+        reason += f"; failed: {lost}"
+        parts.fallbacks.warn("backend_candidates", f"backend candidates dropped: {lost}")
+    return Choice(best.candidate, batch, reason, measurements, best.images_per_s), best.backend
 
 
 @dataclass(frozen=True)
@@ -263,14 +331,14 @@ def evaluate(
     parts: ModelParts,
     settings: Settings,
     progress: SearchProgress | None = None,
-    cancelled: threading.Event | None = None,
-    pause: Pause | None = None,
+    gaps: ServingGaps | None = None,
 ) -> tuple[list[Evaluation], list[Failure], list[tuple[Candidate, str]]]:
     """Gate (against torch fp32 on real sample images) and speed of every candidate: those
     that passed or failed the gate, those that raised (with why), and those not built because
     they could not win (with why)."""
     progress = progress or SearchProgress()
     progress.begin(options)
+    pause = None if gaps is None else gaps.pause
     images, reference = _gate_inputs(parts, pause)
     history = GateHistory(settings.model_cache_dir / "gate-failures.json")
     compare_at = settings.max_batch_size or selection.COMPARE_AT[parts.device.type]
@@ -278,13 +346,14 @@ def evaluate(
     failed: list[Failure] = []
     skipped: list[tuple[Candidate, str]] = []
     for option in options:
-        _check(cancelled)
+        if gaps is not None:
+            gaps.check()
         progress.candidate_started(option)
         started = time.perf_counter()
         key = history.key(parts, option)
         best = max((e.images_per_s for e in evaluated if e.gate.passed), default=0.0)
         why_not = history.failure(key) or _int8_cannot_win(
-            option, parts, settings, (images, reference), best, compare_at, pause
+            option, parts, settings, (images, reference), best, compare_at, gaps
         )
         if why_not is not None:
             skipped.append((option, why_not))
@@ -292,7 +361,8 @@ def evaluate(
             continue
         try:
             backend = selection.build(option, parts, settings)
-            _check(cancelled)
+            if gaps is not None:
+                gaps.check()
             gate = check(
                 backend,
                 option.precision,
@@ -301,7 +371,7 @@ def evaluate(
                 real_weights=parts.real_weights,
                 pause=pause,
             )
-            speed = selection.images_per_second(backend, parts.spec, compare_at, pause=pause)
+            speed = selection.images_per_second(backend, parts.spec, compare_at, gaps=gaps)
         except Exception as exc:  # whatever one candidate does, the others are still compared
             release_cached_memory()
             failed.append(Failure(option, _describe(exc)))
@@ -323,7 +393,7 @@ def _int8_cannot_win(
     gate_inputs: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]],
     best_speed: float,
     compare_at: int,
-    pause: Pause | None,
+    gaps: ServingGaps | None,
 ) -> str | None:
     """Why a full int8 quantization is not worth building, from a quick one; None: build it."""
     if option.precision != "int8":
@@ -333,8 +403,9 @@ def _int8_cannot_win(
     probe = selection.build(
         option, parts, settings, calibration_images=PROBE_CALIBRATION_IMAGES, fast=True
     )
+    pause = None if gaps is None else gaps.pause
     gate = check(probe, "int8", images, reference, real_weights=parts.real_weights, pause=pause)
-    speed = selection.images_per_second(probe, parts.spec, compare_at, pause=pause)
+    speed = selection.images_per_second(probe, parts.spec, compare_at, gaps=gaps)
     seconds = time.perf_counter() - started
     top1_bound = MIN_TOP1["int8"] - PROBE_MARGIN
     short = []
@@ -385,7 +456,7 @@ class GateHistory:
 
 
 def _gate_inputs(
-    parts: ModelParts, pause: Pause | None = None
+    parts: ModelParts, pause: Callable[[], object] | None = None
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The gate's images and the fp32 reference's outputs for them."""
     log.info("accuracy gate: %d images through the fp32 reference", GATE_IMAGES)
@@ -397,11 +468,6 @@ def _gate_inputs(
         pause=pause,
     )
     return images, reference
-
-
-def _check(cancelled: threading.Event | None) -> None:
-    if cancelled is not None and cancelled.is_set():
-        raise SearchCancelled
 
 
 def _describe(error: BaseException) -> str:

@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -28,10 +27,11 @@ from service.model.backend import (
     TorchBackend,
     batch_buckets,
 )
-from service.model.cpu_features import cpu_supports_bf16
+from service.model.cpu_features import cpu_identity, cpu_supports_bf16
 from service.model.device_memory import is_out_of_memory, release_cached_memory
 from service.model.fallbacks import Fallbacks
 from service.model.samples import sample_images
+from service.model.serving_gaps import ServingGaps
 from service.model.spec import ModelSpec
 from service.settings import Settings
 
@@ -43,9 +43,6 @@ BATCH_SIZES = {"cpu": (1, 2, 4, 8, 16), "cuda": (1, 8, 16, 32, 64, 128, 256)}
 # measures launch overhead and noise, not the model (fp32 once won that way).
 COMPARE_AT = {"cpu": 8, "cuda": 64}
 _SPEED_SECONDS = 1.5
-# Called before each forward of a measurement: a search beside a serving model waits there
-# for the model to be idle (see ModelHost), so it runs in the gaps between batches.
-Pause = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -77,6 +74,8 @@ class Choice:
     batch_size: int
     reason: str
     measurements: list[dict[str, object]] = field(default_factory=list)
+    # The candidate's measured speed (0: not measured): admission's estimate once it serves.
+    images_per_s: float = 0.0
 
 
 def openvino_installed() -> bool:
@@ -127,9 +126,12 @@ def build(
     *,
     calibration_images: int = CALIBRATION_IMAGES,
     fast: bool = False,
+    cache_root: Path | None = None,
 ) -> InferenceBackend:
     """The candidate's backend. int8 only: `calibration_images` and `fast` (cheap bias
-    correction) make the quick quantization that estimates whether the full one can win."""
+    correction) make the quick quantization that estimates whether the full one can win.
+    `cache_root`: where converted models are read from and written to (default: the model
+    cache under DATA_DIR; a shipped decision's directory for its winner)."""
     spec = parts.spec
     if candidate.backend == "torch":
         return TorchBackend(
@@ -151,27 +153,44 @@ def build(
         largest = settings.max_batch_size or max(BATCH_SIZES[parts.device.type])
         return BucketedBackend(compiled, batch_buckets(largest))
     # Imported here: OpenVINO is optional, and slow to import.
-    from service.model.openvino_backend import artefact_dir, load_openvino, quantization_recipe
+    from service.model.openvino_backend import load_openvino
 
     calibration = None
     if candidate.precision == "int8":
         samples = sample_images(calibration_images, seed=1)
         calibration = [parts.preprocessor.pixels(image) for image in samples]
-    recipe = f"{quantization_recipe()}{'|fast' if fast else ''}"
-    cache_dir = artefact_dir(
-        settings.model_cache_dir,
-        spec.fingerprint,
-        candidate.precision,
-        f"samples-{calibration_images}-seed-1|{recipe}" if calibration else "",
-    )
     return load_openvino(
         parts.module,
         spec.data_config,
         candidate.precision,
         threads=settings.threads,
-        cache_dir=cache_dir,
+        cache_dir=converted_model_dir(
+            candidate, parts, settings, cache_root, calibration_images=calibration_images, fast=fast
+        ),
         calibration=calibration,
         fast=fast,
+    )
+
+
+def converted_model_dir(
+    candidate: Candidate,
+    parts: ModelParts,
+    settings: Settings,
+    cache_root: Path | None = None,
+    *,
+    calibration_images: int = CALIBRATION_IMAGES,
+    fast: bool = False,
+) -> Path:
+    """Where an OpenVINO candidate's converted (and quantized) model is cached."""
+    from service.model.openvino_backend import artefact_dir, quantization_recipe
+
+    recipe = f"{quantization_recipe()}{'|fast' if fast else ''}"
+    calibration = f"samples-{calibration_images}-seed-1|{recipe}"
+    return artefact_dir(
+        cache_root or settings.model_cache_dir,
+        parts.spec.fingerprint,
+        candidate.precision,
+        calibration if candidate.precision == "int8" else "",
     )
 
 
@@ -180,26 +199,33 @@ def images_per_second(
     spec: ModelSpec,
     batch_size: int,
     seconds: float = _SPEED_SECONDS,
-    pause: Pause | None = None,
+    gaps: ServingGaps | None = None,
 ) -> float:
-    """Images per second of forward time; time spent in `pause` (before each forward) is not
-    counted."""
+    """Images per second of forward time. Beside a serving model (`gaps`), each forward
+    waits for a gap in serving first, and one that a serving batch overlapped is not
+    counted (see ServingGaps.timed)."""
     _, height, width = spec.data_config["input_size"]
     batch = np.random.default_rng(0).integers(0, 256, (batch_size, height, width, 3), np.uint8)
     backend.forward(batch)  # warm-up
     done, busy = 0, 0.0
     while busy < seconds or done < 2 * batch_size:
-        if pause is not None:
-            pause()
-        started = time.perf_counter()
-        backend.forward(batch)
-        busy += time.perf_counter() - started
-        done += batch_size
+        if gaps is None:
+            started = time.perf_counter()
+            backend.forward(batch)
+            took: float | None = time.perf_counter() - started
+        else:
+            took = gaps.timed(lambda: backend.forward(batch))
+        if took is not None:
+            busy += took
+            done += batch_size
     return done / busy
 
 
 def preferred_batch_size(
-    backend: InferenceBackend, spec: ModelSpec, device: torch.device, pause: Pause | None = None
+    backend: InferenceBackend,
+    spec: ModelSpec,
+    device: torch.device,
+    gaps: ServingGaps | None = None,
 ) -> int:
     """The smallest batch within 5% of the best measured throughput: bigger only adds latency.
 
@@ -207,7 +233,7 @@ def preferred_batch_size(
     speeds: dict[int, float] = {}
     for size in BATCH_SIZES[device.type]:
         try:
-            speeds[size] = images_per_second(backend, spec, size, pause=pause)
+            speeds[size] = images_per_second(backend, spec, size, gaps=gaps)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc) or not speeds:
                 raise
@@ -228,20 +254,26 @@ def preferred_batch_size(
     return chosen
 
 
-def decision_path(
+def decision_identity(
     settings: Settings, spec: ModelSpec, options: list[Candidate], device: torch.device
-) -> Path:
-    identity = {
+) -> dict[str, object]:
+    """What a decision holds for: the model, the candidates, the CPU (model and the features
+    the backends use), the device and the library versions. A decision made for anything else
+    is decided again, never trusted."""
+    return {
         "fingerprint": spec.fingerprint,
         "candidates": [str(c) for c in options],
         "max_batch_size": settings.max_batch_size,
         "threads": settings.threads,
         "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_identity() or platform.machine(),
         "versions": library_versions(),
     }
+
+
+def decision_path(root: Path, identity: dict[str, object]) -> Path:
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return settings.model_cache_dir / f"choice-{key}.json"
+    return root / f"choice-{key}.json"
 
 
 def library_versions() -> list[str]:
@@ -253,22 +285,45 @@ def library_versions() -> list[str]:
     return [torch.__version__, version("openvino"), quantization_recipe()]
 
 
-def read_decision(path: Path) -> Choice | None:
+def read_decision(path: Path, identity: dict[str, object]) -> Choice | None:
+    """The decision recorded at `path` if it was made for `identity`; else None (logged when
+    the file is there but holds for something else)."""
     try:
         raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("backend decision %s unreadable (%s): deciding again", path, exc)
+        return None
+    if not isinstance(raw, dict) or raw.get("identity") != identity:
+        recorded = raw.get("identity") if isinstance(raw, dict) else None
+        differs = sorted(
+            key
+            for key in identity
+            if not isinstance(recorded, dict) or recorded.get(key) != identity[key]
+        )
+        log.warning(
+            "backend decision %s was made for another %s: deciding again",
+            path,
+            ", ".join(differs) or "format",
+        )
+        return None
+    try:
         return Choice(
             Candidate(**raw["candidate"]),
             int(raw["batch_size"]),
             str(raw["reason"]),
-            raw["measurements"],
+            list(raw["measurements"]),
+            float(raw.get("images_per_s", 0.0)),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("backend decision %s is malformed (%s): deciding again", path, exc)
         return None
 
 
-def write_decision(path: Path, choice: Choice) -> None:
+def write_decision(path: Path, choice: Choice, identity: dict[str, object]) -> None:
     """Atomically: replicas sharing a data directory may decide at the same time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(asdict(choice), indent=2))
+    temporary.write_text(json.dumps(asdict(choice) | {"identity": identity}, indent=2))
     temporary.replace(path)

@@ -378,3 +378,43 @@ async def test_resizing_takes_effect_from_the_next_batch(
     assert [len(batch) for batch in model.batches] == [1, 4, 2]
     with pytest.raises(ValueError):
         batcher.resize(max_batch_size=0, max_queue=8)
+
+
+async def test_admission_predicts_with_a_replacement_s_measured_cost_at_once(
+    make_batcher: BatcherFactory,
+) -> None:
+    """A backend swapped in faster (or slower) than the one measured so far: the very next
+    admission predicts with its cost, not with the average of batches that no longer run."""
+    batcher = await make_batcher(slow_model(0.1), max_batch_size=2, max_wait_s=0, max_latency_s=1)
+    await batcher.submit(0)  # measured: 0.1 s an item
+    with pytest.raises(QueueFull):
+        batcher.admit(ahead=10)  # 12 items at 0.1 s: 1.2 s
+    batcher.resize(max_batch_size=2, max_queue=64, seconds_per_item=0.02)
+    batcher.admit(ahead=10)  # at the replacement's 0.02 s: 0.24 s
+    assert batcher.predicted_latency_s(ahead=10) == pytest.approx(12 * 0.02)
+    batcher.resize(max_batch_size=2, max_queue=64, seconds_per_item=0.5)
+    with pytest.raises(QueueFull):
+        batcher.admit(ahead=4)  # 6 items at 0.5 s
+
+
+async def test_an_activity_listener_hears_busy_and_idle_once_each(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    heard: list[str] = []
+
+    class Listener:
+        def busy(self) -> None:
+            heard.append("busy")
+
+        def idle(self) -> None:
+            heard.append("idle")
+
+    batcher = await make_batcher(max_batch_size=2, max_wait_s=0, activity=Listener())
+    model.gate.clear()
+    running = [asyncio.create_task(batcher.submit(i)) for i in range(5)]
+    await wait_entered(model)
+    assert heard == ["busy"]
+    model.gate.set()
+    await asyncio.gather(*running)
+    assert heard == ["busy", "idle"]
+    assert batcher.wait_idle(0)

@@ -100,21 +100,18 @@ def lite0(tmp_path_factory: pytest.TempPathFactory) -> ModelParts:
     return load_parts(lite0_settings(tmp_path_factory.mktemp("data")))
 
 
-def test_the_service_starts_on_another_candidate_when_one_cannot_be_compiled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_candidate_that_cannot_be_compiled_is_dropped_and_the_others_compared(
+    lite0: ModelParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def compile_fails(*_: object, **__: object) -> None:
         raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: no plugin")
 
     monkeypatch.setattr(ov.Core, "compile_model", compile_fails)
     settings = lite0_settings(tmp_path, backend="auto", precision="fp32")
-    with TestClient(create_app(settings)) as http:
-        assert http.app.state.pipeline.model.host.searched.wait(timeout=300)  # type: ignore[attr-defined]
-        ready = http.get("/readyz").json()
-        assert ready["backend"] == "torch-cpu-fp32"
-        assert "failed: openvino/fp32 (RuntimeError" in ready["backend_choice"]
-        assert any("openvino/fp32" in w and "no plugin" in w for w in ready["warnings"])
-        assert classify(http, jpeg("coffee"))[0] == 200
+    choice, backend = choose(lite0, settings)
+    assert backend.name == "torch-cpu-fp32"
+    assert "failed: openvino/fp32 (RuntimeError" in choice.reason
+    assert any("openvino/fp32" in w and "no plugin" in w for w in lite0.fallbacks.warnings)
 
 
 class FailsAbove:
