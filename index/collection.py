@@ -272,7 +272,7 @@ class Collection:
             matching = int(np.count_nonzero(mask))
             if matching == 0:
                 return []
-            route = self._route(serving.generation, matching)
+            route = self._route(serving.generation, matching, k)
             log.debug("filtered search, %d matches: %s", matching, route)
             if route.plan == "exact":
                 scores, labels = exact_among(self.store, query, np.flatnonzero(mask), want)
@@ -289,10 +289,11 @@ class Collection:
         ]
         return hits[:k]
 
-    def filtered_route(self, where: Filter) -> "FilteredRoute":
-        """How a search with this filter would be answered now (the debug log says it too)."""
+    def filtered_route(self, where: Filter, k: int = 10) -> "FilteredRoute":
+        """How a search for k with this filter would be answered now (the debug log says it
+        too)."""
         matching = int(np.count_nonzero(self._matching(where)))
-        return self._route(self._serving.generation, matching)
+        return self._route(self._serving.generation, matching, k)
 
     def similar(self, item_id: str, k: int, where: Filter | None = None) -> list[SearchHit] | None:
         """Nearest items to a stored item (itself excluded); None if the id is unknown."""
@@ -340,7 +341,7 @@ class Collection:
         matching: np.ndarray = self._postings.matching(where, len(live)) & live
         return matching
 
-    def _route(self, generation: Generation, matching: int) -> "FilteredRoute":
+    def _route(self, generation: Generation, matching: int, k: int) -> "FilteredRoute":
         """The plan for a filter with `matching` live matches (see index.filtered_plan)."""
         plan, nlist = generation.plan, generation.main.nlist
         if not nlist:  # exact or a graph: the index itself takes the filter's bitmap
@@ -349,7 +350,7 @@ class Collection:
             # A filter matching a fraction f of the items finds 1/f fewer per list.
             nprobe = min(nlist, math.ceil(plan.nprobe * self._live.count / matching))
             return FilteredRoute("approximate, not measured", nprobe, None)
-        step = choose_filtered(plan.filtered, matching, self._live.count)
+        step = choose_filtered(plan.filtered, matching, self._live.count, k)
         if step is None:
             return FilteredRoute("exact", 0, None)
         return FilteredRoute(
@@ -367,38 +368,28 @@ class Collection:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scores and labels of the best `want` allowed items (a `share` of all), best first."""
         main = serving.generation.main
-        scores, labels = self._candidates(serving, query, want, allowed, route, share)
-        if len(labels) < min(want, int(share * self._live.count)) and route.nprobe < main.nlist:
-            # Too few allowed items in the lists probed: all of them, then.
-            everywhere = FilteredRoute(route.plan, main.nlist, route.depth)
-            scores, labels = self._candidates(serving, query, want, allowed, everywhere, share)
-        return scores[:want], labels[:want]
-
-    def _candidates(
-        self,
-        serving: _Serving,
-        query: np.ndarray,
-        want: int,
-        allowed: np.ndarray,
-        route: "FilteredRoute",
-        share: float,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        main = serving.generation.main
         exact = main.exact
-        wanted = route.depth or candidates(want, exact, share)
-        nprobe = route.nprobe
-        D, I = main.search(query[None], wanted, live=allowed, nprobe=nprobe)  # immutable
-        with self._lock.reading():
-            dD, dI = serving.delta.search(query[None], wanted, live=allowed, nprobe=nprobe)
-        scores = np.concatenate([D[0], dD[0]])
-        labels = np.concatenate([I[0], dI[0]])
-        keep = labels >= 0
-        scores, labels = scores[keep], labels[keep]
-        order = np.argsort(-scores, kind="stable")[:wanted]
-        scores, labels = scores[order], labels[order]
-        if not exact:
-            scores, labels = rerank(self.store, query, labels.tolist())
-        return scores, labels
+        if route.depth is None:
+            wanted = candidates(want, exact, share)
+        else:  # measured for the top 10 (and the query left out): deeper for every 10 more
+            wanted = route.depth * math.ceil(max(1, want - 1) / 10)
+        # Too few allowed items in the lists probed: all of them, then.
+        for nprobe in (route.nprobe, main.nlist):
+            D, I = main.search(query[None], wanted, live=allowed, nprobe=nprobe)  # immutable
+            with self._lock.reading():
+                dD, dI = serving.delta.search(query[None], wanted, live=allowed, nprobe=nprobe)
+            scores = np.concatenate([D[0], dD[0]])
+            labels = np.concatenate([I[0], dI[0]])
+            keep = labels >= 0
+            scores, labels = scores[keep], labels[keep]
+            order = np.argsort(-scores, kind="stable")[:wanted]
+            scores, labels = scores[order], labels[order]
+            if not exact:
+                scores, labels = rerank(self.store, query, labels.tolist())
+            enough = len(labels) >= min(want, int(share * self._live.count))
+            if enough or nprobe >= main.nlist:
+                break
+        return scores[:want], labels[:want]
 
     # --- generations ------------------------------------------------------------------------
 

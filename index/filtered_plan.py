@@ -25,6 +25,7 @@ FILTERED_TARGET_RECALL = 0.97  # measured on 32 queries: a margin over the 0.95 
 FILTER_TUNING_QUERIES = 32
 DEPTH_FACTORS = (1, 2, 4, 8)  # re-rank depths tried: these times the unfiltered depth
 MIN_TUNED_MATCHES = 200  # below this many matches the exact scan is always the cheaper
+MEASURED_K = 10  # recall is measured for the top 10
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -78,10 +79,14 @@ class FilteredTuning:
         return count
 
 
-def choose_filtered(tuning: FilteredTuning, matching: int, count: int) -> ShareStep | None:
-    """The approximate step for a filter matching `matching` of `count` live items, or None
-    for the exact plan."""
-    share = matching / max(1, count)
+def choose_filtered(
+    tuning: FilteredTuning, matching: int, count: int, k: int = MEASURED_K
+) -> ShareStep | None:
+    """The approximate step for a filter matching `matching` of `count` live items, asked
+    for `k` results, or None for the exact plan. The steps were measured for the top 10:
+    asking for k > 10 at a share needs as many neighbours among the matches as the top 10 at
+    a share k/10 times smaller, so it is held to that share's step."""
+    share = matching / max(1, count) * MEASURED_K / max(MEASURED_K, k)
     holding = [step for step in tuning.steps if step.share <= share]
     if not holding:
         return None  # no measured step holds recall this sparse

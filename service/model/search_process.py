@@ -84,6 +84,8 @@ class SearchProcess:
                 kind, payload = receiver.recv()
             except EOFError:
                 process.join()
+                if self._stop.is_set():
+                    raise SearchCancelled from None  # killed by a stop it could not wait for
                 raise SearchFailed(
                     f"the search process ended without a decision (exit {process.exitcode})"
                 ) from None
@@ -136,6 +138,10 @@ def _search_main(
     from service.workers.parent_death import signal_on_parent_death
 
     signal_on_parent_death(signal.SIGKILL)  # never outlive the service
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():
+        return  # it died before the signal was set up
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the service decides
     os.setpriority(os.PRIO_PROCESS, 0, SEARCH_NICENESS)
     configure_logging(settings.log_level, settings.log_format, "backend-search")
     try:

@@ -130,6 +130,9 @@ def test_the_cheaper_plan_that_holds_recall_is_chosen() -> None:
     assert choose_filtered(tuning, 9_999, count) is None  # below every measured share
     assert choose_filtered(tuning, 10_000, count) == tuning.steps[1]  # 10 ms exact vs 3 ms
     assert choose_filtered(tuning, 60_000, count) == tuning.steps[0]
+    # Fifty asked for at 60% need the neighbours ten need at 12%: the 10% step holds that.
+    assert choose_filtered(tuning, 60_000, count, k=50) == tuning.steps[1]
+    assert choose_filtered(tuning, 60_000, count, k=100) is None  # as ten at 6%: exact
     cheap_scan = FilteredTuning(1e-8, tuning.steps)  # 0.1 ms for 10,000: exact wins there
     assert choose_filtered(cheap_scan, 10_000, count) is None
     assert choose_filtered(cheap_scan, 60_000, count) is None
@@ -169,3 +172,15 @@ def test_deleted_items_never_appear(
         for item_id, vector in stored.items():
             assert vector is not None
             collection.put(item_id, vector, metadata_of(int(item_id[5:])), None)
+
+
+def test_more_than_ten_asked_for_come_back_in_order(
+    collection: Collection, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    xb, queries = data
+    rows = np.array([i for i in range(N) if metadata_of(i)["half"]])
+    hits = collection.search(queries[2], 50, where={"half": [True]})
+    assert len(hits) == 50 and all(metadata_of(int(h.id[5:]))["half"] for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    truth = set(exact_top(xb, queries[2], rows, 50))
+    assert len({h.id for h in hits} & truth) >= 45

@@ -4,11 +4,14 @@ with serving idle before it is cached as final."""
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.model import backend_search, selection, serving_gaps
 from service.model.backend_search import Evaluation, search_backends
 from service.model.gate import GateResult
@@ -17,7 +20,9 @@ from service.model.runtime import load_parts
 from service.model.search_process import CONTEXT
 from service.model.selection import Candidate, Choice, ModelParts
 from service.model.serving_gaps import MAX_DISCARDED, ServingActivity, ServingGaps
+from service.model_host import ModelHost
 from tests.conftest import lite0_settings
+from tests.photos import jpeg
 
 
 class SharedCores:
@@ -113,3 +118,17 @@ def test_a_decision_measured_under_load_is_measured_again_in_the_quiet(
         selection.decision_path(settings.model_cache_dir, identity), identity
     )
     assert cached is not None and cached.candidate == Candidate("torch", "fp32")
+
+
+def test_the_admission_estimate_follows_a_backend_swap(tmp_path: Path) -> None:
+    """Swapped in with its measured speed, a backend's cost is what admission predicts with
+    from the next request on."""
+    with TestClient(create_app(lite0_settings(tmp_path))) as http:
+        host: ModelHost = http.app.state.pipeline.model.host  # type: ignore[attr-defined]
+        answer = http.post("/v1/classify", files={"file": ("c.jpg", jpeg("coffee"), "image/jpeg")})
+        assert answer.status_code == 200  # the reference's cost, measured
+        live = host.runtime
+        for speed in (1000.0, 2.0):
+            swapped = replace(live, choice=replace(live.choice, images_per_s=speed))
+            http.portal.call(host.replace, swapped, "a faster backend")  # type: ignore[union-attr]
+            assert host.batcher.predicted_latency_s() == pytest.approx(live.batch_size / speed)
