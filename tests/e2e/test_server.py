@@ -38,21 +38,27 @@ async def post_all(url: str, images: list[bytes], timeout_s: float = 60) -> list
         )
 
 
+BATCH_OF_8 = {"RESNET_SERVE_MAX_BATCH_SIZE": "8"}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One service (the web page on) for the tests that leave it running as it was."""
+    running = start_server(tmp_path_factory.mktemp("shared"), BATCH_OF_8 | UI_ON)
+    yield running
+    running.stop(signal.SIGKILL)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    running = start_server(tmp_path, {"RESNET_SERVE_MAX_BATCH_SIZE": "8"})
+    """A service of its own, for a test that stops it."""
+    running = start_server(tmp_path, BATCH_OF_8)
     yield running
     running.stop(signal.SIGKILL)
 
 
-@pytest.fixture
-def server_with_page(tmp_path: Path) -> Iterator[Server]:
-    running = start_server(tmp_path, UI_ON)
-    yield running
-    running.stop(signal.SIGKILL)
-
-
-def test_container_healthcheck_passes_and_process_metrics_are_exported(server: Server) -> None:
+def test_container_healthcheck_passes_and_process_metrics_are_exported(shared: Server) -> None:
+    server = shared
     port = server.url.rsplit(":", 1)[1]
     check = subprocess.run(
         [sys.executable, "-m", "service.commands.healthcheck"],
@@ -63,10 +69,10 @@ def test_container_healthcheck_passes_and_process_metrics_are_exported(server: S
     assert metric(httpx.get(f"{server.url}/metrics").text, "process_cpu_seconds_total") > 0
 
 
-def test_an_idle_service_sleeps(server_with_page: Server) -> None:
+def test_an_idle_service_sleeps(shared: Server) -> None:
     """Nothing polls on the event loop of an idle service (the web page included): an idle
     process that wakes a thousand times a second takes CPU from the model on a small machine."""
-    server = server_with_page
+    server = shared
     loop_thread = psutil.Process(server.process.pid)  # uvicorn's event loop: the main thread
     assert httpx.get(f"{server.url}/ui/", timeout=30).status_code == 200  # the page served
     time.sleep(1)
@@ -76,7 +82,8 @@ def test_an_idle_service_sleeps(server_with_page: Server) -> None:
     assert wakeups_per_second < 100, wakeups_per_second
 
 
-def test_concurrent_clients_are_batched(server: Server) -> None:
+def test_concurrent_clients_are_batched(shared: Server) -> None:
+    server = shared  # nothing classified on it before
     responses = asyncio.run(post_all(server.url, unique_jpegs(32)))
     assert [r.status_code for r in responses] == [200] * 32
     assert all(r.json()["predictions"][0]["label"] == "espresso" for r in responses)

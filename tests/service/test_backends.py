@@ -110,7 +110,8 @@ def test_int8_ir_is_cached_on_disk(
     lite0: ModelParts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = lite0_settings(tmp_path)
-    build(Candidate("openvino", "int8"), lite0, settings)
+    quick = {"calibration_images": 32, "fast": True}  # the search's quick pass: same caching
+    build(Candidate("openvino", "int8"), lite0, settings, **quick)  # type: ignore[arg-type]
     (artefacts,) = (tmp_path / "models").glob("openvino-int8-*")
     assert (artefacts / "model.xml").exists() and (artefacts / "model.bin").exists()
 
@@ -118,8 +119,10 @@ def test_int8_ir_is_cached_on_disk(
         raise AssertionError("a cached IR must not be quantized again")
 
     monkeypatch.setattr(openvino_backend, "_quantize", no_quantization)
-    again = build(Candidate("openvino", "int8"), lite0, settings)
+    again = build(Candidate("openvino", "int8"), lite0, settings, **quick)  # type: ignore[arg-type]
     assert again.name == "openvino-cpu-int8"
+    with pytest.raises(AssertionError, match="quantized again"):  # another recipe: not cached
+        build(Candidate("openvino", "int8"), lite0, settings, calibration_images=16, fast=True)
 
 
 def test_unavailable_combinations_are_refused_clearly(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_a_candidate_that_cannot_be_compiled_is_dropped_and_the_others_compared(
         raise RuntimeError("Exception from src/inference/src/cpp/core.cpp: no plugin")
 
     monkeypatch.setattr(ov.Core, "compile_model", compile_fails)
-    settings = lite0_settings(tmp_path, backend="auto", precision="fp32")
+    settings = lite0_settings(tmp_path, backend="auto", precision="fp32", max_batch_size=4)
     choice, backend = choose(lite0, settings)
     assert backend.name == "torch-cpu-fp32"
     assert "failed: openvino/fp32 (RuntimeError" in choice.reason

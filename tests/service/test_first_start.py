@@ -123,6 +123,7 @@ def test_a_decision_made_ahead_of_time_serves_from_the_first_request_on_its_mach
     BACKEND_DECISIONS=DIR serves the decided backend at once, with no search; the same
     decision recorded for another CPU or library version is not trusted."""
     monkeypatch.setattr(selection, "images_per_second", openvino_wins)
+    monkeypatch.setattr(backend_search, "GATE_IMAGES", 50)  # the gate's own tests use 200
     shipped = tmp_path / "shipped"
     wanted: dict[str, object] = {"backend": "auto", "precision": "fp32", "max_batch_size": 4}
     assert run_decide_command(lite0_settings(tmp_path / "builder", **wanted), shipped) == 0
