@@ -28,7 +28,7 @@ def run_env(tmp_path: Path) -> dict[str, str]:
 def test_smoke_load_test_has_no_errors(tmp_path: Path) -> None:
     """A few users of the mixed profile for 15 s: any error response fails the build."""
     out = tmp_path / "results"
-    command = [str(RUN), "--scenario", "Mixed", "--users", "4", "--seconds", "15"]
+    command = [str(RUN), "--scenario", "Mixed", "--users", "4", "--seconds", "8"]
     command += ["--out", str(out), "--model-cache", str(tmp_path / "models")]
 
     finished = subprocess.run(command, env=run_env(tmp_path), capture_output=True, timeout=280)

@@ -26,14 +26,14 @@ def test_a_redis_outage_under_load_fails_nothing_and_caching_resumes(
     server = start_server(tmp_path, {"RESNET_SERVE_REDIS_URL": redis_server.url})
     prefix = tmp_path / "outage"
     command = [sys.executable, "-m", "locust", "--headless", "--only-summary", "-u", "6"]
-    command += ["-r", "6", "-t", "16s", "-f", str(LOCUSTFILE), "--host", server.url]
+    command += ["-r", "6", "-t", "10s", "-f", str(LOCUSTFILE), "--host", server.url]
     command += ["--csv", str(prefix), "--stop-timeout", "30", "Mixed"]
     try:
         with (tmp_path / "locust.log").open("wb") as log:
             locust = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-            time.sleep(5)
+            time.sleep(3)
             redis_server.kill()  # mid-run: the cache is gone
-            time.sleep(5)
+            time.sleep(3)
             redis_server.start()  # and back, empty
             assert locust.wait(timeout=120) == 0, (tmp_path / "locust.log").read_text()[-3000:]
         total, _ = read_locust_stats(prefix)
