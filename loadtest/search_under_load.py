@@ -10,8 +10,9 @@ BACKEND=torch PRECISION=fp32, so no search runs:
    with the search running and with no search (target: <= 1.5x the target);
 2. cache hits (one image again and again), 32 clients, WORKERS=2 against WORKERS=1, with the
    search running and with no search (target: >= 1.1x);
-3. unique JPEGs, 16 clients, back-to-back windows until the search's winner serves: images
-   per second in each window, and the seconds from the start until the winner served;
+3. unique JPEGs, 16 clients, back-to-back windows for --load-seconds (or until a winner
+   serves): images per second and the backend in each window; then the load stops and the
+   search finishes in the quiet: the seconds until it decided, and the winner's throughput;
 4. `resnet-serve backends decide --out DIR` beside row 3's data directory (it reads the
    decision row 3's search cached), then a fresh start with BACKEND_DECISIONS=DIR: the
    backend it is ready on and its images per second (target: the winner, from the first
@@ -95,16 +96,20 @@ def cache_hit_row(env: dict[str, str], seconds: float) -> None:
         )
 
 
-def until_the_winner_serves(env: dict[str, str], timeout_s: float) -> Path:
-    """Row 3; returns the data directory, whose model cache holds the decision."""
+def until_the_winner_serves(env: dict[str, str], load_s: float, timeout_s: float) -> Path:
+    """Row 3; returns the data directory, whose model cache holds the decision. 16 clients
+    for `load_s` (or until a winner other than the reference serves, provisionally when the
+    search could only measure under load); then the load stops, and the search, in the
+    quiet, finishes its decision."""
     env = fresh(env)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     service = start_service(env, port, ready_timeout_s=900)
     try:
-        print(f"3. ready after {time.monotonic() - started:.0f} s", flush=True)
-        while time.monotonic() - started < timeout_s:
+        reference = readiness(url)["backend"]
+        print(f"3. ready after {time.monotonic() - started:.0f} s on {reference}", flush=True)
+        while time.monotonic() - started < load_s:
             window = measure_load(url, "/v1/classify", 16, 10.0, 0.0)
             ready = readiness(url)
             search = str(ready["backend_search"])
@@ -113,9 +118,26 @@ def until_the_winner_serves(env: dict[str, str], timeout_s: float) -> Path:
                 f"{window.p99_ms:.0f} ms on {ready['backend']}; {search[:110]}",
                 flush=True,
             )
-            if search.startswith("done"):
-                print(f"3. the winner served {time.monotonic() - started:.0f} s after the start")
+            if search.startswith("done") or ready["backend"] != reference:
+                took = time.monotonic() - started
+                print(f"3. {ready['backend']} served under load, {took:.0f} s after the start")
                 break
+        quiet_from = time.monotonic()
+        while time.monotonic() - started < timeout_s:  # quiet now: the search ends
+            final = readiness(url)
+            if str(final["backend_search"]).startswith("done"):
+                print(
+                    f"3. load stopped at t={quiet_from - started:.0f} s; decided "
+                    f"{time.monotonic() - quiet_from:.0f} s later: {final['backend']} at batch "
+                    f"{final['max_batch_size']} ({final['backend_choice'][:240]})",
+                    flush=True,
+                )
+                break
+            time.sleep(2)
+        unique = measure_load(url, "/v1/classify", 16, 20.0, 2.0)
+        print(
+            f"3. then 16 clients: {unique.ok_rps:.1f} img/s, p99 {unique.p99_ms:.0f} ms", flush=True
+        )
     finally:
         stop(service)
     return Path(env["RESNET_SERVE_DATA_DIR"])
@@ -148,6 +170,9 @@ def main() -> None:
     )
     parser.add_argument("--rows", default="1,2,3", help="which rows (4 runs with 3)")
     parser.add_argument("--swap-timeout", type=float, default=1800.0, help="row 3, seconds")
+    parser.add_argument(
+        "--load-seconds", type=float, default=300.0, help="row 3: 16 clients this long at most"
+    )
     args = parser.parse_args()
     base = {k: v for k, v in os.environ.items() if not k.startswith("RESNET_SERVE_")}
     env = base | dict(item.split("=", 1) for item in args.env)
@@ -157,7 +182,7 @@ def main() -> None:
     if "2" in rows:
         cache_hit_row(env, args.seconds)
     if "3" in rows:
-        searched = until_the_winner_serves(env, args.swap_timeout)
+        searched = until_the_winner_serves(env, args.load_seconds, args.swap_timeout)
         shipped_row(env, searched, args.seconds)
 
 

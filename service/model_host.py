@@ -216,6 +216,9 @@ class ModelHost:
                 "the background backend search failed; serving on %s", self.runtime.backend.name
             )
         finally:
+            search.close()
+            if self._activity is not None:
+                self._activity.close()
             self._parts = None
             self.searched.set()
 

@@ -53,7 +53,7 @@ class SearchProcess:
     def __init__(self, settings: Settings, activity: ServingActivity) -> None:
         self._settings = settings
         self._activity = activity
-        self._stop = CONTEXT.Event()
+        self._stop: Any = CONTEXT.Event()
         self._process: SpawnProcess | None = None
         self._receiver: Connection | None = None
 
@@ -84,7 +84,7 @@ class SearchProcess:
                 kind, payload = receiver.recv()
             except EOFError:
                 process.join()
-                if self._stop.is_set():
+                if self._stop is not None and self._stop.is_set():
                     raise SearchCancelled from None  # killed by a stop it could not wait for
                 raise SearchFailed(
                     f"the search process ended without a decision (exit {process.exitcode})"
@@ -105,7 +105,12 @@ class SearchProcess:
 
     def stop(self) -> None:
         """Ask the search to stop at its next step."""
-        self._stop.set()
+        if self._stop is not None:
+            self._stop.set()
+
+    def close(self) -> None:
+        """Once it has ended: let go of the process and the primitives shared with it."""
+        self._process = self._receiver = self._stop = None
 
     def kill(self) -> None:
         """End it now (a conversion that cannot reach its next step in time)."""

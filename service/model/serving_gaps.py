@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
+from multiprocessing.synchronize import Event as SharedEvent
 
 # Each forward pass of the search waits up to this long for the model to be idle first (so a
 # saturated model still lets the search creep on).
@@ -34,19 +35,40 @@ class ServingActivity:
     busy() and idle() (a BatchActivity) on its event loop's thread: the only writer."""
 
     def __init__(self, context: BaseContext) -> None:
-        self._idle = context.Event()
-        self._idle.set()
-        self._busy = context.Event()
+        idle, busy = context.Event(), context.Event()
+        idle.set()
+        self._events: tuple[SharedEvent, SharedEvent] | None = (idle, busy)
         self._busy_count = context.Value("Q", 0, lock=False)  # one writer; 8-byte reads
 
     def busy(self) -> None:
+        events = self._events
+        if events is None:
+            return
         self._busy_count.value += 1  # before the events: a reader never sees idle and old
-        self._idle.clear()
-        self._busy.set()
+        events[0].clear()
+        events[1].set()
 
     def idle(self) -> None:
-        self._busy.clear()
-        self._idle.set()
+        events = self._events
+        if events is not None:
+            events[1].clear()
+            events[0].set()
+
+    def close(self) -> None:
+        """The search has ended: stop telling it. Its semaphores are released with the last
+        reference (a process that dies by a signal would leave them to the resource tracker,
+        which complains)."""
+        self._events = None
+
+    @property
+    def _idle(self) -> SharedEvent:
+        assert self._events is not None, "closed"
+        return self._events[0]
+
+    @property
+    def _busy(self) -> SharedEvent:
+        assert self._events is not None, "closed"
+        return self._events[1]
 
     def wait_idle(self, timeout_s: float) -> bool:
         return self._idle.wait(timeout_s)
