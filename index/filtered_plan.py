@@ -10,9 +10,9 @@ list, and 4-bit codes cannot order such near-ties. So a filtered query takes one
 - approximate: the inverted file with the filter's bitmap, with nprobe and the re-rank depth
   that were measured, at build time, to find FILTERED_TARGET_RECALL of the exact filtered top
   10 for filters of that share drawn independently of the vectors (the hard case).
-A query takes the approximate plan only where it was measured to hold recall at its share
-(or a smaller one) and to cost less than the exact scan of its matches; otherwise the exact
-plan. The measured costs put the threshold between them on this machine's scale.
+A query takes the step measured at the largest share at or below its own: the approximate
+plan where that step held recall for less than the exact scan of the query's matches costs;
+otherwise the exact plan. The measured costs put the threshold on this machine's scale.
 """
 
 from dataclasses import asdict, dataclass
@@ -26,6 +26,7 @@ FILTER_TUNING_QUERIES = 64
 DEPTH_FACTORS = (1, 2, 4, 8, 16, 32)  # re-rank depths tried: these times the unfiltered one
 MIN_TUNED_MATCHES = 200  # below this many matches the exact scan is always the cheaper
 MEASURED_K = 10  # recall is measured for the top 10
+EXACT = 0  # a step's nprobe when no approximate setting held recall there: the exact scan
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -57,13 +58,15 @@ class FilteredTuning:
 
     def describe(self, count: int) -> str:
         steps = "; ".join(
-            f">= {step.share:g}: nprobe {step.nprobe}, {step.depth} re-ranked "
+            f">= {step.share:g}: exact (no setting held recall for less)"
+            if step.nprobe == EXACT
+            else f">= {step.share:g}: nprobe {step.nprobe}, {step.depth} re-ranked "
             f"(recall@10 {step.recall:.3f}, {1000 * step.seconds:.1f} ms)"
             for step in self.steps
         )
         return (
             f"exact over the matching items up to {self.exact_up_to(count)} matches "
-            f"({1e6 * self.exact_seconds_per_item:.1f} us an item); approximate above: "
+            f"({1e6 * self.exact_seconds_per_item:.1f} us an item); by share: "
             f"{steps or 'never (no share held recall for less than the exact scan)'}"
         )
 
@@ -87,11 +90,11 @@ def choose_filtered(
     asking for k > 10 at a share needs as many neighbours among the matches as the top 10 at
     a share k/10 times smaller, so it is held to that share's step."""
     share = matching / max(1, count) * MEASURED_K / max(MEASURED_K, k)
-    holding = [step for step in tuning.steps if step.share <= share]
-    if not holding:
-        return None  # no measured step holds recall this sparse
-    step = holding[0]  # the largest measured share at or below this one: the safe side
-    if matching * tuning.exact_seconds_per_item <= step.seconds:
+    below = [step for step in tuning.steps if step.share <= share]
+    if not below:
+        return None  # sparser than anything measured: exact
+    step = below[0]  # the largest measured share at or below this one: the safe side
+    if step.nprobe == EXACT or matching * tuning.exact_seconds_per_item <= step.seconds:
         return None
     return step
 

@@ -15,7 +15,7 @@ import pytest
 import index.collection
 import index.filtered_tuning
 from index.collection import Collection
-from index.filtered_plan import FilteredTuning, ShareStep, choose_filtered
+from index.filtered_plan import EXACT, FilteredTuning, ShareStep, choose_filtered
 from index.store import ItemStore
 
 D = 256  # 4-bit PQ codes, as at 2048-d
@@ -155,6 +155,14 @@ def test_the_cheaper_plan_that_holds_recall_is_chosen() -> None:
     assert cheap_scan.exact_up_to(count) == count
     assert tuning.exact_up_to(count) == 9_999
     assert FilteredTuning.from_dict(tuning.as_dict()) == tuning
+    # A share where nothing held recall is exact, though a sparser one held again.
+    gap = FilteredTuning(
+        1e-6,
+        (tuning.steps[0], ShareStep(0.1, EXACT, 0, 1.0, 0.1), ShareStep(0.01, 64, 800, 0.99, 5e-3)),
+    )
+    assert choose_filtered(gap, 20_000, count) is None
+    assert choose_filtered(gap, 6_000, count) == gap.steps[2]  # 6 ms exact against 5 ms
+    assert "0.1: exact" in gap.describe(count)
 
 
 @pytest.mark.parametrize("rows", [[], [17], list(range(10)), list(range(4))])
