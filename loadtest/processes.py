@@ -77,8 +77,11 @@ def start_service(
 
 
 def _terminate_with_parent() -> None:
-    """In the child before exec (Linux; elsewhere a killed caller leaves it running)."""
+    """In the child before exec (Linux; elsewhere a killed caller leaves it running). Ctrl-C
+    stops the service too, even when its starter runs as a background job (which inherits
+    an ignored SIGINT, and passes it on through exec)."""
     signal_on_parent_death(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def readiness(url: str, timeout_s: float = 60) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from tests.e2e.server import LITE0_ENV
+from tests.signals import default_ctrl_c
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +55,11 @@ def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
     command = [str(RUN), "--users", "2", "--seconds", "120", "--out", str(tmp_path / "r")]
     command += ["--model-cache", str(tmp_path / "models")]
     with subprocess.Popen(
-        command, env=run_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        command,
+        env=run_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=default_ctrl_c,
     ) as runner:
         assert runner.stdout is not None
         for line in runner.stdout:  # bounded by the test timeout
@@ -76,7 +81,9 @@ def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
 def test_ctrl_c_while_the_service_starts_stops_it_too(tmp_path: Path) -> None:
     command = [str(RUN), "--users", "2", "--out", str(tmp_path / "r")]
     command += ["--model-cache", str(tmp_path / "models")]
-    with subprocess.Popen(command, env=run_env(tmp_path), stdout=subprocess.DEVNULL) as runner:
+    with subprocess.Popen(
+        command, env=run_env(tmp_path), stdout=subprocess.DEVNULL, preexec_fn=default_ctrl_c
+    ) as runner:
         children: list[psutil.Process] = []
         while not any("service serve" in " ".join(c.cmdline()) for c in children):
             time.sleep(0.1)  # bounded by the test timeout

@@ -22,6 +22,7 @@ from service.model.weights import load_model
 from tests.conftest import lite0_settings
 from tests.finetuned import LITE0, finetune
 from tests.photos import jpeg
+from tests.signals import default_ctrl_c
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +163,9 @@ def test_ctrl_c_keeps_the_best_epoch_so_far(tmp_path: Path) -> None:
         "--data-dir", str(tmp_path / "work"), *LITE0,
         "--mode", "full", "--epochs", "50", "--train-stages", "1", "--no-progress",
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c
+    )
     assert process.stdout is not None
     with process.stdout:
         for line in process.stdout:  # bounded: the run ends after 50 epochs at the latest
