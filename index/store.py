@@ -7,10 +7,13 @@ deletes need no log, since the live labels are read from the items themselves.
 
 Vectors are stored as float16: half the bytes of float32, and for unit vectors the cosine
 scores move by less than 1e-3. Stores written before keep their float32 vectors readable
-(told apart by length); every vector written now is float16.
+(told apart by length); every vector written now is float16. A dense copy of them beside the
+database (index.vector_rows) serves the scattered reads of exact scans and re-ranking.
 """
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -21,8 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from index.vector_rows import VectorRows
+
+log = logging.getLogger(__name__)
+
 _LOOKUP_CHUNK = 10_000  # labels in one IN (...): below SQLite's host parameter limit
 _MMAP_BYTES = 1 << 40  # address space only: the pages are the file's, shared with the cache
+_ROWS_STATE = "vector_rows"  # meta key: "clean SIZE MTIME_NS" of the rows file at a clean close
+_ROWS_REBUILD_CHUNK = 2_000  # rows copied per turn of the lock while the rows file is rebuilt
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -95,6 +104,67 @@ class ItemStore:
                 self._db.close()
                 raise
             self.set_model(fingerprint, model)
+        self._rows: VectorRows | None = None  # set once the rows file matches the store
+        self._rows_building: VectorRows | None = None
+        self._closing = threading.Event()
+        self._rows_builder: threading.Thread | None = None
+        self._rows_ready = threading.Event()
+        self._open_rows()
+
+    def _open_rows(self) -> None:
+        """Trust the rows file if the store recorded it clean at its last close (and it is
+        that file still); else rebuild it from the store in the background."""
+        path = self.path.with_suffix(".vectors")
+        trusted = path.exists() and self.stored_model.get(_ROWS_STATE) == _clean_mark(path)
+        rows = VectorRows(path, 2 * self.d, fresh=not trusted)
+        self._set_meta(_ROWS_STATE, "dirty")  # written from now on without a sync
+        if trusted and rows.capacity > self.max_label():
+            self._rows = rows
+            self._rows_ready.set()
+            return
+        self._rows_building = rows
+        self._rows_builder = threading.Thread(
+            target=self._rebuild_rows, args=(rows,), name="vector-rows", daemon=True
+        )
+        self._rows_builder.start()
+
+    def _rebuild_rows(self, rows: VectorRows) -> None:
+        """Copy every stored vector into a fresh rows file, a chunk per turn of the lock so
+        a write lands either before a chunk is read or after it is written."""
+        reader = sqlite3.connect(self.path, check_same_thread=False)
+        after = 0
+        try:
+            while not self._closing.is_set():
+                with self._lock:
+                    batch = reader.execute(
+                        "SELECT label, vector FROM items WHERE label > ? ORDER BY label LIMIT ?",
+                        (after, _ROWS_REBUILD_CHUNK),
+                    ).fetchall()
+                    if not batch:
+                        rows.reserve(self.max_label_locked() + 1)
+                        self._rows, self._rows_building = rows, None
+                        self._rows_ready.set()
+                        log.info("vector rows rebuilt from the store: %s", rows.path)
+                        return
+                    labels = np.array([row[0] for row in batch], dtype=np.int64)
+                    rows.write(labels, self._codes([row[1] for row in batch]))
+                after = int(labels[-1])
+        finally:
+            reader.close()
+
+    def wait_for_vector_rows(self, timeout: float | None = None) -> bool:
+        """Whether the rows file serves reads (waiting up to `timeout` for its rebuild)."""
+        return self._rows_ready.wait(timeout)
+
+    def _write_rows(self, labels: np.ndarray, codes: np.ndarray) -> None:
+        """Called with the lock held, after the commit."""
+        rows = self._rows or self._rows_building
+        if rows is not None:
+            rows.write(labels, codes)
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with self._lock, self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     @staticmethod
     def recorded_model(path: Path) -> dict[str, str]:
@@ -127,8 +197,14 @@ class ItemStore:
 
     def replace_vector(self, item_id: str, vector: np.ndarray) -> None:
         """Overwrite one item's vector in place (re-embedding); its label stays."""
-        with self._lock, self._transaction():
-            self._db.execute("UPDATE items SET vector = ? WHERE id = ?", (_encode(vector), item_id))
+        blob = _encode(vector)
+        with self._lock:
+            with self._transaction():
+                row = self._db.execute(
+                    "UPDATE items SET vector = ? WHERE id = ? RETURNING label", (blob, item_id)
+                ).fetchone()
+            if row is not None:
+                self._write_rows(np.array([row[0]]), self._codes([blob]))
 
     def ids_without_image(self) -> list[str]:
         with self._lock:
@@ -141,7 +217,20 @@ class ItemStore:
         return _Transaction(self._db)
 
     def close(self) -> None:
+        self._closing.set()
+        if self._rows_builder is not None:
+            self._rows_builder.join()
         with self._lock:
+            if self._rows is not None:  # complete: synced, then trusted at the next open
+                self._rows.sync()
+                self._rows.close()
+                with self._transaction():
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (_ROWS_STATE, _clean_mark(self._rows.path)),
+                    )
+            elif self._rows_building is not None:
+                self._rows_building.close()
             self._db.close()
 
     def put(
@@ -149,17 +238,23 @@ class ItemStore:
     ) -> tuple[int, int | None]:
         """Insert or replace; returns (new label, replaced label or None). Durable on return."""
         blob = _encode(vector)
-        with self._lock, self._transaction():
-            old = self._db.execute("SELECT label FROM items WHERE id = ?", (item_id,)).fetchone()
-            if old:
-                self._db.execute("DELETE FROM items WHERE label = ?", (old[0],))
-            cursor = self._db.execute(
-                "INSERT INTO items (id, vector, metadata, added_at) VALUES (?, ?, ?, ?)",
-                (item_id, blob, json.dumps(metadata), time.time()),
-            )
-            label = int(cursor.lastrowid or 0)
-            if image is not None:
-                self._db.execute("INSERT OR REPLACE INTO images VALUES (?, ?)", (item_id, image))
+        with self._lock:
+            with self._transaction():
+                old = self._db.execute(
+                    "SELECT label FROM items WHERE id = ?", (item_id,)
+                ).fetchone()
+                if old:
+                    self._db.execute("DELETE FROM items WHERE label = ?", (old[0],))
+                cursor = self._db.execute(
+                    "INSERT INTO items (id, vector, metadata, added_at) VALUES (?, ?, ?, ?)",
+                    (item_id, blob, json.dumps(metadata), time.time()),
+                )
+                label = int(cursor.lastrowid or 0)
+                if image is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO images VALUES (?, ?)", (item_id, image)
+                    )
+            self._write_rows(np.array([label]), self._codes([blob]))
         return label, (int(old[0]) if old else None)
 
     def add_many(self, items: list[tuple[str, np.ndarray, str]]) -> None:
@@ -167,10 +262,14 @@ class ItemStore:
         return. The ids must not exist yet (bulk import checks with `existing`)."""
         now = time.time()
         rows = [(item_id, _encode(vector), metadata, now) for item_id, vector, metadata in items]
-        with self._lock, self._transaction():
-            self._db.executemany(
-                "INSERT INTO items (id, vector, metadata, added_at) VALUES (?, ?, ?, ?)", rows
-            )
+        with self._lock:
+            with self._transaction():
+                first = self.max_label_locked() + 1  # AUTOINCREMENT: one writer, consecutive
+                self._db.executemany(
+                    "INSERT INTO items (id, vector, metadata, added_at) VALUES (?, ?, ?, ?)", rows
+                )
+            labels = np.arange(first, first + len(rows), dtype=np.int64)
+            self._write_rows(labels, self._codes([row[1] for row in rows]))
 
     def existing(self, ids: list[str]) -> set[str]:
         """Which of these ids are stored."""
@@ -228,9 +327,10 @@ class ItemStore:
     def max_label(self) -> int:
         """The highest label ever given (0 for none); every label above it is still to come."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'items'"
-            ).fetchone()
+            return self.max_label_locked()
+
+    def max_label_locked(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
         return int(row[0]) if row else 0
 
     def vectors(
@@ -270,8 +370,13 @@ class ItemStore:
     def encoded_vectors_of(self, labels: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(labels found, their vectors as float16 bytes: uint8, 2*d a row), for scoring in
         FAISS without a float32 copy (numpy's float16 conversion costs more than the read).
-        Any number of labels: they are looked up a chunk at a time (SQLite's host parameter
-        limit)."""
+        Any number of labels. Read from the rows file once it is complete: there a label
+        deleted meanwhile is still found (with its last vector), so a caller resolves the
+        items of what it ranks (`by_labels`) and drops the missing, as search does."""
+        copy = self._rows
+        if copy is not None:
+            wanted = np.asarray(labels, dtype=np.int64)
+            return wanted, copy.read(wanted)
         found: list[np.ndarray] = []
         codes: list[np.ndarray] = []
         for start in range(0, len(labels), _LOOKUP_CHUNK):
@@ -282,12 +387,7 @@ class ItemStore:
                     f"SELECT label, vector FROM items WHERE label IN ({marks})", chunk
                 ).fetchall()
             found.append(np.array([row[0] for row in rows], dtype=np.int64))
-            # a store from before float16 keeps float32 rows: scored as float16 like the rest
-            blobs = [
-                blob if len(blob) == 2 * self.d else _encode(_decode(blob, self.d))
-                for _, blob in rows
-            ]
-            codes.append(np.frombuffer(b"".join(blobs), np.uint8).reshape(len(rows), 2 * self.d))
+            codes.append(self._codes([blob for _, blob in rows]))
         if len(found) == 1:
             return found[0], codes[0]
         if not found:
@@ -327,6 +427,14 @@ class ItemStore:
                 rows = self._db.execute("SELECT id FROM items WHERE label <= ?", (up_to,))
             return {row[0] for row in rows}
 
+    def _codes(self, blobs: list[bytes]) -> np.ndarray:
+        """Stored vectors as float16 bytes (uint8, 2*d a row). A store from before float16
+        keeps float32 rows: they are given as float16 like the rest."""
+        encoded = [
+            blob if len(blob) == 2 * self.d else _encode(_decode(blob, self.d)) for blob in blobs
+        ]
+        return np.frombuffer(b"".join(encoded), np.uint8).reshape(len(blobs), 2 * self.d)
+
     def _matrix(self, blobs: list[bytes]) -> np.ndarray:
         if all(len(blob) == 2 * self.d for blob in blobs):  # one copy for the chunk
             joined = np.frombuffer(b"".join(blobs), np.float16)
@@ -355,6 +463,12 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _clean_mark(path: Path) -> str:
+    """What identifies the rows file as it was left at a clean close."""
+    stat = os.stat(path)
+    return f"clean {stat.st_size} {stat.st_mtime_ns}"
 
 
 def _item(row: tuple[Any, ...]) -> StoredItem:
