@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 FILTER_SHARES = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
-FILTERED_TARGET_RECALL = 0.98  # measured on 64 queries: a margin over the 0.95 promised
+FILTERED_TARGET_RECALL = 0.97  # on 64 queries: three standard errors over the 0.95 promised
 FILTER_TUNING_QUERIES = 64
-DEPTH_FACTORS = (1, 2, 4, 8, 16, 32)  # re-rank depths tried: these times the unfiltered one
+DEPTH_FACTORS = (1, 2, 4, 8, 16, 32, 48, 64)  # re-rank depths tried: these times the unfiltered one
 MIN_TUNED_MATCHES = 200  # below this many matches the exact scan is always the cheaper
 MEASURED_K = 10  # recall is measured for the top 10
 EXACT = 0  # a step's nprobe when no approximate setting held recall there: the exact scan

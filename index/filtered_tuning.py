@@ -53,6 +53,7 @@ def tune_filtered(
     """The filtered plan for `main`. `live`: a bool per label; `queries`: (labels, vectors);
     `truth`: by share, each query's exact filtered top 10 labels (its own label left out)."""
     labels, vectors = queries[0][:FILTER_TUNING_QUERIES], queries[1][:FILTER_TUNING_QUERIES]
+    store.wait_for_vector_rows()  # after a crash it is rebuilt: the costs are measured on it
     per_item = _exact_seconds_per_item(store, live, vectors)
     steps: list[ShareStep] = []
     floor = nprobes[0]

@@ -85,3 +85,22 @@ def test_a_crash_or_a_changed_file_makes_the_copy_rebuilt_from_the_store(tmp_pat
             assert_rows_match(reopened)
         finally:
             reopened.close()
+
+
+def test_an_exact_scan_long_enough_to_be_split_gives_the_exact_top_k(tmp_path: Path) -> None:
+    from index.exact_scores import exact_among
+
+    store = ItemStore(tmp_path / "items.sqlite3", D, "fp", "m")
+    try:
+        vectors = unit_rows(6000, seed=3)
+        store.add_many([(f"v{i}", vector, "{}") for i, vector in enumerate(vectors)])
+        query = unit_rows(1, seed=4)[0]
+        labels = np.arange(1, 6001, dtype=np.int64)[::-1]  # any order
+        stored = vectors.astype(np.float16).astype(np.float32)
+        expected = np.argsort(-(stored @ query), kind="stable")[:25] + 1
+        assert store.wait_for_vector_rows(WAIT_S)
+        scores, found = exact_among(store, query, labels, 25)  # two halves, chunks of 1024
+        assert found.tolist() == expected.tolist()
+        np.testing.assert_allclose(scores, (stored @ query)[expected - 1], rtol=1e-5)
+    finally:
+        store.close()
