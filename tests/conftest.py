@@ -14,8 +14,18 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from tests.redis_server import RedisServer
 
-# Both cores for the model; tests run one at a time.
+# Both cores for the model (scripts/test runs two test files at once: see below).
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's loadgroup, a test file goes to one worker whole (its module
+    fixtures, a server or a Milvus, start once), and tests/cluster as one: each file there
+    starts a Ray of its own, and two at once would compete for Ray's default ports."""
+    for item in items:
+        group = "cluster" if item.path.parent.name == "cluster" else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 # The reference backend and a fixed batch: no backend search outside the backend tests.
