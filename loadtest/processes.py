@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import httpx
 
-from service.workers.parent_death import signal_on_parent_death
+from service.parent_death import signal_on_parent_death
 
 # How benchmarks, tests and the container (Dockerfile CMD) start the service: one command.
 SERVICE_COMMAND = ("python", "-m", "service", "serve")

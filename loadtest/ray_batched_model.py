@@ -11,8 +11,8 @@ from ray import serve
 
 from batching import BatchOutcome
 from service.cluster.deployments import replica_settings
+from service.hosting.host import ModelHost
 from service.model.model_io import ModelInput, ModelResult
-from service.model_host import ModelHost
 
 
 @serve.deployment(name="Model", max_ongoing_requests=256)

@@ -28,7 +28,6 @@ from prometheus_client import CollectorRegistry
 from service.errors import Conflict, InsufficientMemory, InvalidInput, NotFound, NotReady
 from service.explain.inspection import ModelInspector
 from service.items.search_index import ItemIndex
-from service.model_client import InProcessModel
 from service.pipeline import Pipeline
 from service.settings import Settings
 from service.versions.registry import (
@@ -120,7 +119,7 @@ class Version:
 
 class Versions(Protocol):
     """The model versions as the routes see them: managed in this process (ModelVersions),
-    or by the first model worker (service.workers.remote_versions.RemoteVersions)."""
+    or by the first model worker (service.transport.remote_versions.RemoteVersions)."""
 
     def start(self) -> None: ...
 
@@ -396,8 +395,7 @@ class ModelVersions:
     async def _leave_room_for_live(self, worked_s: float) -> None:
         """While the live model has work, re-embedding takes at most _SHARE of the time, so
         live requests keep their latency; an idle service re-embeds at full speed."""
-        live = self._live_serving().pipeline.model
-        if isinstance(live, InProcessModel) and not live.host.batcher.wait_idle(0):
+        if not self._live_serving().pipeline.model.idle:
             await asyncio.sleep(worked_s * (1 / _SHARE - 1))
 
     async def _close(self, version: Version) -> None:
@@ -468,12 +466,10 @@ def _looks_like_path(weights: str) -> bool:
     return "/" in weights or weights.endswith((".pth", ".pt", ".safetensors"))
 
 
-def parameter_bytes(serving: Serving) -> int | None:
+def parameter_bytes(serving: Serving) -> int:
+    """The serving model's weights in memory, as its host reports them (0: not loaded)."""
     model = serving.pipeline.model
-    if not isinstance(model, InProcessModel):
-        return None
-    module = model.host.runtime.module
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    return model.status().parameter_bytes if model.ready else 0
 
 
 def available_memory_bytes() -> int:
@@ -489,7 +485,7 @@ def available_memory_bytes() -> int:
 def _check_memory(live: Version) -> None:
     """Refuse a version that would not fit: it needs about what the live one takes (its
     weights several times over: backend, explainer replicas, activations)."""
-    need = 4 * (parameter_bytes(live.serving) or 0) if live.serving is not None else 0
+    need = 4 * parameter_bytes(live.serving) if live.serving is not None else 0
     available = available_memory_bytes()
     if need > available:
         raise InsufficientMemory(

@@ -19,6 +19,8 @@ from typing import Any
 
 from service.errors import InvalidInput, NotReady
 from service.settings import Settings
+from service.transport.operations import VersionOperations as VERSIONS
+from service.transport.rpc import RpcClient
 from service.versions.manager import (
     Parts,
     Serving,
@@ -27,8 +29,6 @@ from service.versions.manager import (
     version_settings,
 )
 from service.versions.registry import Registry, RegistryFile
-from service.workers.operations import VersionOperations as VERSIONS
-from service.workers.rpc import RpcClient
 
 log = logging.getLogger(__name__)
 

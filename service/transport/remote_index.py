@@ -8,8 +8,8 @@ import numpy as np
 from index.collection import CollectionStats, SearchHit
 from index.filters import Filter
 from index.store import StoredItem
-from service.workers.operations import IndexOperations as INDEX
-from service.workers.operations import Link
+from service.transport.operations import IndexOperations as INDEX
+from service.transport.operations import Link
 
 
 class RemoteIndex:

@@ -1,27 +1,22 @@
 """The seam between the pipeline and the model: pixels in, one image's outputs out.
 
-`InProcessModel` runs the batcher and backend in this process (tests, the 2-core default);
-`service.workers.remote_model.RemoteModel` sends the pixels to a model worker process.
+`ModelClient` is what the pipeline and the versions manager hold; `service.hosting.host.
+InProcessModel` runs the batcher and backend in this process (tests, the 2-core default),
+`service.transport.remote_model.RemoteModel` reaches a model worker process or a Ray Model
+replica.
 """
 
-import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry
-
-from batching import BatchActivity, Batcher, BatchOutcome, PrometheusBatchObserver, QueueFull
-from service.errors import InvalidInput, NotReady
+from batching import BatchOutcome, QueueFull
+from service.errors import InvalidInput
 from service.model.model_io import ModelInput, ModelOutputs, ModelResult
 from service.model.spec import ModelSpec
-from service.model.thread_priority import lower_this_threads_priority
-from service.settings import Settings
 
 if TYPE_CHECKING:  # torch: HTTP workers import this module and never load it
-    from service.model.runtime import ModelRuntime
-    from service.model_host import ModelHost
+    pass
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,7 @@ class ModelStatus:
     # Where the host serves differently from its configuration, and why (see Fallbacks).
     warnings: tuple[str, ...] = ()
     backend_search: str | None = None  # the background search's progress or outcome
+    parameter_bytes: int = 0  # the model's weights in memory (a new version needs a few times)
 
 
 HUNG_MESSAGE = "the model has been running one batch for longer than the watchdog allows"
@@ -52,6 +48,12 @@ class ModelClient(Protocol):
 
     def status(self) -> ModelStatus:
         """The serving model's status; raises NotReady when there is none."""
+        ...
+
+    @property
+    def idle(self) -> bool:
+        """True while no image of this client waits at or runs in the model: background
+        work (a version's re-embedding) may then take the model at full speed."""
         ...
 
     def admit(self, ahead: int = 0) -> None:
@@ -86,31 +88,12 @@ class ModelClient(Protocol):
     async def stop(self, drain_timeout_s: float) -> None: ...
 
 
-def model_status(
-    runtime: "ModelRuntime", queue_depth: int, hung: bool, backend_search: str | None = None
-) -> ModelStatus:
-    return ModelStatus(
-        spec=runtime.spec,
-        device=runtime.device,
-        backend=runtime.backend.name,
-        max_batch_size=runtime.largest_batch,
-        backend_choice=runtime.choice.reason,
-        queue_depth=queue_depth,
-        jpeg_on_device=runtime.jpeg_decoder is not None and runtime.jpeg_decoder.working,
-        hung=hung,
-        warnings=tuple(runtime.fallbacks.warnings),
-        backend_search=backend_search,
-    )
-
-
 def outputs_or_raise(outcome: BatchOutcome[ModelResult]) -> BatchOutcome[ModelOutputs]:
     """The outcome of one item; its own decode failure is raised for its request alone."""
     if isinstance(outcome.value, InvalidInput):
         raise outcome.value
     return BatchOutcome(outcome.value, outcome.queued_s, outcome.run_s, outcome.batch_size)
 
-
-ModelBatcher = Batcher[ModelInput, ModelResult]
 
 # After a remote model host refuses an image, its client refuses new ones itself, before
 # decoding them, for the time the host said its backlog needs to drain (at most this long,
@@ -139,80 +122,3 @@ class RecentRefusal:
         refused, now = self._refused, time.monotonic()
         if refused is not None and now < self._refusing_until and waiting_there:
             raise QueueFull(refused.depth, self._backlog_clears_at - now, refused.why)
-
-
-def model_batcher(
-    run_batch: Callable[[list[ModelInput]], list[ModelResult]],
-    runtime: "ModelRuntime",
-    settings: Settings,
-    registry: CollectorRegistry,
-    largest: int,
-    activity: BatchActivity | None = None,
-) -> ModelBatcher:
-    """The batcher in front of a runtime (`run_batch` runs whichever is live), with its
-    metrics on `registry`; `largest`: the biggest batch size a replacement may bring.
-
-    The queue holds at least two batches: a shorter one would refuse work the model could
-    take (a GPU's batch of 256 against the default queue of 64). The latency target leaves a
-    tenth of itself for what happens outside the batcher (reading, decoding, answering).
-    On a CPU the model's threads run `MODEL_NICE` steps nicer than those answering requests.
-    The runtime's fallback counts are exported on the same registry.
-    """
-    runtime.fallbacks.bind(registry)
-    return Batcher(
-        run_batch,
-        max_batch_size=runtime.batch_size,
-        max_wait_s=settings.max_wait_ms / 1000,
-        max_queue=max(settings.queue_size, 2 * runtime.batch_size),
-        max_latency_s=0.9 * settings.target_latency_ms / 1000,
-        hung_after_s=settings.watchdog_s,
-        owner_setup=(
-            functools.partial(lower_this_threads_priority, settings.model_nice)
-            if runtime.device == "cpu"
-            else None
-        ),
-        observer=PrometheusBatchObserver(registry, max(largest, runtime.batch_size)),
-        activity=activity,
-        name="model",
-    )
-
-
-class InProcessModel:
-    """The model host in this process."""
-
-    def __init__(self, host: "ModelHost"):
-        self.host = host
-
-    @property
-    def ready(self) -> bool:
-        batcher = self.host.batcher
-        return batcher.running and not batcher.hung
-
-    def status(self) -> ModelStatus:
-        if self.host.batcher.hung:
-            raise NotReady(HUNG_MESSAGE)
-        if not self.ready:
-            raise NotReady("the model is not loaded or is shutting down")
-        return self.host.status(self.host.batcher.queue_depth, hung=False)
-
-    def admit(self, ahead: int = 0) -> None:
-        self.host.batcher.admit(ahead)
-
-    async def check(self) -> None:
-        self.status()
-
-    async def infer(
-        self, item: ModelInput, timeout_s: float, key: str
-    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
-        # One process: the pipeline's own single-flight has already joined identical images.
-        outcome = await self.host.batcher.submit(item, timeout_s=timeout_s)
-        return outputs_or_raise(outcome), False
-
-    async def start(self) -> None:
-        await self.host.start()
-
-    async def connected_if_listening(self) -> None:
-        return None  # in this process
-
-    async def stop(self, drain_timeout_s: float) -> None:
-        await self.host.stop(drain_timeout_s=drain_timeout_s)

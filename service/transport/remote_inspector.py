@@ -4,8 +4,8 @@ or a Model replica on Ray)."""
 import numpy as np
 
 from service.explain.inspection import CamResult, FeatureMaps, ModelCard
-from service.workers.operations import InspectorOperations as INSPECTOR
-from service.workers.operations import Link
+from service.transport.operations import InspectorOperations as INSPECTOR
+from service.transport.operations import Link
 
 
 class RemoteInspector:

@@ -14,12 +14,12 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from batching import BatchOutcome
 from service.explain.inspection import ModelInspector
+from service.hosting.client import ModelStatus
 from service.items.search_index import ItemIndex
 from service.model.model_io import ModelInput, ModelOutputs
 from service.model.spec import ModelSpec
-from service.model_client import ModelStatus
+from service.transport.rpc import Handler, Peer, RpcClient
 from service.versions.manager import Versions
-from service.workers.rpc import Handler, Peer, RpcClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -27,8 +27,11 @@ R = TypeVar("R")
 
 class Link(Protocol):
     """A connection to where an interface is implemented: a worker process over its Unix
-    socket (service.workers.rpc.RpcClient), or a Ray Serve deployment
-    (service.cluster.link.RayLink). The clients (RemoteIndex, RemoteInspector) take either."""
+    socket (service.transport.rpc.RpcClient), or a Ray Serve deployment
+    (service.transport.ray_link.RayLink). The clients (RemoteModel, RemoteIndex,
+    RemoteInspector) take either."""
+
+    name: str  # what it reaches, for logs and errors
 
     @property
     def connected(self) -> bool: ...
@@ -79,7 +82,7 @@ def _positional_only(operation: Operation[Any, Any], kwargs: Mapping[str, object
 
 class HostedModelCalls(Protocol):
     """What every host of the model answers besides explanations (a model worker, a Ray
-    replica): service.model_serving.HostedModel implements it."""
+    replica): service.hosting.hosted.HostedModel implements it."""
 
     async def describe(self) -> ModelStatus: ...
 
@@ -107,7 +110,7 @@ class ModelWorkerCalls(HostedModelCalls, Protocol):
 
 class IndexHostCalls(Protocol):
     """The index worker's own calls: it opens each model version's index when the first model
-    worker asks, and serves it on that version's socket (service.workers.sockets)."""
+    worker asks, and serves it on that version's socket (service.transport.sockets)."""
 
     async def open_index(self, version: str, data_dir: str, spec: ModelSpec) -> None:
         """Open (once) the index under `data_dir` for vectors of `spec`: raises ModelMismatch

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import NotReady
-from service.http.request_id import current_request_id
+from service.logs import current_request_id
 
 log = logging.getLogger(__name__)
 

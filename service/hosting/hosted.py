@@ -4,15 +4,15 @@ this one class, so both behave the same to their callers."""
 
 from batching import BatchOutcome
 from service.errors import NotReady
+from service.hosting.client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
+from service.hosting.host import ModelHost
 from service.model.jpeg_upload import JpegUpload
 from service.model.model_io import ModelInput, ModelOutputs
-from service.model_client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
-from service.model_host import ModelHost
 from service.single_flight import SingleFlight
 
 
 class HostedModel:
-    """describe and infer (service.workers.operations.HostedModelCalls) for remote callers.
+    """describe and infer (service.transport.operations.HostedModelCalls) for remote callers.
 
     Identical images from different callers (HTTP workers, ingress replicas) that arrive
     while one of them is in flight are run once, by their cache key; each caller joins its

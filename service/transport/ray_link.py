@@ -2,7 +2,7 @@
 sockets (RemoteIndex, RemoteInspector) reach the Index and Model deployments through it.
 
 Each deployment answers one method, `call(name, *args)`, dispatched to the implementation
-the operation declarations name (service.workers.operations), so nothing is declared twice.
+the operation declarations name (service.transport.operations), so nothing is declared twice.
 """
 
 import asyncio
@@ -16,7 +16,7 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from service.workers.rpc import WorkerUnavailable
+from service.transport.rpc import WorkerUnavailable
 
 # The cluster's part in a failure (a replica or node gone, a deployment not up yet): 503s,
 # never the request's fault.

@@ -13,29 +13,35 @@ way (built here from the converted models the search cached).
 """
 
 import asyncio
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace as replaced
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from batching import BatchActivity, Batcher, BatchOutcome, PrometheusBatchObserver
+from batching.thread_priority import lower_this_threads_priority
+from service.errors import NotReady
 from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector
+from service.hosting.client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
 from service.model import selection
 from service.model.backend_search import SearchProgress
 from service.model.gil import hand_the_gil_over_quickly
-from service.model.model_io import ModelInput, ModelResult
+from service.model.model_io import ModelInput, ModelOutputs, ModelResult
 from service.model.passing_thread import in_passing_thread
 from service.model.runtime import ModelRuntime, load_first_runtime
 from service.model.search_process import CONTEXT, Decision, SearchProcess
 from service.model.selection import BATCH_SIZES, ModelParts
 from service.model.serving_gaps import SearchCancelled, ServingActivity
-from service.model.thread_priority import lower_this_threads_priority
-from service.model_client import ModelBatcher, ModelStatus, model_batcher, model_status
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ModelBatcher = Batcher[ModelInput, ModelResult]
 
 # The thread here that builds and warms the search's winner is as nice as a thread can be.
 _SEARCH_NICENESS = 19
@@ -272,3 +278,102 @@ async def inspector_for(
         queue=settings.explain_queue,
         registry=registry,
     )
+
+
+def model_status(
+    runtime: "ModelRuntime", queue_depth: int, hung: bool, backend_search: str | None = None
+) -> ModelStatus:
+    return ModelStatus(
+        spec=runtime.spec,
+        device=runtime.device,
+        backend=runtime.backend.name,
+        max_batch_size=runtime.largest_batch,
+        backend_choice=runtime.choice.reason,
+        queue_depth=queue_depth,
+        jpeg_on_device=runtime.jpeg_decoder is not None and runtime.jpeg_decoder.working,
+        hung=hung,
+        warnings=tuple(runtime.fallbacks.warnings),
+        backend_search=backend_search,
+        parameter_bytes=runtime.parameter_bytes,
+    )
+
+
+def model_batcher(
+    run_batch: Callable[[list[ModelInput]], list[ModelResult]],
+    runtime: "ModelRuntime",
+    settings: Settings,
+    registry: CollectorRegistry,
+    largest: int,
+    activity: BatchActivity | None = None,
+) -> ModelBatcher:
+    """The batcher in front of a runtime (`run_batch` runs whichever is live), with its
+    metrics on `registry`; `largest`: the biggest batch size a replacement may bring.
+
+    The queue holds at least two batches: a shorter one would refuse work the model could
+    take (a GPU's batch of 256 against the default queue of 64). The latency target leaves a
+    tenth of itself for what happens outside the batcher (reading, decoding, answering).
+    On a CPU the model's threads run `MODEL_NICE` steps nicer than those answering requests.
+    The runtime's fallback counts are exported on the same registry.
+    """
+    runtime.fallbacks.bind(registry)
+    return Batcher(
+        run_batch,
+        max_batch_size=runtime.batch_size,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue=max(settings.queue_size, 2 * runtime.batch_size),
+        max_latency_s=0.9 * settings.target_latency_ms / 1000,
+        hung_after_s=settings.watchdog_s,
+        owner_setup=(
+            functools.partial(lower_this_threads_priority, settings.model_nice)
+            if runtime.device == "cpu"
+            else None
+        ),
+        observer=PrometheusBatchObserver(registry, max(largest, runtime.batch_size)),
+        activity=activity,
+        name="model",
+    )
+
+
+class InProcessModel:
+    """The model host in this process."""
+
+    def __init__(self, host: "ModelHost"):
+        self.host = host
+
+    @property
+    def ready(self) -> bool:
+        batcher = self.host.batcher
+        return batcher.running and not batcher.hung
+
+    def status(self) -> ModelStatus:
+        if self.host.batcher.hung:
+            raise NotReady(HUNG_MESSAGE)
+        if not self.ready:
+            raise NotReady("the model is not loaded or is shutting down")
+        return self.host.status(self.host.batcher.queue_depth, hung=False)
+
+    @property
+    def idle(self) -> bool:
+        return self.host.batcher.wait_idle(0)
+
+    def admit(self, ahead: int = 0) -> None:
+        self.host.batcher.admit(ahead)
+
+    async def check(self) -> None:
+        self.status()
+
+    async def infer(
+        self, item: ModelInput, timeout_s: float, key: str
+    ) -> tuple[BatchOutcome[ModelOutputs], bool]:
+        # One process: the pipeline's own single-flight has already joined identical images.
+        outcome = await self.host.batcher.submit(item, timeout_s=timeout_s)
+        return outputs_or_raise(outcome), False
+
+    async def start(self) -> None:
+        await self.host.start()
+
+    async def connected_if_listening(self) -> None:
+        return None  # in this process
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        await self.host.stop(drain_timeout_s=drain_timeout_s)
