@@ -26,8 +26,9 @@ from service.pipeline import Pipeline
 from service.routes import classify, embed, explain, health, items, items_batch, models, search
 from service.routes.docs import serve_docs
 from service.settings import Settings
-from service.versions.manager import ModelVersions, Serving, Versions
+from service.versions.manager import ModelVersions
 from service.versions.registry import DEFAULT
+from service.versions.serving import Serving, Versions
 
 log = logging.getLogger(__name__)
 

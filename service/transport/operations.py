@@ -19,7 +19,7 @@ from service.items.search_index import ItemIndex
 from service.model.model_io import ModelInput, ModelOutputs
 from service.model.spec import ModelSpec
 from service.transport.rpc import Handler, Peer, RpcClient
-from service.versions.manager import Versions
+from service.versions.serving import Versions
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -21,14 +21,9 @@ from service.errors import InvalidInput, NotReady
 from service.settings import Settings
 from service.transport.operations import VersionOperations as VERSIONS
 from service.transport.rpc import RpcClient
-from service.versions.manager import (
-    Parts,
-    Serving,
-    default_record,
-    open_serving,
-    version_settings,
-)
+from service.versions.records import default_record, version_settings
 from service.versions.registry import Registry, RegistryFile
+from service.versions.serving import Parts, Serving, open_serving
 
 log = logging.getLogger(__name__)
 

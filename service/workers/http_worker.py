@@ -20,7 +20,7 @@ from service.transport.remote_model import RemoteModel
 from service.transport.remote_versions import RemoteVersions
 from service.transport.rpc import RpcClient
 from service.transport.sockets import index_socket, model_socket, versions_socket
-from service.versions.manager import Serving
+from service.versions.serving import Serving
 from service.workers.metrics import exposition_registry, worker_registry
 
 

@@ -42,7 +42,8 @@ from service.transport.remote_index import RemoteIndex
 from service.transport.rpc import Handler, Peer, RpcClient, RpcServer
 from service.transport.slots import SlotReader
 from service.transport.sockets import index_host_socket, index_socket, model_socket, versions_socket
-from service.versions.manager import ModelVersions, Serving, open_serving
+from service.versions.manager import ModelVersions
+from service.versions.serving import Serving, open_serving
 from service.workers.metrics import worker_registry
 from service.workers.process import run_until_stopped
 
