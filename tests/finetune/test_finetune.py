@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index.store import ModelMismatch
-from loadtest.digits import write_digits_folder
+from loadtest.common.digits import write_digits_folder
 from service.app import create_app
 from service.finetune.data import DataError, load_folder
 from service.model import model_dir

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from loadtest.images import unique_jpegs
+from loadtest.common.images import unique_jpegs
 from service.app import create_app
 from tests.conftest import lite0_settings
 from tests.finetuned import digits_head

@@ -1,7 +1,7 @@
 """Frontend capacity: cache hits per second, and server CPU per hit, by HTTP worker count.
 
-    python -m loadtest.frontend_capacity --workers 1 2 --concurrency 64 --seconds 30
-    python -m loadtest.frontend_capacity --workers 1 8 --processes 4   # a 16-core machine
+    python -m loadtest.bench.frontend_capacity --workers 1 2 --concurrency 64 --seconds 30
+    python -m loadtest.bench.frontend_capacity --workers 1 8 --processes 4   # a 16-core machine
 
 Keeps the model out of the way: every request sends the same image, so after the first one
 the in-process cache of each worker answers (no Redis: each worker has its own). For each
@@ -15,10 +15,10 @@ import time
 
 import httpx
 
-from loadtest.images import base_jpegs
-from loadtest.load import measure_load
-from loadtest.processes import free_port, start_service, stop
-from loadtest.scrape import scrape, step_metrics
+from loadtest.common.images import base_jpegs
+from loadtest.common.load import measure_load
+from loadtest.common.processes import free_port, start_service, stop
+from loadtest.common.scrape import scrape, step_metrics
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Index benchmark at scale: import, build, search (plain and filtered), memory, start-up,
 writes during a background build, and the same search over HTTP.
 
-    python -m loadtest.bench_index --size 1000000 --dir /tmp/bench-index [--http]
+    python -m loadtest.bench.bench_index --size 1000000 --dir /tmp/bench-index [--http]
         [--data small-clusters]
 
 The data (`--data topics`, the default): `size` unit vectors (2048-d, like ResNet50
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from index.collection import Collection
-from loadtest.processes import free_port, start_service, stop
+from loadtest.common.processes import free_port, start_service, stop
 
 D = 2048
 QUERIES = 200
@@ -438,7 +438,7 @@ def main() -> None:
         args.dir.mkdir(parents=True)
         prepare(args, results)
     child = subprocess.run(
-        [sys.executable, "-m", "loadtest.bench_index", "--dir", str(args.dir), "--probe"],
+        [sys.executable, "-m", "loadtest.bench.bench_index", "--dir", str(args.dir), "--probe"],
         check=True,
         capture_output=True,
         text=True,

@@ -1,7 +1,7 @@
 """Raw in-process throughput per backend x precision x batch size (no HTTP, no batcher).
 
-    python -m loadtest.bench_model --weights random --batch-sizes 1 8
-    python -m loadtest.bench_model --weights random --backends torch --precisions fp32
+    python -m loadtest.bench.bench_model --weights random --batch-sizes 1 8
+    python -m loadtest.bench.bench_model --weights random --backends torch --precisions fp32
 
 Settings come from RESNET_SERVE_* like the service (default model ResNet50; use --weights
 random where the pretrained weights cannot be had: the compute is identical). The share of

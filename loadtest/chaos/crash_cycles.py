@@ -1,7 +1,7 @@
 """Crash cycles: concurrent item writes and deletes, kill -9 at a random moment, restart, check.
 
-    python -m loadtest.crash_cycles --cycles 100
-    python -m loadtest.crash_cycles --cycles 100 --workers 2     # the process split
+    python -m loadtest.chaos.crash_cycles --cycles 100
+    python -m loadtest.chaos.crash_cycles --cycles 100 --workers 2     # the process split
 
 Each cycle starts the service on one data directory (Lite0 weights), runs --clients writers
 that PUT new items and DELETE items whose PUT was acknowledged, kills the whole service with
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.images import base_jpegs
-from loadtest.processes import LITE0_ENV, free_port, start_service
+from loadtest.common.images import base_jpegs
+from loadtest.common.processes import LITE0_ENV, free_port, start_service
 
 ANCHOR = "anchor"
 BUILD_WAIT_S = 5.0

@@ -1,7 +1,7 @@
 """The first minutes after a start, as a new user meets them: does the background backend
 search cost serving its latency target and its throughput?
 
-    python -m loadtest.search_under_load [--seconds 20] [--env RESNET_SERVE_WEIGHTS=random]
+    python -m loadtest.bench.search_under_load [--seconds 20] [--env RESNET_SERVE_WEIGHTS=random]
 
 Each row starts `python -m service serve` on a fresh data directory (so the search runs) with
 default settings (plus --env) and loads it as soon as /readyz says 200; "no search" pins
@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtest.load import LoadResult, measure_load
-from loadtest.processes import free_port, readiness, start_service, stop
+from loadtest.common.load import LoadResult, measure_load
+from loadtest.common.processes import free_port, readiness, start_service, stop
 
 _NO_SEARCH = {"RESNET_SERVE_BACKEND": "torch", "RESNET_SERVE_PRECISION": "fp32"}
 

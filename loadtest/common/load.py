@@ -1,9 +1,9 @@
 """Closed-loop HTTP load: N clients each send one request at a time for a fixed duration.
 
-    python -m loadtest.load --url http://127.0.0.1:8000 --concurrency 32 --seconds 60
-    python -m loadtest.load --concurrency 256 --processes 4 ...   # past ~1,000 rps
+    python -m loadtest.common.load --url http://127.0.0.1:8000 --concurrency 32 --seconds 60
+    python -m loadtest.common.load --concurrency 256 --processes 4 ...   # past ~1,000 rps
 
-Every request carries a unique 500-px JPEG (see loadtest.images). Prints throughput of
+Every request carries a unique 500-px JPEG (see loadtest.common.images). Prints throughput of
 successful responses, latency percentiles and every status seen. One asyncio process offers
 about 1,000 rps at most, so --processes spreads the clients over several load processes that
 measure the same wall-clock window; their raw latencies are merged, so the percentiles are
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from urllib.parse import urlparse
 
-from loadtest.http_client import Connection, multipart_request
-from loadtest.images import base_jpegs, unique_jpegs
+from loadtest.common.http_client import Connection, multipart_request
+from loadtest.common.images import base_jpegs, unique_jpegs
 
 _START_DELAY_S = 2.0  # for load processes to start and make their images before the window
 

@@ -1,8 +1,8 @@
 """Service throughput as a share of raw model throughput, and idle latency, in one run.
 
-    python -m loadtest.service_vs_raw --weights random --concurrency 32 --seconds 60
-    python -m loadtest.service_vs_raw --weights random --workers 2 ...   # the process split
-    python -m loadtest.service_vs_raw --weights random --precision fp16 --max-batch-size 256 \
+    python -m loadtest.bench.service_vs_raw --weights random --concurrency 32 --seconds 60
+    python -m loadtest.bench.service_vs_raw --weights random --workers 2 ...   # the process split
+    python -m loadtest.bench.service_vs_raw --weights random --precision fp16 --max-batch-size 256 \
         --workers 12 --concurrency 256 --processes 4 --seconds 60        # one H100, 16 cores
 
 Times the decode + preprocess of the load's JPEGs, starts the service (same settings) on a
@@ -13,7 +13,7 @@ client (p50), and the batch-1 forward again. A machine's speed drifts, so each s
 is compared with the mean of the two raw runs around it, and the targets are judged on the
 medians over the rounds. The idle-latency bound is decode + one batch-1 forward + 3 ms.
 
-    python -m loadtest.service_vs_raw --weights random --workers 2 --repeats 5 --seconds 30
+    python -m loadtest.bench.service_vs_raw --weights random --workers 2 --repeats 5 --seconds 30
 """
 
 import argparse
@@ -25,10 +25,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from loadtest.gpu_utilisation import GpuUtilisation
-from loadtest.images import unique_jpegs
-from loadtest.load import LoadResult, measure_load
-from loadtest.processes import free_port, start_service, stop
+from loadtest.bench.gpu_utilisation import GpuUtilisation
+from loadtest.common.images import unique_jpegs
+from loadtest.common.load import LoadResult, measure_load
+from loadtest.common.processes import free_port, start_service, stop
 
 
 def raw_images_per_second(env: dict[str, str], batch_size: int, seconds: float) -> float:
@@ -36,7 +36,7 @@ def raw_images_per_second(env: dict[str, str], batch_size: int, seconds: float) 
         [
             sys.executable,
             "-m",
-            "loadtest.bench_model",
+            "loadtest.bench.bench_model",
             "--batch-sizes",
             str(batch_size),
             "--seconds",
@@ -55,7 +55,7 @@ def decode_ms(env: dict[str, str], images: int = 200) -> float:
     """Mean decode + resize + crop of the load's JPEGs on one thread, as the service does it
     for the configured model (its own preprocessing config)."""
     finished = subprocess.run(
-        [sys.executable, "-m", "loadtest.service_vs_raw", "--decode-only", str(images)],
+        [sys.executable, "-m", "loadtest.bench.service_vs_raw", "--decode-only", str(images)],
         env=env,
         capture_output=True,
         text=True,

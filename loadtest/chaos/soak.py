@@ -1,7 +1,7 @@
 """Soak: a long mixed load, sampling the service's memory, open files and threads.
 
-    python -m loadtest.soak --minutes 30
-    python -m loadtest.soak --minutes 30 --workers 2 --weights random --model resnet50...
+    python -m loadtest.chaos.soak --minutes 30
+    python -m loadtest.chaos.soak --minutes 30 --workers 2 --weights random --model resnet50...
 
 Starts a redis-server and the service (Lite0 weights unless told otherwise, result cache in
 Redis so the process's own memory has no cache to fill) and runs --clients closed-loop
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
-from loadtest.images import base_jpegs, unique_jpegs
-from loadtest.processes import LITE0_ENV, free_port, start_redis, start_service, stop
+from loadtest.common.images import base_jpegs, unique_jpegs
+from loadtest.common.processes import LITE0_ENV, free_port, start_redis, start_service, stop
 
 GROWTH_LIMIT = 0.05
 SAMPLE_EVERY_S = 10.0

@@ -1,6 +1,6 @@
 """Cache benefit: repeated-image throughput against unique-image throughput on one server.
 
-    python -m loadtest.cache_vs_model --weights random --seconds 30
+    python -m loadtest.bench.cache_vs_model --weights random --seconds 30
 
 Starts a throwaway redis-server and the service with RESNET_SERVE_REDIS_URL pointing at it,
 then loads it with unique 500-px JPEGs (every request runs the model) and with one repeated
@@ -10,8 +10,8 @@ JPEG (every request after the first is a cache hit).
 import argparse
 import os
 
-from loadtest.load import measure_load
-from loadtest.processes import free_port, start_redis, start_service, stop
+from loadtest.common.load import measure_load
+from loadtest.common.processes import free_port, start_redis, start_service, stop
 
 
 def main() -> None:

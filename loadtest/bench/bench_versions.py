@@ -1,7 +1,7 @@
 """Model versions under load: re-embedding while serving, a switch, a rollback.
 
-    python -m loadtest.bench_versions --items 10000      # the issue's figures
-    python -m loadtest.bench_versions --items 1000 --seconds 10
+    python -m loadtest.bench.bench_versions --items 10000      # the issue's figures
+    python -m loadtest.bench.bench_versions --items 1000 --seconds 10
 
 One service (WORKERS=1, EfficientNet-Lite0 with its offline weights unless RESNET_SERVE_*
 says otherwise) on a free loopback port:
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from loadtest.images import unique_jpegs
-from loadtest.processes import LITE0_ENV, service_at
+from loadtest.common.images import unique_jpegs
+from loadtest.common.processes import LITE0_ENV, service_at
 
 
 @dataclass

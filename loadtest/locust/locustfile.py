@@ -1,8 +1,8 @@
 """locust scenarios for resnet-serve; every response is checked on content, not just status.
 
-    locust -f loadtest/locustfile.py --host http://127.0.0.1:8000 ClassifyUnique
-    locust -f loadtest/locustfile.py --headless -u 16 -t 60s Mixed --mix search=1,add_item=1
-    locust -f loadtest/locustfile.py,loadtest/burst.py Mixed     # bursty arrival, see burst.py
+    locust -f loadtest/locust/locustfile.py --host http://127.0.0.1:8000 ClassifyUnique
+    locust -f loadtest/locust/locustfile.py --headless -u 16 -t 60s Mixed --mix search=1,add_item=1
+    locust -f loadtest/locust/locustfile.py,loadtest/locust/burst.py Mixed  # bursty, see burst.py
 
 Scenarios (user classes): ClassifyUnique (bytes unique per request, so no cache can help),
 ClassifyRepeated (four photos over and over: cache hits), Search, AddItems, and Mixed, a
@@ -19,10 +19,10 @@ from locust import FastHttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 
-from loadtest.checks import classification_problem, item_problem, search_problem
-from loadtest.http_client import multipart_body
-from loadtest.images import base_jpegs, unique_jpegs
-from loadtest.mix import ACTIONS, DEFAULT_MIX, parse_mix
+from loadtest.common.checks import classification_problem, item_problem, search_problem
+from loadtest.common.http_client import multipart_body
+from loadtest.common.images import base_jpegs, unique_jpegs
+from loadtest.locust.mix import ACTIONS, DEFAULT_MIX, parse_mix
 
 ITEM_PREFIX = "loadtest/"
 

@@ -1,4 +1,4 @@
-"""For loadtest.bench_ray batching only: a Model deployment that batches with Ray Serve's
+"""For loadtest.bench.bench_ray batching only: a Model deployment that batches with Ray Serve's
 @serve.batch instead of the service's batcher (no adaptive admission, deadlines or watchdog),
 to measure what the choice of batcher costs or gains on the same model."""
 

@@ -26,14 +26,14 @@ from types import FrameType
 
 import httpx
 
-from loadtest.processes import free_port, start_redis, start_service, stop
-from loadtest.report import (
+from loadtest.common.processes import free_port, start_redis, start_service, stop
+from loadtest.common.report import (
     StepResult,
     markdown,
     read_locust_failures,
     read_locust_stats,
 )
-from loadtest.scrape import scrape, step_metrics
+from loadtest.common.scrape import scrape, step_metrics
 
 LOADTEST_DIR = Path(__file__).resolve().parent
 SCENARIOS = ("ClassifyUnique", "ClassifyRepeated", "Search", "AddItems", "Mixed")
@@ -50,7 +50,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--seconds", type=float, default=60, help="length of each step")
     parser.add_argument(
-        "--shape", choices=("steps", "burst"), default="steps", help="burst: loadtest/burst.py"
+        "--shape",
+        choices=("steps", "burst"),
+        default="steps",
+        help="burst: loadtest/locust/burst.py",
     )
     parser.add_argument("--no-redis", action="store_true", help="use the in-process cache")
     parser.add_argument("--out", type=Path, help="results folder (default results/loadtest-*)")

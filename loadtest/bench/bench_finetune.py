@@ -1,6 +1,6 @@
 """Fine-tuning on scikit-learn's digits (1,797 images, 10 classes): accuracy and time.
 
-    python -m loadtest.bench_finetune --epochs 8
+    python -m loadtest.bench.bench_finetune --epochs 8
 
 Writes the digits as an ImageFolder (upscaled PNGs), runs `resnet-serve finetune --mode head`
 and `--mode full` on it (the model from RESNET_SERVE_MODEL/WEIGHTS; offline that is the
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtest.digits import write_digits_folder
+from loadtest.common.digits import write_digits_folder
 
 
 def run(data: Path, out: Path, work: Path, flags: list[str]) -> float:

@@ -1,6 +1,6 @@
 """Latency target under overload: accepted p99, refusal speed, accepted throughput.
 
-    python -m loadtest.slo --weights random --target-ms 1000 --concurrency 64 --seconds 60
+    python -m loadtest.bench.slo --weights random --target-ms 1000 --concurrency 64 --seconds 60
 
 Starts the service (torch fp32, batch 8 unless told otherwise) with RESNET_SERVE_TARGET_LATENCY_MS
 on a free loopback port and loads it twice with unique 500-px JPEGs:
@@ -15,10 +15,10 @@ throughput within 5% of the saturated rate.
 import argparse
 import os
 
-from loadtest.load import measure_load
-from loadtest.processes import free_port, start_service, stop
-from loadtest.scrape import scrape, step_metrics
-from loadtest.service_vs_raw import describe
+from loadtest.bench.service_vs_raw import describe
+from loadtest.common.load import measure_load
+from loadtest.common.processes import free_port, start_service, stop
+from loadtest.common.scrape import scrape, step_metrics
 
 REFUSAL_BOUND_MS = 10.0
 THROUGHPUT_SHARE = 0.95

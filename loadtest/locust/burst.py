@@ -1,6 +1,6 @@
 """A bursty arrival shape for locust: a steady base load with periodic spikes.
 
-    locust -f loadtest/locustfile.py,loadtest/burst.py --headless Mixed \
+    locust -f loadtest/locust/locustfile.py,loadtest/locust/burst.py --headless Mixed \
         --burst-base 2 --burst-peak 32 --burst-every 30 --burst-length 10 --burst-cycles 3
 
 Each cycle runs `base` users for `every - length` seconds, then `peak` users for `length`

@@ -1,6 +1,7 @@
 """Classify latency with and without a burst of explanations beside it.
 
-    python -m loadtest.explain_under_load --classify-clients 8 --explain-clients 16 --seconds 30
+    python -m loadtest.bench.explain_under_load --classify-clients 8 --explain-clients 16 \
+        --seconds 30
 
 Starts the service on a free loopback port, loads it with unique-image classify requests
 alone, then again while `--explain-clients` clients ask for Grad-CAM explanations of unique
@@ -19,10 +20,10 @@ from collections import Counter
 
 import httpx
 
-from loadtest.images import unique_jpegs
-from loadtest.load import LoadResult, measure_load
-from loadtest.processes import free_port, start_service, stop
-from loadtest.scrape import scrape, step_metrics
+from loadtest.common.images import unique_jpegs
+from loadtest.common.load import LoadResult, measure_load
+from loadtest.common.processes import free_port, start_service, stop
+from loadtest.common.scrape import scrape, step_metrics
 
 
 def explain_clients(url: str, clients: int, seconds: float) -> tuple[Counter[str], list[float]]:

@@ -1,8 +1,8 @@
 """The Ray Serve application against `resnet-serve serve`, on this machine.
 
-    python -m loadtest.bench_ray compare            # serve vs Ray: 32 clients, 1 client
-    python -m loadtest.bench_ray scale              # 1 vs 2 Model replicas on 2 Ray nodes
-    python -m loadtest.bench_ray batching           # the service's batcher vs @serve.batch
+    python -m loadtest.bench.bench_ray compare            # serve vs Ray: 32 clients, 1 client
+    python -m loadtest.bench.bench_ray scale              # 1 vs 2 Model replicas on 2 Ray nodes
+    python -m loadtest.bench.bench_ray batching           # the service's batcher vs @serve.batch
 
 compare: the same model and backend (RESNET_SERVE_* from the environment over ResNet50 with
 random weights on torch fp32, the same compute as the real weights) behind `resnet-serve
@@ -32,8 +32,8 @@ from typing import Any
 
 import psutil
 
-from loadtest.load import LoadResult, measure_load
-from loadtest.processes import free_port, service_at
+from loadtest.common.load import LoadResult, measure_load
+from loadtest.common.processes import free_port, service_at
 
 RESNET_ENV = {
     "RESNET_SERVE_MODEL": "resnet50",
@@ -223,7 +223,7 @@ def scale(args: argparse.Namespace) -> None:
 
 
 def batching(args: argparse.Namespace) -> None:
-    from loadtest.ray_batched_model import RayBatchedModel
+    from loadtest.bench.ray_batched_model import RayBatchedModel
 
     env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
     print(HEADER, flush=True)

@@ -1,7 +1,7 @@
 """A first start as a new user makes it: fresh data directory, default settings.
 
-    python -m loadtest.first_start                     # default settings, as scripts/serve
-    python -m loadtest.first_start --seconds 20 --env RESNET_SERVE_WEIGHTS=random
+    python -m loadtest.bench.first_start                     # default settings, as scripts/serve
+    python -m loadtest.bench.first_start --seconds 20 --env RESNET_SERVE_WEIGHTS=random
 
 Starts `python -m service serve` with nothing cached and reports:
 1. seconds until /readyz answers 200 (model load and one warm-up included; target <= 30 s);
@@ -19,8 +19,8 @@ import os
 import tempfile
 import time
 
-from loadtest.load import LoadResult, measure_load
-from loadtest.processes import free_port, readiness, start_service, stop
+from loadtest.common.load import LoadResult, measure_load
+from loadtest.common.processes import free_port, readiness, start_service, stop
 
 
 def _failed(result: LoadResult) -> int:

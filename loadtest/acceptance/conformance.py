@@ -1,7 +1,7 @@
 """OpenAPI conformance: schemathesis against the live service's own /openapi.json.
 
-    python -m loadtest.conformance --max-examples 200            # starts a service (Lite0)
-    python -m loadtest.conformance --url http://127.0.0.1:8000 --max-examples 200
+    python -m loadtest.acceptance.conformance --max-examples 200    # starts a service (Lite0)
+    python -m loadtest.acceptance.conformance --url http://127.0.0.1:8000 --max-examples 200
 
 Every operation, every phase (the schema's examples, boundary coverage, fuzzing, and stateful
 sequences through the items API's links: PUT, then GET, similar, image, DELETE), every check
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loadtest.processes import LITE0_ENV, service_at
+from loadtest.common.processes import LITE0_ENV, service_at
 
 EXCLUDED_CHECKS = ("positive_data_acceptance",)
 

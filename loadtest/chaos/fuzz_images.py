@@ -1,7 +1,7 @@
 """Decoder fuzzing through the HTTP API: mutated real images of every format users send.
 
-    python -m loadtest.fuzz_images --cases 10000                # starts a service (Lite0)
-    python -m loadtest.fuzz_images --url http://127.0.0.1:8000 --cases 10000
+    python -m loadtest.chaos.fuzz_images --cases 10000                # starts a service (Lite0)
+    python -m loadtest.chaos.fuzz_images --url http://127.0.0.1:8000 --cases 10000
 
 Seeds are the shipped photos encoded as baseline and progressive JPEG, PNG, WebP, GIF, BMP and
 TIFF; each case applies seeded mutations (bit flips, truncation, spliced headers, huge
@@ -28,8 +28,8 @@ import httpx
 import psutil
 from PIL import Image
 
-from loadtest.images import base_jpegs
-from loadtest.processes import LITE0_ENV, service_at
+from loadtest.common.images import base_jpegs
+from loadtest.common.processes import LITE0_ENV, service_at
 
 FORMATS: dict[str, dict[str, object]] = {
     "jpeg": {"format": "JPEG", "quality": 85},

@@ -8,7 +8,7 @@ from typing import Any
 
 import psutil
 
-from loadtest.scrape import StepMetrics
+from loadtest.common.scrape import StepMetrics
 
 
 @dataclass(frozen=True)
