@@ -27,6 +27,7 @@ from typing import IO, Any
 import faiss
 import numpy as np
 
+from batching.thread_priority import lower_this_threads_priority
 from index.exact_scores import exact_among, rerank
 from index.filtered_plan import choose_filtered
 from index.filters import Filter, MetadataPostings
@@ -36,7 +37,6 @@ from index.plan import AUTO, IndexPlan, choose, rebuild_reason
 from index.rwlock import ReadWriteLock
 from index.store import ItemStore, StoredItem, stored_form
 from index.vector_index import FLAT, VectorIndex
-from service.model.thread_priority import lower_this_threads_priority
 
 log = logging.getLogger(__name__)
 

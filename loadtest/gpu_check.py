@@ -43,11 +43,11 @@ import httpx
 import numpy as np
 import torch
 
-from loadtest.gpu_utilisation import GpuUtilisation
-from loadtest.images import base_jpegs, unique_jpegs
-from loadtest.load import LoadResult, measure_load
-from loadtest.processes import free_port, readiness, start_service, stop
-from loadtest.scrape import scrape
+from loadtest.bench.gpu_utilisation import GpuUtilisation
+from loadtest.common.images import base_jpegs, unique_jpegs
+from loadtest.common.load import LoadResult, measure_load
+from loadtest.common.processes import free_port, readiness, start_service, stop
+from loadtest.common.scrape import scrape
 
 if TYPE_CHECKING:
     from service.settings import Settings

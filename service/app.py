@@ -15,20 +15,20 @@ from starlette.routing import BaseRoute
 
 from service.errors import install_error_handlers
 from service.explain.inspection import ModelInspector
+from service.hosting.client import ModelClient
 from service.http.access import ApiKeyGuard
 from service.http.admission import AdmitAtTheDoor, model_routes
 from service.http.http_metrics import HttpMetrics
 from service.http.limits import BodyLimit
-from service.http.model_version import ModelVersionHeader
 from service.http.request_id import RequestId
 from service.items.search_index import ItemIndex, SearchIndex, open_collection_for
-from service.model_client import InProcessModel, ModelClient
 from service.pipeline import Pipeline
 from service.routes import classify, embed, explain, health, items, items_batch, models, search
 from service.routes.docs import serve_docs
 from service.settings import Settings
-from service.versions.manager import ModelVersions, Serving, Versions
+from service.versions.manager import ModelVersions
 from service.versions.registry import DEFAULT
+from service.versions.serving import Serving, Versions
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ async def in_process(
 ) -> AsyncIterator[ServiceParts]:
     """Host the model and open the index, all in this process."""
     # torch is imported where the model runs: HTTP workers import this module without it.
-    from service.model_host import ModelHost
+    from service.hosting.host import InProcessModel, ModelHost
 
     host = ModelHost(settings, registry)
     # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
@@ -152,8 +152,8 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     serve_docs(app)
-    # Starlette runs the last added first: ids, metrics, CORS, the key, admission, body limit.
-    app.add_middleware(ModelVersionHeader, registry=registry)
+    # Starlette runs the last added first: ids, metrics (and X-Model-Version), CORS, the key,
+    # admission, body limit.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(AdmitAtTheDoor, routes=model_routes(routes))
     if settings.api_key is not None:

@@ -4,11 +4,14 @@ import json
 import logging
 import time
 import warnings
+from contextvars import ContextVar
 from typing import Literal
 
-from service.http.request_id import current_request_id
-
 LogFormat = Literal["text", "json"]
+
+# The request a line is written for (service.http.request_id sets it; the RPC carries it to
+# the worker processes); "-" outside a request: start-up, batches, background work.
+current_request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 
 class RequestIdFilter(logging.Filter):

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from service.admission import OnTheWay, Ticket, reached_model
 from service.cache import (
     CacheMetrics,
     MemoryCache,
@@ -20,11 +21,10 @@ from service.cache import (
     decode_record,
     encode_record,
 )
-from service.http.admission import OnTheWay, Ticket, reached_model
+from service.hosting.client import ModelClient, ModelStatus
 from service.images import Preprocessor, decode_image
 from service.model.jpeg_upload import inspect_jpeg
 from service.model.model_io import ModelInput, ModelOutputs
-from service.model_client import ModelClient, ModelStatus
 from service.settings import Settings
 from service.single_flight import SingleFlight
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.digits import write_digits_folder
+from loadtest.common.digits import write_digits_folder
 from service.commands.cli import main
 
 LITE0 = [

@@ -5,7 +5,7 @@ import time
 import httpx
 from fastapi.testclient import TestClient
 
-from loadtest.images import unique_jpegs
+from loadtest.common.images import unique_jpegs
 
 
 def seconds_for_one_new_image(client: httpx.Client | TestClient) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from loadtest.processes import free_port
+from loadtest.common.processes import free_port
 
 
 class RedisServer:

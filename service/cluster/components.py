@@ -9,11 +9,11 @@ from prometheus_client import CollectorRegistry
 from ray.serve.handle import DeploymentHandle
 
 from service.app import Components, ServiceParts
-from service.cluster.link import RayLink
-from service.cluster.ray_model import RayModel
 from service.settings import Settings
-from service.workers.remote_index import RemoteIndex
-from service.workers.remote_inspector import RemoteInspector
+from service.transport.ray_link import RayLink
+from service.transport.remote_index import RemoteIndex
+from service.transport.remote_inspector import RemoteInspector
+from service.transport.remote_model import RemoteModel
 
 
 def on_ray(model: DeploymentHandle[Any], index: DeploymentHandle[Any]) -> Components:
@@ -21,9 +21,10 @@ def on_ray(model: DeploymentHandle[Any], index: DeploymentHandle[Any]) -> Compon
     async def components(
         name: str, settings: Settings, registry: CollectorRegistry
     ) -> AsyncIterator[ServiceParts]:
-        ray_model = RayModel(model)
         yield ServiceParts(
-            ray_model, RemoteIndex(RayLink(index, "Index")), RemoteInspector(ray_model.link)
+            RemoteModel.over_ray(model),
+            RemoteIndex(RayLink(index, "Index")),
+            RemoteInspector(RayLink(model, "Model")),
         )
 
     return components

@@ -3,7 +3,7 @@
 
 - Ingress replicas run the same app as `resnet-serve serve` (every route, the web page,
   /metrics of the ingress): parsing, decoding, cache look-ups and admission at the door.
-- Model replicas each host the model as a model worker does (service.model_serving), with the
+- Model replicas each host the model as a model worker does (service.hosting.hosted), with the
   service's own batcher: its adaptive batch, latency-target admission and watchdog come along,
   where Ray Serve's @serve.batch has a fixed size and wait and refuses nothing. Images arrive
   as uint8 pixels (or a JPEG for a GPU to decode), never as float tensors.
@@ -29,19 +29,19 @@ from ray.serve.handle import DeploymentHandle
 
 from service.app import create_app
 from service.cluster.components import on_ray
-from service.cluster.link import RayLink
+from service.hosting.client import HUNG_MESSAGE
+from service.hosting.host import ModelHost
+from service.hosting.hosted import HostedModel
 from service.items.search_index import SearchIndex, open_collection_for
-from service.model_client import HUNG_MESSAGE
-from service.model_host import ModelHost
-from service.model_serving import HostedModel
 from service.settings import Settings
-from service.workers.operations import (
+from service.transport.operations import (
     HostedModelOperations,
     IndexOperations,
     InspectorOperations,
     Method,
     implemented,
 )
+from service.transport.ray_link import RayLink
 
 # Defaults that fit one 2-core machine (Model 1 CPU, Ingress and Index half each); the
 # deployment config (deploy/ray/serve.yaml, deploy/kuberay) sizes them for a cluster.

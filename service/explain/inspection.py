@@ -1,5 +1,5 @@
 """What an inspection answers, and the seam to whoever computes it (service.explain.inspector
-in this process, service.workers.remote_inspector in a model worker, a Ray replica).
+in this process, service.transport.remote_inspector in a model worker, a Ray replica).
 
 No torch here: HTTP workers receive these and do not load it.
 """

@@ -4,7 +4,7 @@ Explanations need gradients or intermediate outputs, so they run on the fp32 tor
 of `Explainer`, on their own threads, never in the serving batcher: at most `concurrency` run
 and `queue` wait; beyond that a request is refused at once (429, Retry-After), so a burst of
 explanations never stalls classify traffic. In the worker topology the explainer lives in the
-model worker and HTTP workers reach it through `service.workers.remote_inspector`.
+model worker and HTTP workers reach it through `service.transport.remote_inspector`.
 """
 
 import asyncio

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.finetune import model_dir
 from service.finetune.data import DataError, Dataset, load_folder
 from service.finetune.embeddings import EmbeddingCache, embed_files
 from service.finetune.train import History, train_full, train_head
+from service.model import model_dir
 from service.model.cpu_features import cpu_supports_bf16
 from service.model.load_error import ModelLoadError
 from service.model.runtime import load_parts, load_runtime

@@ -2,10 +2,12 @@
 or past the latency target) gets its 429 before its body is read. Overload then costs almost
 no CPU, refusals come back in milliseconds, and the images already admitted keep the cores.
 
-Admitted requests whose image has not reached the model yet (body still arriving, being
-parsed or decoded) are counted: they will queue ahead of the next one, and the model's own
-queue does not see them yet. The price of admitting at the door: under overload, an image
-the cache could have answered is refused too.
+The door admits against the queue of the version that will serve the request: it resolves
+`?version=NAME` itself (and hands the resolved version on to the route, so both agree), so a
+request pinned to an idle version is served while the live one is full, and the reverse.
+Admitted requests are counted until their image reaches the model (service.admission). The
+price of admitting at the door: under overload, an image the cache could have answered is
+refused too.
 
 Which requests: a route whose images go to the model says so where it is declared, with
 `openapi_extra=... | USES_MODEL` (the OpenAPI document shows it as `x-admission: model`).
@@ -13,15 +15,16 @@ Explanations have their own limit and are not marked.
 """
 
 from collections.abc import Sequence
-from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batching import QueueFull
-from service.errors import error_response
+from service.admission import Door, current_ticket
+from service.errors import InvalidInput, NotReady, error_response
 
 USES_MODEL: dict[str, Any] = {"x-admission": "model"}
 
@@ -36,43 +39,6 @@ def model_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
     ]
 
 
-class Ticket:
-    """One admitted request, counted until its image reaches the model or it ends."""
-
-    def __init__(self, count: "OnTheWay") -> None:
-        self._count = count
-        self._open = True
-        count.waiting += 1
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            self._count.waiting -= 1
-
-
-class OnTheWay:
-    """Requests admitted at the door whose images have not reached the model yet."""
-
-    def __init__(self) -> None:
-        self.waiting = 0
-
-
-_ticket: ContextVar[Ticket | None] = ContextVar("admission_ticket", default=None)
-
-
-def reached_model() -> None:
-    """The current request's image goes to the model now: the model counts it from here."""
-    ticket = _ticket.get()
-    if ticket is not None:
-        ticket.close()
-
-
-class Door(Protocol):
-    def admit(self) -> Ticket:
-        """A ticket for one more request, or QueueFull."""
-        ...
-
-
 class AdmitAtTheDoor:
     def __init__(self, app: ASGIApp, routes: list[APIRoute]) -> None:
         self.app = app
@@ -82,8 +48,11 @@ class AdmitAtTheDoor:
         return any(route.matches(scope)[0] is Match.FULL for route in self._routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        door: Door | None = getattr(scope["app"].state, "pipeline", None)  # None: starting
-        if scope["type"] != "http" or door is None or not self._uses_model(scope):
+        if scope["type"] != "http" or not self._uses_model(scope):
+            await self.app(scope, receive, send)
+            return
+        door = _door(scope)
+        if door is None:  # starting, or a version that cannot serve: the route says why
             await self.app(scope, receive, send)
             return
         try:
@@ -91,9 +60,27 @@ class AdmitAtTheDoor:
         except QueueFull as refused:
             await error_response(refused)(scope, receive, send)
             return
-        token = _ticket.set(ticket)
+        token = current_ticket.set(ticket)
         try:
             await self.app(scope, receive, send)
         finally:
-            _ticket.reset(token)
+            current_ticket.reset(token)
             ticket.close()
+
+
+def _door(scope: Scope) -> Door | None:
+    """The pipeline of the version this request will be served by (`?version=`, else the
+    live one); the resolved version goes on to the route in the request's state."""
+    state = scope["app"].state
+    versions = getattr(state, "versions", None)
+    pinned = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("version")
+    version = pinned[-1] if pinned else None
+    if versions is None:
+        return getattr(state, "pipeline", None) if version is None else None
+    try:
+        serving = versions.serving(version)
+    except (InvalidInput, NotReady):
+        return None
+    scope.setdefault("state", {})["serving"] = serving
+    door: Door = serving.pipeline
+    return door

@@ -6,14 +6,13 @@ request through the caller's systems; otherwise the service makes one.
 
 import re
 import uuid
-from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.logs import current_request_id
+
 HEADER = b"x-request-id"
 _SANE = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
-# "-" outside a request: start-up, batches, background work.
-current_request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 
 def request_id_for(headers: dict[bytes, bytes]) -> str:

@@ -41,7 +41,7 @@ def open_collection_for(settings: Settings, spec: ModelSpec) -> Collection:
 
 class ItemIndex(Protocol):
     """What the routes need of the index: this process's SearchIndex, or a client of the
-    index worker (service.workers.remote_index)."""
+    index worker (service.transport.remote_index)."""
 
     @property
     def ready(self) -> bool:

@@ -2,7 +2,7 @@
 
 `first_choice` is what a service starts on: the cached decision, the pinned backend, or,
 with `auto` and nothing cached, the reference at once while `search_backends` runs in the
-background (service.model_host). `choose` is the same decision made before returning, for
+background (service.hosting.host). `choose` is the same decision made before returning, for
 the commands that need the final backend (finetune, index reindex).
 
 Each candidate is built, gated against the fp32 torch reference on real images and timed;

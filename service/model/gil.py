@@ -5,7 +5,7 @@ them. When another thread of the process runs Python (the event loop parsing an 
 building a response), the model's thread asking for the GIL waits until that thread blocks
 or the switch interval passes, 5 ms by default, while every core of the forward idles. A
 0.5 ms interval bounds that wait. Measured on 2 cores (ResNet50 fp32, batch 8, one process,
-32 clients, `loadtest.service_vs_raw`): 84.8% and 86.9% of raw throughput at 5 ms, 99.2% and
+32 clients, `loadtest.bench.service_vs_raw`): 84.8% and 86.9% of raw throughput at 5 ms, 99.2% and
 92.7% at 0.5 ms.
 """
 

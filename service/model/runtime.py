@@ -1,5 +1,6 @@
 """A ready-to-run model: spec + preprocessing + backend, loaded and warmed up."""
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -41,6 +42,11 @@ class ModelRuntime:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ceiling", BatchCeiling(self.batch_size, self.fallbacks))
+
+    @functools.cached_property
+    def parameter_bytes(self) -> int:
+        """The reference model's weights in memory (a new version needs a few times this)."""
+        return sum(p.numel() * p.element_size() for p in self.module.parameters())
 
     @property
     def largest_batch(self) -> int:

@@ -140,7 +140,7 @@ def _search_main(
     """The search process: lowest priority first, so every thread it starts inherits it."""
     from service.logs import configure_logging
     from service.model.runtime import load_parts
-    from service.workers.parent_death import signal_on_parent_death
+    from service.parent_death import signal_on_parent_death
 
     signal_on_parent_death(signal.SIGKILL)  # never outlive the service
     parent = multiprocessing.parent_process()

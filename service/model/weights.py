@@ -83,7 +83,7 @@ def _load_pinned(model_id: str, weights: str) -> LoadedModel:
 
 def _load_model_dir(path: Path) -> LoadedModel:
     """A fine-tuned model directory (resnet-serve finetune): its base model, head and labels."""
-    from service.finetune import model_dir  # imported here: the directory format is optional
+    from service.model import model_dir  # imported here: the directory format is optional
 
     try:
         loaded = model_dir.load(path)

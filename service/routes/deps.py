@@ -16,7 +16,7 @@ from service.items.search_index import ItemIndex
 from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
 from service.settings import Settings
-from service.versions.manager import Serving, Versions
+from service.versions.serving import Serving, Versions
 
 
 def _serving(request: Request, version: str | None) -> Serving:

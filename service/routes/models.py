@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.errors import NotReady
 from service.http.schemas import ErrorResponse
 from service.routes.deps import ERROR_RESPONSES
-from service.versions.manager import Versions
+from service.versions.serving import Versions
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

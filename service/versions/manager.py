@@ -12,25 +12,25 @@ so no response mixes two models.
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from service.errors import Conflict, InsufficientMemory, InvalidInput, NotFound, NotReady
-from service.explain.inspection import ModelInspector
-from service.items.search_index import ItemIndex
-from service.model_client import InProcessModel
-from service.pipeline import Pipeline
+from service.errors import Conflict, InvalidInput, NotFound, NotReady
 from service.settings import Settings
+from service.versions.memory import check_memory, parameter_bytes
+from service.versions.records import (
+    default_record,
+    read_watermark,
+    version_dir,
+    version_settings,
+    write_watermark,
+)
+from service.versions.reembedding import Progress, Reembedding
 from service.versions.registry import (
     DEFAULT,
     InvalidVersion,
@@ -39,67 +39,11 @@ from service.versions.registry import (
     VersionRecord,
     check_name,
 )
+from service.versions.serving import Parts, Serving, open_serving
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 32  # items read from the live store at a time
 _FOLLOW_EVERY_S = 1.0  # how often a ready version catches up with the live one
-_GROUP = 8  # images re-embedded at once (one batch of the new version's batcher)
-_SHARE = 0.25  # of the time re-embedding may take while the live model is busy
-
-
-@dataclass
-class Serving:
-    """One version's model pipeline, index and inspector, and how to close them."""
-
-    name: str
-    pipeline: Pipeline
-    index: ItemIndex
-    inspector: ModelInspector
-    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
-
-
-# A version's parts (service.app.ServiceParts), by its name and settings: where they live.
-Parts = Callable[[str, Settings, CollectorRegistry], AbstractAsyncContextManager[Any]]
-
-
-async def open_serving(
-    name: str, settings: Settings, parts: Parts, exported: CollectorRegistry | None = None
-) -> Serving:
-    """Load a version: its model host (raises ModelLoadError) and its index. Its parts'
-    metrics go to `exported` (a worker's first version) or, like its pipeline's, to a
-    registry of its own: a second host's metrics would collide with the first one's."""
-    stack = AsyncExitStack()
-    try:
-        registry = CollectorRegistry()
-        loaded = await stack.enter_async_context(parts(name, settings, exported or registry))
-        pipeline = Pipeline(loaded.model, settings, registry)
-        await pipeline.start()
-        stack.push_async_callback(pipeline.stop)
-    except BaseException:
-        await stack.aclose()
-        raise
-    return Serving(name, pipeline, loaded.index, loaded.inspector, stack)
-
-
-@dataclass
-class Progress:
-    done: int = 0
-    skipped: int = 0  # items stored without an image cannot be embedded again
-    total: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def describe(self) -> dict[str, Any]:
-        elapsed = time.monotonic() - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = max(0, self.total - self.done - self.skipped)
-        return {
-            "done": self.done,
-            "skipped": self.skipped,
-            "total": self.total,
-            "items_per_s": round(rate, 2),
-            "seconds_left": round(left / rate, 1) if rate > 0 else None,
-        }
 
 
 @dataclass
@@ -116,32 +60,6 @@ class Version:
     forward_until: float = 0.0
     forwarded_to: int = 0
     switched_at: int = 0  # the new live version's store label at the switch
-
-
-class Versions(Protocol):
-    """The model versions as the routes see them: managed in this process (ModelVersions),
-    or by the first model worker (service.workers.remote_versions.RemoteVersions)."""
-
-    def start(self) -> None: ...
-
-    def serving(self, name: str | None) -> Serving:
-        """The version `name` (None: the live one), if it can answer (ready or live)."""
-        ...
-
-    async def describe(self) -> dict[str, Any]:
-        """The live version's name and every version with its state."""
-        ...
-
-    async def add(self, name: str, weights: str, model: str | None) -> dict[str, Any]:
-        """Load a version beside the live one and re-embed the index for it, in the
-        background; answers at once with its description."""
-        ...
-
-    async def activate(self, name: str) -> dict[str, Any]: ...
-
-    async def remove(self, name: str) -> None: ...
-
-    async def close(self) -> None: ...
 
 
 class ModelVersions:
@@ -162,6 +80,7 @@ class ModelVersions:
         live = self._versions[self.live]
         live.state, live.serving = "live", first
         self._switching = asyncio.Lock()
+        self._reembedding = Reembedding(settings, self._live_serving)
 
     @staticmethod
     def live_settings(settings: Settings) -> tuple[str, Settings]:
@@ -223,7 +142,7 @@ class ModelVersions:
             raise InvalidInput(f"weights {weights!r}: no such file or model directory")
         live = self._versions[self.live]
         record = VersionRecord(name, weights, model or live.record.model)
-        _check_memory(live)
+        check_memory(live.serving)
         version = Version(record)
         self._versions[name] = version
         self._save()
@@ -259,7 +178,7 @@ class ModelVersions:
                 old.task = asyncio.create_task(self._keep_following(old))
             # So that a restart resumes the old version from here, not from the start.
             old_settings = version_settings(self._settings, old.record)
-            _write_watermark(old_settings, name, old.synced_to)
+            write_watermark(old_settings, name, old.synced_to)
             log.info("model version %s is live (was %s)", name, old.record.name)
         return await self.describe()
 
@@ -291,7 +210,7 @@ class ModelVersions:
             version.serving = await open_serving(name, settings, self._parts)
             version.state = "re-embedding"
             live = self._live_serving()
-            version.synced_to = _read_watermark(settings, live.name)
+            version.synced_to = read_watermark(settings, live.name)
             version.progress = Progress(total=await live.index.count())
             await self._catch_up(version, live)
             version.state = "ready"
@@ -351,54 +270,10 @@ class ModelVersions:
     async def _catch_up_from(
         self, version: Version, source: Serving, after: int, *, deletions: bool = True
     ) -> int:
-        """Embed into `version` every item written to `source` after label `after`, drop the
-        ones deleted there (with `deletions`); returns the label caught up to."""
-        target = version.serving
-        assert target is not None
-        settings = version_settings(self._settings, version.record)
-        wrote = False
-        while True:
-            chunk = await source.index.written_after(after, _CHUNK)
-            if not chunk:
-                break
-            wrote = True
-            for start in range(0, len(chunk), _GROUP):
-                began = time.monotonic()
-                group = [item_id for _, item_id in chunk[start : start + _GROUP]]
-                await asyncio.gather(*(self._embed_into(version, source, i) for i in group))
-                await self._leave_room_for_live(time.monotonic() - began)
-            after = chunk[-1][0]
-            _write_watermark(settings, source.name, after)
-        # Deletions leave no label: compare the ids, but only when something may differ
-        # (this runs every second for each ready version; at a million items a diff is not
-        # free): with no write caught up, equal counts mean the same items.
-        if not deletions or (
-            not wrote and await target.index.count() == await source.index.count()
-        ):
-            return after
-        gone = await target.index.ids() - await source.index.ids()
-        for item_id in gone:
-            await target.index.delete(item_id)
-        return after
-
-    async def _embed_into(self, version: Version, source: Serving, item_id: str) -> None:
-        target = version.serving
-        assert target is not None
-        item = await source.index.get(item_id)
-        image = await source.index.image(item_id)
-        if item is None or image is None:  # deleted meanwhile, or stored without its image
-            version.progress.skipped += 1
-            return
-        inference = await target.pipeline.run(image)
-        await target.index.put(item_id, inference.outputs.embedding, item.metadata, image)
-        version.progress.done += 1
-
-    async def _leave_room_for_live(self, worked_s: float) -> None:
-        """While the live model has work, re-embedding takes at most _SHARE of the time, so
-        live requests keep their latency; an idle service re-embeds at full speed."""
-        live = self._live_serving().pipeline.model
-        if isinstance(live, InProcessModel) and not live.host.batcher.wait_idle(0):
-            await asyncio.sleep(worked_s * (1 / _SHARE - 1))
+        assert version.serving is not None
+        return await self._reembedding.catch_up_from(
+            version.record, version.serving, version.progress, source, after, deletions=deletions
+        )
 
     async def _close(self, version: Version) -> None:
         if version.task is not None:
@@ -419,80 +294,5 @@ def _fail(version: Version, exc: Exception) -> None:
     log.exception("model version %s failed", version.record.name)
 
 
-def default_record(settings: Settings) -> VersionRecord:
-    return VersionRecord(
-        DEFAULT, settings.weights or "pretrained, else lite0-package", settings.model
-    )
-
-
-def version_dir(settings: Settings, name: str) -> Path:
-    return settings.data_dir if name == DEFAULT else settings.data_dir / "versions" / name
-
-
-def version_settings(settings: Settings, record: VersionRecord) -> Settings:
-    """A version's settings: the service's, with its weights, model and own data directory
-    (its index, its converted backends)."""
-    if record.name == DEFAULT:
-        return settings
-    return settings.model_copy(
-        update={
-            "weights": record.weights,
-            "model": record.model,
-            "data_dir": version_dir(settings, record.name),
-        }
-    )
-
-
-def _watermark_path(settings: Settings) -> Path:
-    return settings.data_dir / "reembedded.json"
-
-
-def _read_watermark(settings: Settings, source: str) -> int:
-    """How far a re-embedding from `source` got before a restart (0: from the start)."""
-    path = _watermark_path(settings)
-    if not path.exists():
-        return 0
-    recorded = json.loads(path.read_text())
-    return int(recorded["label"]) if recorded.get("source") == source else 0
-
-
-def _write_watermark(settings: Settings, source: str, label: int) -> None:
-    path = _watermark_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"source": source, "label": label}))
-    temporary.replace(path)  # the items it counts are durable already (index writes)
-
-
 def _looks_like_path(weights: str) -> bool:
     return "/" in weights or weights.endswith((".pth", ".pt", ".safetensors"))
-
-
-def parameter_bytes(serving: Serving) -> int | None:
-    model = serving.pipeline.model
-    if not isinstance(model, InProcessModel):
-        return None
-    module = model.host.runtime.module
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
-def available_memory_bytes() -> int:
-    """Memory the kernel says new allocations can have (MemAvailable), without psutil (an
-    optional package)."""
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _check_memory(live: Version) -> None:
-    """Refuse a version that would not fit: it needs about what the live one takes (its
-    weights several times over: backend, explainer replicas, activations)."""
-    need = 4 * (parameter_bytes(live.serving) or 0) if live.serving is not None else 0
-    available = available_memory_bytes()
-    if need > available:
-        raise InsufficientMemory(
-            f"a new version needs about {need / 2**20:.0f} MiB; "
-            f"{available / 2**20:.0f} MiB are available"
-        )

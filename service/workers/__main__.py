@@ -14,8 +14,8 @@ from index.collection import IndexInUse
 from index.store import ModelMismatch
 from service.logs import configure_logging
 from service.model.load_error import ModelLoadError
+from service.parent_death import signal_on_parent_death
 from service.settings import Settings
-from service.workers.parent_death import signal_on_parent_death
 from service.workers.process import EXIT_CONFIG_ERROR
 
 log = logging.getLogger("service.workers")

@@ -14,14 +14,14 @@ from prometheus_client import CollectorRegistry
 
 from service.app import Components, ServiceParts, VersionHosting, create_app
 from service.settings import Settings
-from service.versions.manager import Serving
+from service.transport.remote_index import RemoteIndex
+from service.transport.remote_inspector import RemoteInspector
+from service.transport.remote_model import RemoteModel
+from service.transport.remote_versions import RemoteVersions
+from service.transport.rpc import RpcClient
+from service.transport.sockets import index_socket, model_socket, versions_socket
+from service.versions.serving import Serving
 from service.workers.metrics import exposition_registry, worker_registry
-from service.workers.remote_index import RemoteIndex
-from service.workers.remote_inspector import RemoteInspector
-from service.workers.remote_model import RemoteModel
-from service.workers.remote_versions import RemoteVersions
-from service.workers.rpc import RpcClient
-from service.workers.sockets import index_socket, model_socket, versions_socket
 
 
 def remote_components(sockets: Path, model_workers: int, slots: str) -> Components:
@@ -38,7 +38,7 @@ def remote_components(sockets: Path, model_workers: int, slots: str) -> Componen
         # listening: it connects first (the model, in pipeline.start), and only then takes
         # requests from the shared socket, so none is answered 503 for want of a connection.
         model_sockets = [model_socket(sockets, i, name) for i in range(model_workers)]
-        model = RemoteModel(
+        model = RemoteModel.over_sockets(
             model_sockets, Path(f"{slots}-{name}.pixels"), settings.queue_size, registry
         )
         index = RemoteIndex(RpcClient(index_socket(sockets, name), f"index@{name}"))

@@ -17,10 +17,10 @@ from pathlib import Path
 from service.items.search_index import SearchIndex, open_collection_for
 from service.model.spec import ModelSpec
 from service.settings import Settings
-from service.workers.operations import IndexHostOperations, IndexOperations, forwarded
+from service.transport.operations import IndexHostOperations, IndexOperations, forwarded
+from service.transport.rpc import RpcServer
+from service.transport.sockets import index_host_socket, index_socket
 from service.workers.process import run_until_stopped
-from service.workers.rpc import RpcServer
-from service.workers.sockets import index_host_socket, index_socket
 
 log = logging.getLogger(__name__)
 

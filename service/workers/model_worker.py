@@ -2,7 +2,7 @@
 
 HTTP workers connect over a Unix socket, attach their shared-memory pixel slots, and send
 slot numbers (or JPEGs for the device to decode); this process batches them and answers
-each with that image's outputs. What it answers is service.model_serving.HostedModel's, as a
+each with that image's outputs. What it answers is service.hosting.hosted.HostedModel's, as a
 Ray replica's is. Each model version answers on its own socket, bound only once the version
 is loaded and warmed up, so a connection means ready.
 
@@ -24,15 +24,12 @@ from prometheus_client import CollectorRegistry
 from batching import BatchOutcome
 from service.app import Components, ServiceParts
 from service.errors import NotReady
+from service.hosting.host import InProcessModel, ModelHost
+from service.hosting.hosted import HostedModel
 from service.model.model_io import ModelOutputs
 from service.model.spec import ModelSpec
-from service.model_client import InProcessModel
-from service.model_host import ModelHost
-from service.model_serving import HostedModel
 from service.settings import Settings
-from service.versions.manager import ModelVersions, Serving, open_serving
-from service.workers.metrics import worker_registry
-from service.workers.operations import (
+from service.transport.operations import (
     HostedModelOperations,
     IndexHostOperations,
     InspectorOperations,
@@ -41,11 +38,14 @@ from service.workers.operations import (
     forwarded,
     handler_table,
 )
+from service.transport.remote_index import RemoteIndex
+from service.transport.rpc import Handler, Peer, RpcClient, RpcServer
+from service.transport.slots import SlotReader
+from service.transport.sockets import index_host_socket, index_socket, model_socket, versions_socket
+from service.versions.manager import ModelVersions
+from service.versions.serving import Serving, open_serving
+from service.workers.metrics import worker_registry
 from service.workers.process import run_until_stopped
-from service.workers.remote_index import RemoteIndex
-from service.workers.rpc import Handler, Peer, RpcClient, RpcServer
-from service.workers.slots import SlotReader
-from service.workers.sockets import index_host_socket, index_socket, model_socket, versions_socket
 
 
 def model_handlers(host: ModelHost) -> dict[str, Handler]:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from service.process_dirs import own_name, remove_leftovers, temporary_dir
 from service.settings import Settings, available_cores
+from service.transport.slots import shared_memory_dir
 from service.workers.metrics import MULTIPROC_ENV
 from service.workers.process import EXIT_CONFIG_ERROR
-from service.workers.slots import shared_memory_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Supervisor:
         self.workers: list[WorkerSpec] = []
 
     def plan(self, listen_fd: int, sockets: Path) -> list[WorkerSpec]:
-        """The workers to run; their Unix sockets go in `sockets` (service.workers.sockets)."""
+        """The workers to run; their Unix sockets go in `sockets` (service.transport.sockets)."""
         settings = self.settings
         devices = model_devices(settings)
         workers = [

@@ -8,8 +8,8 @@ import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
 
 from batching import QueueFull
-from service.cluster.link import RayLink
-from service.workers.rpc import WorkerUnavailable
+from service.transport.ray_link import RayLink
+from service.transport.rpc import WorkerUnavailable
 
 
 class FakeResponse:

@@ -16,7 +16,7 @@ import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from loadtest.processes import LITE0_ENV, free_port
+from loadtest.common.processes import LITE0_ENV, free_port
 from service.cluster.deployments import INDEX, INGRESS, MODEL, application
 from tests.photos import encode, photo
 

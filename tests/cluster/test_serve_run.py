@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from loadtest.processes import LITE0_ENV, free_port
+from loadtest.common.processes import LITE0_ENV, free_port
 from tests.photos import encode, photo
 
 pytestmark = pytest.mark.slow

@@ -6,12 +6,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import loadtest.processes
-from loadtest.processes import free_port, start_service
+import loadtest.common.processes
+from loadtest.common.processes import free_port, start_service
 
 # The web page is off unless a test turns it on (UI_ON): importing Gradio adds 3 s to the
 # start of every process that serves it.
-LITE0_ENV = loadtest.processes.LITE0_ENV | {"RESNET_SERVE_THREADS": "2", "RESNET_SERVE_UI": "false"}
+LITE0_ENV = loadtest.common.processes.LITE0_ENV | {
+    "RESNET_SERVE_THREADS": "2",
+    "RESNET_SERVE_UI": "false",
+}
 UI_ON = {"RESNET_SERVE_UI": "true"}
 
 

@@ -1,10 +1,10 @@
 """The live API against its own OpenAPI document, by schemathesis (a bounded run; the
-loadtest.conformance script runs longer)."""
+loadtest.acceptance.conformance script runs longer)."""
 
 import subprocess
 from pathlib import Path
 
-from loadtest.conformance import schemathesis_command
+from loadtest.acceptance.conformance import schemathesis_command
 from tests.e2e.server import start_server
 
 CI_EXAMPLES = 8  # cases per operation and phase

@@ -1,9 +1,9 @@
 """kill -9 mid-churn and restart: acknowledged writes stay, acknowledged deletes stay gone
-(two cycles here; loadtest.crash_cycles runs a hundred)."""
+(two cycles here; loadtest.chaos.crash_cycles runs a hundred)."""
 
 from pathlib import Path
 
-from loadtest.crash_cycles import run_cycles
+from loadtest.chaos.crash_cycles import run_cycles
 
 
 def test_acknowledged_changes_survive_kill_9_cycles(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.processes import readiness
+from loadtest.common.processes import readiness
 from tests.e2e.server import start_server
 from tests.photos import jpeg
 

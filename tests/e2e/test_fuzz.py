@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from loadtest.fuzz_images import FORMATS, fuzz_cases, huge_size, run_fuzz, seed_images
+from loadtest.chaos.fuzz_images import FORMATS, fuzz_cases, huge_size, run_fuzz, seed_images
 from tests.e2e.server import start_server
 
 CI_CASES = 400  # the loadtest script runs 10,000
@@ -49,7 +49,7 @@ def test_fuzzed_uploads_get_200_or_4xx_and_the_server_keeps_serving(tmp_path: Pa
 
 
 def test_every_mutation_takes_any_bytes() -> None:
-    from loadtest.fuzz_images import mutations
+    from loadtest.chaos.fuzz_images import mutations
 
     rng = random.Random(5)
     seeds = seed_images()

@@ -99,7 +99,7 @@ def test_ctrl_c_while_the_service_starts_stops_it_too(tmp_path: Path) -> None:
 
 LAUNCHER = """
 import sys
-from loadtest.processes import free_port, start_service
+from loadtest.common.processes import free_port, start_service
 service = start_service(dict(__import__("os").environ), free_port())
 print(service.pid, flush=True)
 sys.stdin.read()  # until killed

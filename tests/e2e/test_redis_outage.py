@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.images import unique_jpegs
-from loadtest.report import read_locust_stats
+from loadtest.common.images import unique_jpegs
+from loadtest.common.report import read_locust_stats
 from tests.e2e.server import start_server
 from tests.redis_server import RedisServer
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtest.images import unique_jpegs
+from loadtest.common.images import unique_jpegs
 from service.versions import manager
 from tests.e2e.server import Server, start_server
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.images import unique_jpegs
+from loadtest.common.images import unique_jpegs
 from tests.e2e.server import Server, start_server
 from tests.machine_speed import seconds_for_one_new_image
 from tests.photos import PHOTO_NAMES, encode, jpeg, photo

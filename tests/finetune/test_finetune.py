@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index.store import ModelMismatch
-from loadtest.digits import write_digits_folder
+from loadtest.common.digits import write_digits_folder
 from service.app import create_app
-from service.finetune import model_dir
 from service.finetune.data import DataError, load_folder
+from service.model import model_dir
 from service.model.load_error import ModelLoadError
 from service.model.runtime import ModelRuntime
 from service.model.weights import load_model

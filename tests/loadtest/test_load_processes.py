@@ -1,4 +1,4 @@
-"""loadtest.load drives several load processes over one window and merges what they saw."""
+"""loadtest.common.load drives several load processes over one window and merges what they saw."""
 
 import threading
 from collections.abc import Iterator
@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from loadtest.load import measure_load
+from loadtest.common.load import measure_load
 
 
 class Counting(BaseHTTPRequestHandler):

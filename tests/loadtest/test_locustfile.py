@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.report import read_locust_failures, read_locust_stats
+from loadtest.common.report import read_locust_failures, read_locust_stats
 
 LOCUSTFILE = Path(__file__).parents[2] / "loadtest" / "locustfile.py"
 

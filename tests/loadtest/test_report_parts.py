@@ -6,11 +6,11 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from batching.batcher_types import CloseReason
 from batching.metrics import PrometheusBatchObserver
-from loadtest.checks import classification_problem, item_problem, search_problem
-from loadtest.mix import parse_mix
-from loadtest.runner import parse_args
-from loadtest.scrape import parse_metrics, step_metrics
-from loadtest.service_vs_raw import Repeat, summary
+from loadtest.bench.service_vs_raw import Repeat, summary
+from loadtest.common.checks import classification_problem, item_problem, search_problem
+from loadtest.common.scrape import parse_metrics, step_metrics
+from loadtest.locust.mix import parse_mix
+from loadtest.locust.runner import parse_args
 
 GOOD_PREDICTIONS = {
     "predictions": [

@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.http.access import presented_key, requires_key
-from service.http.request_id import current_request_id
-from service.logs import JsonFormatter, RequestIdFilter
+from service.logs import JsonFormatter, RequestIdFilter, current_request_id
 from tests.conftest import lite0_settings
 from tests.photos import jpeg
 from tests.service.test_api import assert_error, classify

@@ -10,9 +10,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from batching.thread_priority import lower_this_threads_priority
 from service.app import create_app
 from service.model.gil import MODEL_PROCESS_SWITCH_INTERVAL_S
-from service.model.thread_priority import lower_this_threads_priority
 from tests.conftest import lite0_settings
 
 

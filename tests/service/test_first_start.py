@@ -14,13 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.commands.backends_command import run_decide_command
+from service.hosting.host import ModelHost
 from service.model import backend_search, selection
 from service.model.backend import InferenceBackend
 from service.model.backend_search import GateHistory, SearchProgress, evaluate
 from service.model.model_io import ModelOutputs
 from service.model.runtime import load_parts
 from service.model.selection import Candidate, ModelParts
-from service.model_host import ModelHost
 from tests.conftest import lite0_settings
 from tests.photos import jpeg
 

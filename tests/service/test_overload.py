@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute
@@ -116,3 +117,58 @@ def test_a_hung_batch_turns_readiness_red_until_it_ends(
         assert stuck.result(timeout=30).status_code == 200
         assert client.get("/readyz").status_code == 200
         assert "batcher_hangs_total 1.0" in client.get("/metrics").text
+
+
+def test_each_request_is_admitted_against_the_queue_of_the_version_that_serves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pinned request (`?version=`) is weighed against its version's queue at the door: a
+    full version refuses it before its body is read while another version serves. A corrupt
+    body tells the two apart: admitted, it is read and fails to decode (4xx); refused at
+    the door, it is a 429."""
+    held: list[str] = []  # the fingerprint of the version whose batches hang
+    release = threading.Event()
+    real = ModelRuntime.predict_batch
+
+    def predict_batch(self: ModelRuntime, items: Sequence[object]) -> list[object]:
+        if self.spec.fingerprint in held:
+            release.wait(30)
+        return real(self, items)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelRuntime, "predict_batch", predict_batch)
+    settings = lite0_settings(tmp_path, target_latency_ms=1, max_batch_size=1)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(2) as pool:
+        assert client.post("/v1/models", json={"name": "v2", "weights": "random"}).status_code
+        fingerprints = {
+            name: wait_for_state(client, name, state)["fingerprint"]
+            for name, state in (("v2", "ready"), ("default", "live"))
+        }
+        for full, idle in (("default", "v2"), ("v2", "default")):
+            for name in (full, idle):  # a timed batch each: the target applies from now on
+                assert classify(client, unique(jpeg("coffee")), version=name).status_code == 200
+            held[:] = [fingerprints[full]]
+            release.clear()
+            waiting = [
+                pool.submit(classify, client, unique(jpeg("chelsea")), version=full)
+                for _ in range(2)  # one in the model, one queued behind it: a full batch waits
+            ]
+            deadline = time.monotonic() + 30
+            while classify(client, b"not an image", version=full).status_code != 429:
+                assert time.monotonic() < deadline, f"{full} never refused at the door"
+                time.sleep(0.02)
+            served = classify(client, unique(jpeg("coffee")), version=idle)
+            assert served.status_code == 200 and served.headers["x-model-version"] == idle
+            assert 400 <= classify(client, b"not an image", version=idle).status_code < 429
+            release.set()
+            assert [answer.result(timeout=30).status_code for answer in waiting] == [200, 200]
+        held.clear()
+
+
+def wait_for_state(client: TestClient, name: str, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while True:
+        version = next(v for v in client.get("/v1/models").json()["versions"] if v["name"] == name)
+        if version["state"] == state:
+            return dict(version)
+        assert version["state"] != "failed" and time.monotonic() < deadline, version
+        time.sleep(0.05)

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.hosting.host import ModelHost
 from service.model import backend_search, selection, serving_gaps
 from service.model.backend_search import Evaluation, search_backends
 from service.model.gate import GateResult
@@ -20,7 +21,6 @@ from service.model.runtime import load_parts
 from service.model.search_process import CONTEXT
 from service.model.selection import Candidate, Choice, ModelParts
 from service.model.serving_gaps import MAX_DISCARDED, ServingActivity, ServingGaps
-from service.model_host import ModelHost
 from tests.conftest import lite0_settings
 from tests.photos import jpeg
 

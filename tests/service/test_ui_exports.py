@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.ui.app import _KEPT_EXPORTS, _export
+from service.ui.tabs.batch import _KEPT_EXPORTS, _export
 
 ROW = ["a.jpg", "espresso", 0.7, "", "espresso, cup"]
 

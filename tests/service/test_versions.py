@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from loadtest.images import unique_jpegs
+from loadtest.common.images import unique_jpegs
 from service.app import create_app
 from tests.conftest import lite0_settings
 from tests.finetuned import digits_head
@@ -212,7 +212,7 @@ def test_bad_versions_are_refused_and_the_live_one_is_untouched(
 def test_a_version_that_would_not_fit_in_memory_is_refused(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("service.versions.manager.available_memory_bytes", lambda: 1024)
+    monkeypatch.setattr("service.versions.memory.available_memory_bytes", lambda: 1024)
     refused = client.post("/v1/models", json={"name": "big", "weights": "random"})
     assert refused.status_code == 507 and "MiB" in refused.json()["error"]["message"]
     assert [v["name"] for v in client.get("/v1/models").json()["versions"]] == ["default"]

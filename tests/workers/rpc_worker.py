@@ -4,7 +4,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from service.workers.rpc import Peer, RpcServer
+from service.transport.rpc import Peer, RpcServer
 
 
 async def echo(_: Peer, value: object) -> object:

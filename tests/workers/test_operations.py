@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
+from service.hosting.hosted import HostedModel
 from service.items.search_index import ItemIndex
-from service.model_serving import HostedModel
-from service.workers.operations import (
+from service.transport.operations import (
     HostedModelOperations,
     IndexOperations,
     InspectorOperations,
@@ -16,7 +16,7 @@ from service.workers.operations import (
     handler_table,
     implemented,
 )
-from service.workers.rpc import Peer
+from service.transport.rpc import Peer
 
 
 def test_every_index_method_is_declared_with_its_name() -> None:

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from batching import QueueFull
-from service.http.request_id import current_request_id
-from service.logs import RequestIdFilter
-from service.workers.rpc import CallCancelled, Peer, RpcClient, RpcServer, WorkerUnavailable
-from service.workers.slots import PixelSlots, SlotReader
+from service.logs import RequestIdFilter, current_request_id
+from service.transport.rpc import CallCancelled, Peer, RpcClient, RpcServer, WorkerUnavailable
+from service.transport.slots import PixelSlots, SlotReader
 
 
 class Worker:

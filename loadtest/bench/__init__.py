@@ -1,0 +1,1 @@
+"""Benchmarks: one question each (a figure in the README), printed and written as JSON."""

@@ -1,0 +1,253 @@
+"""The Ray Serve application against `resnet-serve serve`, on this machine.
+
+    python -m loadtest.bench.bench_ray compare            # serve vs Ray: 32 clients, 1 client
+    python -m loadtest.bench.bench_ray scale              # 1 vs 2 Model replicas on 2 Ray nodes
+    python -m loadtest.bench.bench_ray batching           # the service's batcher vs @serve.batch
+
+compare: the same model and backend (RESNET_SERVE_* from the environment over ResNet50 with
+random weights on torch fp32, the same compute as the real weights) behind `resnet-serve
+serve`, then behind the Ray application on a local Ray (Ingress, Model, Index), in one run:
+throughput at 32 closed-loop clients with unique 500-px JPEGs, p50 for one client, and the
+CPU every process took during the 32-client window, Ray's own processes (its HTTP proxy;
+GCS, raylets, the Serve controller, agents) apart from the replicas.
+
+scale: a local cluster of a head (Ingress, Index) and two worker nodes of one CPU each; the
+model is made the bottleneck by a heavy model on one thread per replica (ResNet152 with
+random weights, RESNET_SERVE_THREADS=1, batches of 1), so a second replica on the second
+node can add what the first cannot. Rounds of 1 and 2 replicas alternate; medians printed.
+
+batching: the same Ray application with its Model replica batching by Ray Serve's
+@serve.batch (max_batch_size and wait as the service's settings) instead of the service's
+batcher, at 32 clients.
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psutil
+
+from loadtest.common.load import LoadResult, measure_load
+from loadtest.common.processes import free_port, service_at
+
+RESNET_ENV = {
+    "RESNET_SERVE_MODEL": "resnet50",
+    "RESNET_SERVE_WEIGHTS": "random",
+    "RESNET_SERVE_BACKEND": "torch",
+    "RESNET_SERVE_PRECISION": "fp32",
+    "RESNET_SERVE_UI": "false",
+}
+HEAVY_ENV = RESNET_ENV | {
+    "RESNET_SERVE_MODEL": "resnet152",
+    "RESNET_SERVE_THREADS": "1",
+    "RESNET_SERVE_MAX_BATCH_SIZE": "1",
+}
+HEAD = "head_node"
+
+
+def process_group(process: psutil.Process) -> str:
+    """Which part of the system a process is: a replica by deployment, Ray's own, or other."""
+    try:
+        title = " ".join(process.cmdline())
+    except psutil.Error:
+        return "gone"
+    if "ServeReplica" in title:
+        return "replica " + title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+    if "ProxyActor" in title:
+        return "Ray HTTP proxy"
+    ray_parts = ("gcs_server", "raylet", "ray::", "ray/dashboard", "ray/_private")
+    if any(part in title for part in ray_parts):
+        return "Ray control"  # GCS, raylets, the Serve controller, agents, idle workers
+    if "service serve" in title or "service.workers" in title:
+        return "resnet-serve serve"
+    return "other"
+
+
+def cpu_by_group() -> dict[str, float]:
+    """CPU seconds so far of every process on the machine but this one, by group."""
+    seconds: dict[str, float] = {}
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        group = process_group(process)
+        seconds[group] = seconds.get(group, 0.0) + times.user + times.system
+    return seconds
+
+
+def loaded(url: str, clients: int, seconds: float) -> tuple[LoadResult, dict[str, float]]:
+    """A closed-loop load, and the cores each group of processes used meanwhile."""
+    before, started = cpu_by_group(), time.monotonic()
+    result = measure_load(url, "/v1/classify", clients, seconds, warmup_s=5.0)
+    elapsed = time.monotonic() - started
+    after = cpu_by_group()
+    used = {g: after[g] - before.get(g, 0.0) for g in after}
+    cores = {g: s / elapsed for g, s in used.items() if s > 0.5}
+    return result, cores
+
+
+@contextmanager
+def ray_application(
+    env: dict[str, str],
+    workers: int = 0,
+    model_options: dict[str, Any] | None = None,
+    model: Any = None,
+) -> Iterator[str]:
+    """The application on a local Ray (`workers`=0: one node of this machine's CPUs), or on a
+    head and `workers` one-CPU worker nodes that take the Model replicas."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from service.cluster.deployments import INDEX, INGRESS, MODEL, application
+
+    data_dir = tempfile.mkdtemp(prefix="resnet-serve-ray-")
+    runtime_env = {"env_vars": env | {"RESNET_SERVE_DATA_DIR": data_dir}}
+    cluster = None
+    if workers:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "resources": {HEAD: 1}, "include_dashboard": False},
+        )
+        for _ in range(workers):
+            cluster.add_node(num_cpus=1, resources={"model_node": 1})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=psutil.cpu_count(),
+            runtime_env=runtime_env,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    on_head = {"num_cpus": 0.5, "resources": {HEAD: 0.1}} if workers else {"num_cpus": 0.5}
+    try:
+        serve.run(
+            application(
+                (model or MODEL).options(**(model_options or {})),
+                INDEX.options(ray_actor_options=on_head),
+                INGRESS.options(ray_actor_options=on_head),
+            ),
+            name="resnet-serve",
+            route_prefix="/",
+        )
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+
+
+def row(name: str, result: LoadResult, cores: dict[str, float] | None = None) -> str:
+    shown = ", ".join(f"{g} {c:.2f}" for g, c in sorted((cores or {}).items()))
+    return (
+        f"| {name} | {result.concurrency} | {result.ok_rps:.2f} | {result.p50_ms:.1f} | "
+        f"{result.p99_ms:.1f} | {shown} | {result.statuses} |"
+    )
+
+
+HEADER = (
+    "| setup | clients | ok rps | p50 ms | p99 ms | cores by process group | statuses |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def compare(args: argparse.Namespace) -> None:
+    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    print(HEADER, flush=True)
+    with service_at(None, env) as (url, _):
+        served, cores = loaded(url, args.clients, args.seconds)
+        print(row("resnet-serve serve", served, cores), flush=True)
+        single = measure_load(url, "/v1/classify", 1, args.seconds / 2, warmup_s=3.0)
+        print(row("resnet-serve serve", single), flush=True)
+    with ray_application(env, model_options={"ray_actor_options": {"num_cpus": 1}}) as url:
+        on_ray, cores = loaded(url, args.clients, args.seconds)
+        print(row("Ray Serve application", on_ray, cores), flush=True)
+        single_ray = measure_load(url, "/v1/classify", 1, args.seconds / 2, warmup_s=3.0)
+        print(row("Ray Serve application", single_ray), flush=True)
+    print(
+        f"\nRay / serve at {args.clients} clients: {on_ray.ok_rps / served.ok_rps:.2f}; "
+        f"p50 added for one client: {single_ray.p50_ms - single.p50_ms:+.1f} ms"
+    )
+
+
+def scale(args: argparse.Namespace) -> None:
+    on_workers = {"num_cpus": 1, "resources": {"model_node": 1}}
+    rps: dict[int, list[float]] = {1: [], 2: []}
+    print(HEADER, flush=True)
+    with ray_application(
+        HEAVY_ENV,
+        workers=2,
+        model_options={
+            "num_replicas": 1,
+            "max_replicas_per_node": 1,
+            "ray_actor_options": on_workers,
+        },
+    ) as url:
+        from ray import serve
+
+        from service.cluster.deployments import INDEX, INGRESS, MODEL, application
+
+        on_head = {"num_cpus": 0.5, "resources": {HEAD: 0.1}}
+        for _ in range(args.rounds):
+            for replicas in (1, 2):
+                serve.run(
+                    application(
+                        MODEL.options(
+                            num_replicas=replicas,
+                            max_replicas_per_node=1,
+                            ray_actor_options=on_workers,
+                        ),
+                        INDEX.options(ray_actor_options=on_head),
+                        INGRESS.options(ray_actor_options=on_head),
+                    ),
+                    name="resnet-serve",
+                    route_prefix="/",
+                )
+                result, cores = loaded(url, args.clients, args.seconds)
+                rps[replicas].append(result.ok_rps)
+                print(row(f"{replicas} Model replica(s)", result, cores), flush=True)
+    one, two = statistics.median(rps[1]), statistics.median(rps[2])
+    print(f"\nmedian ok rps: 1 replica {one:.2f}, 2 replicas {two:.2f}: {two / one:.2f}x")
+
+
+def batching(args: argparse.Namespace) -> None:
+    from loadtest.bench.ray_batched_model import RayBatchedModel
+
+    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    print(HEADER, flush=True)
+    for name, model in (("service batcher", None), ("@serve.batch", RayBatchedModel)):
+        with ray_application(
+            env, model=model, model_options={"ray_actor_options": {"num_cpus": 1}}
+        ) as url:
+            result, cores = loaded(url, args.clients, args.seconds)
+            print(row(name, result, cores), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("what", choices=["compare", "scale", "batching"])
+    parser.add_argument("--clients", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2, help="scale: rounds of 1 and 2")
+    args = parser.parse_args()
+    if args.clients is None:
+        args.clients = 16 if args.what == "scale" else 32
+    {"compare": compare, "scale": scale, "batching": batching}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

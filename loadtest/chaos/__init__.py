@@ -1,0 +1,1 @@
+"""Fault and abuse tests: kill -9 cycles, soak, fuzzed uploads."""

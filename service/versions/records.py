@@ -1,0 +1,54 @@
+"""What a version keeps on disk besides the registry (service.versions.registry): its data
+directory and settings, and how far its re-embedding from another version got (a watermark
+that a restart resumes from)."""
+
+import json
+from pathlib import Path
+
+from service.settings import Settings
+from service.versions.registry import DEFAULT, VersionRecord
+
+
+def default_record(settings: Settings) -> VersionRecord:
+    return VersionRecord(
+        DEFAULT, settings.weights or "pretrained, else lite0-package", settings.model
+    )
+
+
+def version_dir(settings: Settings, name: str) -> Path:
+    return settings.data_dir if name == DEFAULT else settings.data_dir / "versions" / name
+
+
+def version_settings(settings: Settings, record: VersionRecord) -> Settings:
+    """A version's settings: the service's, with its weights, model and own data directory
+    (its index, its converted backends)."""
+    if record.name == DEFAULT:
+        return settings
+    return settings.model_copy(
+        update={
+            "weights": record.weights,
+            "model": record.model,
+            "data_dir": version_dir(settings, record.name),
+        }
+    )
+
+
+def watermark_path(settings: Settings) -> Path:
+    return settings.data_dir / "reembedded.json"
+
+
+def read_watermark(settings: Settings, source: str) -> int:
+    """How far a re-embedding from `source` got before a restart (0: from the start)."""
+    path = watermark_path(settings)
+    if not path.exists():
+        return 0
+    recorded = json.loads(path.read_text())
+    return int(recorded["label"]) if recorded.get("source") == source else 0
+
+
+def write_watermark(settings: Settings, source: str, label: int) -> None:
+    path = watermark_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"source": source, "label": label}))
+    temporary.replace(path)  # the items it counts are durable already (index writes)
