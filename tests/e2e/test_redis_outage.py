@@ -16,7 +16,7 @@ from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-LOCUSTFILE = Path(__file__).parents[2] / "loadtest" / "locustfile.py"
+LOCUSTFILE = Path(__file__).parents[2] / "loadtest" / "locust" / "locustfile.py"
 
 
 @pytest.mark.timeout(240)

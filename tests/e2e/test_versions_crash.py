@@ -14,13 +14,13 @@ import httpx
 import pytest
 
 from loadtest.common.images import unique_jpegs
-from service.versions import manager
+from service.versions import reembedding
 from tests.e2e.server import Server, start_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ITEMS = 100
-CHUNK = manager._CHUNK  # a watermark is written after each chunk of items re-embedded
+CHUNK = reembedding._CHUNK  # a watermark is written after each chunk of items re-embedded
 
 
 def models(server: Server, *args: str) -> subprocess.CompletedProcess[str]:

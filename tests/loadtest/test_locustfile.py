@@ -16,7 +16,7 @@ import pytest
 
 from loadtest.common.report import read_locust_failures, read_locust_stats
 
-LOCUSTFILE = Path(__file__).parents[2] / "loadtest" / "locustfile.py"
+LOCUSTFILE = Path(__file__).parents[2] / "loadtest" / "locust" / "locustfile.py"
 
 
 def stub_server(body: dict[str, object]) -> ThreadingHTTPServer:
