@@ -45,7 +45,13 @@ class PrometheusBatchObserver:
             registry=registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self._depth = Gauge("batcher_queue_depth", "Items waiting for a batch", registry=registry)
+        # In multi-process mode a dead worker's value goes with it (live*), never stays behind.
+        self._depth = Gauge(
+            "batcher_queue_depth",
+            "Items waiting for a batch",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self._rejected = Counter(
             "batcher_rejected",
             "Items refused: queue_full, or latency_target (would finish too late)",
@@ -53,7 +59,10 @@ class PrometheusBatchObserver:
             registry=registry,
         )
         self._hung = Gauge(
-            "batcher_hung", "1 while a batch has run past the watchdog bound", registry=registry
+            "batcher_hung",
+            "1 while a batch has run past the watchdog bound",
+            registry=registry,
+            multiprocess_mode="livemax",
         )
         self._hangs = Counter(
             "batcher_hangs", "Batches that ran past the watchdog bound", registry=registry

@@ -88,7 +88,10 @@ class CacheMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
         )
         self.circuit_open = Gauge(
-            "cache_circuit_open", "1 while the cache backend is being bypassed", registry=registry
+            "cache_circuit_open",
+            "1 while the cache backend is being bypassed",
+            registry=registry,
+            multiprocess_mode="livemax",  # a dead worker's value goes with it
         )
 
 

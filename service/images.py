@@ -33,6 +33,9 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 0) -> Image.Im
     """
     if not data:
         raise InvalidInput("the upload is empty")
+    # Pillow's own bomb check (an error at twice its limit) follows the setting, so a limit
+    # set above Pillow's default (179 M pixels) takes effect; one setting per process.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         image: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from service import resources
 from service.admission import OnTheWay, Ticket, reached_model
 from service.cache import (
     CacheMetrics,
@@ -72,7 +73,9 @@ def make_cache(settings: Settings, metrics: CacheMetrics) -> ResultCache:
             timeout_s=settings.cache_timeout_ms / 1000,
             metrics=metrics,
         )
-    return MemoryCache(settings.cache_memory_bytes, settings.cache_ttl_s, metrics)
+    limit = resources.detect().memory_limit_bytes
+    budget = resources.cache_budget(settings.cache_memory_bytes, limit)
+    return MemoryCache(budget, settings.cache_ttl_s, metrics)
 
 
 class Pipeline:

@@ -1,21 +1,20 @@
 """Typed service configuration: environment (RESNET_SERVE_*), then CLI flags on top."""
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service import resources
+
 DEFAULT_MODEL = "resnet50.fb_swsl_ig1b_ft_in1k"
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (respects taskset and container CPU sets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """CPU cores this process may use: its affinity (taskset, a container's CPU set) and
+    its cgroup's CPU quota (`--cpus`, a Kubernetes CPU limit), whichever is less."""
+    return resources.detect().cores
 
 
 class Settings(BaseSettings):
@@ -169,8 +168,13 @@ class Settings(BaseSettings):
         None, description="redis://host:port/db for the result cache; unset: in-process cache"
     )
     cache_ttl_s: float = Field(86_400, gt=0, description="how long a cached result lives")
-    cache_memory_bytes: int = Field(
-        256 * 1024 * 1024, ge=0, description="in-process cache size when no Redis (0: off)"
+    cache_memory_bytes: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "in-process cache size for the whole service when no Redis (0: off; HTTP workers "
+            "split it). Unset: 256 MiB, at most an eighth of a container's memory limit"
+        ),
     )
     cache_timeout_ms: float = Field(
         50, gt=0, le=10_000, description="longest a Redis call may take before it counts as a miss"
@@ -237,11 +241,6 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
-
-    @property
-    def max_request_bytes(self) -> int:
-        """Body limit before parsing: the batch endpoint's files plus multipart overhead."""
-        return self.max_upload_bytes * self.max_batch_files + 1024 * 1024
 
     @property
     def model_cache_dir(self) -> Path:

@@ -1,22 +1,90 @@
-"""ASGI middleware that refuses request bodies over a byte limit before they are buffered."""
+"""Every route's own body limit, enforced before anything is buffered.
 
+A route says what its body carries where it is declared (`openapi_extra=... |
+body_limit("image")`; the OpenAPI document shows it as `x-body-limit`), and the limit follows
+from the settings: one image is at most MAX_UPLOAD_BYTES, a third more as base64 in JSON,
+plus room for the other fields (metadata, a filter) and the multipart framing. A route that
+declares nothing takes a small JSON body; the web page (a mounted app) takes a batch, as its
+Batch tab uploads many images at once. The declared Content-Length is checked at the door
+(413 before a byte is read); a chunked body is counted as it arrives and refused as soon as
+it passes the limit.
+"""
+
+import math
+from typing import Any, Literal
+
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PayloadTooLarge, error_response
+from service.settings import Settings
+
+BodyKind = Literal["image", "two_images", "batch", "json"]
+_KEY = "x-body-limit"
+_FIELDS_BYTES = 64 * 1024  # metadata, a filter, top_k, the multipart framing of a few parts
+_PART_FRAMING_BYTES = 1024  # a multipart part's boundary and headers
+JSON_BODY_BYTES = 1024 * 1024  # a route that declares nothing: a JSON document, no images
+
+
+def body_limit(kind: BodyKind) -> dict[str, Any]:
+    """The openapi_extra of a route whose body carries `kind`."""
+    return {_KEY: kind}
+
+
+def limit_bytes(kind: str, settings: Settings) -> int:
+    """The most bytes a body of `kind` may have under these settings."""
+    # base64 is 4 bytes for 3; multipart sends the bytes as they are (the larger bounds both)
+    image = math.ceil(settings.max_upload_bytes * 4 / 3) + _PART_FRAMING_BYTES
+    if kind == "image":
+        return image + _FIELDS_BYTES
+    if kind == "two_images":
+        return 2 * image + _FIELDS_BYTES
+    if kind == "batch":  # multipart only: no base64
+        files = settings.max_batch_files * (settings.max_upload_bytes + _PART_FRAMING_BYTES)
+        return files + _FIELDS_BYTES
+    return JSON_BODY_BYTES
+
+
+def describe_limit(kind: str, settings: Settings) -> str:
+    what = {
+        "image": "one image",
+        "two_images": "two images",
+        "batch": f"up to {settings.max_batch_files} images",
+    }.get(kind, "a JSON document")
+    return f"{limit_bytes(kind, settings)} bytes ({what})"
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self._settings = settings
+        self._by_route: dict[int, tuple[int, str]] = {}  # id(route) -> (bytes, description)
+
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        """The limit of the route the request goes to: read from the app's routes as they are
+        when requests arrive (the web page is mounted after this middleware is added)."""
+        for route in scope["app"].router.routes:
+            if route.matches(scope)[0] is Match.FULL:
+                return self._of(route)
+        return self._of(None)
+
+    def _of(self, route: BaseRoute | None) -> tuple[int, str]:
+        known = self._by_route.get(id(route))
+        if known is None:
+            kind = _kind(route)
+            known = limit_bytes(kind, self._settings), describe_limit(kind, self._settings)
+            self._by_route[id(route)] = known
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"request body is over the {self.max_bytes}-byte limit"
+        max_bytes, described = self._limit(scope)
+        message = f"request body is over this route's limit of {described}"
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await error_response(PayloadTooLarge(message))(scope, receive, send)
             return
         seen = 0
@@ -26,8 +94,16 @@ class BodyLimit:
             received = await receive()
             if received["type"] == "http.request":
                 seen += len(received.get("body", b""))
-                if seen > self.max_bytes:  # chunked bodies have no content-length to check
+                if seen > max_bytes:  # chunked bodies have no content-length to check
                     raise PayloadTooLarge(message)
             return received
 
         await self.app(scope, counting_receive, send)
+
+
+def _kind(route: BaseRoute | None) -> str:
+    if isinstance(route, Mount):
+        return "batch"
+    if isinstance(route, APIRoute):
+        return str((route.openapi_extra or {}).get(_KEY, "json"))
+    return "json"

@@ -76,6 +76,13 @@ class EmbedResponse(ModelInfo):
     timings_ms: dict[str, float]
 
 
+class DetectedResources(BaseModel):
+    cores: int = Field(description="the smaller of the CPU affinity and the cgroup's CPU quota")
+    affinity_cores: int
+    cpu_quota: float | None = Field(description="cores of CPU time the cgroup allows; null: none")
+    memory_limit_bytes: int | None = Field(description="the cgroup's memory limit; null: none")
+
+
 class ReadyResponse(ModelInfo):
     status: str
     device: str
@@ -92,6 +99,9 @@ class ReadyResponse(ModelInfo):
         ),
     )
     queue_depth: int
+    resources: DetectedResources | None = Field(
+        None, description="the CPU and memory this process may use, as its container allows"
+    )
 
 
 class ItemResponse(BaseModel):

@@ -21,6 +21,7 @@ import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 FORMAT = 1
 CONFIG, WEIGHTS, LABELS, METRICS, CONFUSION = (
@@ -80,35 +81,83 @@ def save(
     (out / CONFIG).write_text(json.dumps({"format": FORMAT, **config}, indent=2))
 
 
+class DirConfig(BaseModel):
+    """config.json as `resnet-serve finetune` writes it; read strictly, so a missing,
+    mistyped or unknown field is named rather than failing later."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: int
+    base_model: str
+    base_weights: str
+    data_config: dict[str, Any]
+    classes: list[str] = Field(min_length=1)
+    mode: Literal["head", "full"]
+    head: Head
+    train_stages: int | None
+    base_fingerprint: str
+    command: list[str]
+    versions: dict[str, str]
+
+
+_Labels = TypeAdapter(list[str])
+
+
 def load(path: Path) -> LoadedDir:
-    config = _json(path, CONFIG, "run `resnet-serve finetune DATA_DIR --out MODEL_DIR` to make one")
-    if config.get("format") != FORMAT:
-        raise ModelDirError(
-            f"{path / CONFIG} is format {config.get('format')!r}; this service reads format "
-            f"{FORMAT}: fine-tune again with this version"
-        )
-    labels = _json(path, LABELS, "it lists the class names; fine-tune again to write it")
-    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
-        raise ModelDirError(f"{path / LABELS} must be a non-empty list of class names")
-    if labels != config.get("classes"):
+    config = _config(path)
+    labels = _labels(path)
+    if labels != config.classes:
         raise ModelDirError(f"{path / LABELS} does not match the classes in {path / CONFIG}")
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ModelDirError(f"{weights} is missing: the directory is incomplete; fine-tune again")
-    base = str(config["base_model"])
+    base = config.base_model
     try:
         module = timm.create_model(base, pretrained=False)
     except RuntimeError as exc:
         raise ModelDirError(f"{path / CONFIG} names base model {base!r}: {exc}") from exc
-    replace_head(module, len(labels), config["head"])
+    replace_head(module, len(labels), config.head)
     try:
         module.load_state_dict(safetensors.torch.load_file(str(weights)), strict=True)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ModelDirError(
-            f"{weights} does not fit {base} with a {len(labels)}-class {config['head']} head "
+            f"{weights} does not fit {base} with a {len(labels)}-class {config.head} head "
             f"(was the directory edited by hand?): {exc}"
         ) from exc
     return LoadedDir(module.eval(), base, tuple(labels), weights)
+
+
+def _config(path: Path) -> DirConfig:
+    raw = _json(path, CONFIG, "run `resnet-serve finetune DATA_DIR --out MODEL_DIR` to make one")
+    if isinstance(raw, dict) and raw.get("format") != FORMAT:
+        raise ModelDirError(
+            f"{path / CONFIG} is format {raw.get('format')!r}; this service reads format "
+            f"{FORMAT}: fine-tune again with this version"
+        )
+    try:
+        return DirConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelDirError(_named(path / CONFIG, exc)) from None
+
+
+def _labels(path: Path) -> list[str]:
+    raw = _json(path, LABELS, "it lists the class names; fine-tune again to write it")
+    try:
+        labels = _Labels.validate_python(raw, strict=True)
+    except ValidationError:
+        raise ModelDirError(f"{path / LABELS} must be a non-empty list of class names") from None
+    if not labels:
+        raise ModelDirError(f"{path / LABELS} must be a non-empty list of class names")
+    return labels
+
+
+def _named(file: Path, exc: ValidationError) -> str:
+    """Each wrong field of `file` by name, and what to do."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'the document'}: {error['msg'].lower()}"
+        for error in exc.errors()
+    )
+    return f"{file} is not what `resnet-serve finetune` writes ({problems}): fine-tune again"
 
 
 def _json(path: Path, name: str, remedy: str) -> Any:

@@ -3,12 +3,12 @@
 import hashlib
 import logging
 import pickle
-import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import httpx
 import huggingface_hub
 import safetensors.torch
 import timm
@@ -152,14 +152,13 @@ def _cached_hub_file(repo_id: str) -> Path | None:
 
 
 def _probe(url: str) -> None:
-    """Fail in seconds when the weights host is unreachable (the hub client retries ~45 s)."""
-    parsed = urlparse(url)
-    host = parsed.hostname or ""
-    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    """Fail in seconds when the weights host is unreachable (the hub client retries ~45 s).
+    Through httpx, so HTTPS_PROXY, HTTP_PROXY and NO_PROXY apply as to the download itself:
+    any answer at all means the host is reachable."""
+    host = urlparse(url).hostname or url
     try:
-        with socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S):
-            pass
-    except OSError as exc:
+        httpx.head(url, timeout=HUB_PROBE_TIMEOUT_S, follow_redirects=False)
+    except httpx.TransportError as exc:
         raise WeightsUnavailable(f"{host} is unreachable ({exc})") from exc
 
 

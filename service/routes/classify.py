@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from service.errors import INTERNAL, describe_error
 from service.http.admission import USES_MODEL
 from service.http.disconnect import unless_disconnected
+from service.http.limits import body_limit
 from service.http.schemas import BatchClassifyResponse, BatchItem, ClassifyResponse, ErrorDetail
 from service.http.schemas import Prediction as PredictionOut
 from service.http.uploads import read_images, read_many_images
@@ -59,7 +60,7 @@ async def classify(
     "/classify/batch",
     response_model=BatchClassifyResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=USES_MODEL,
+    openapi_extra=USES_MODEL | body_limit("batch"),
 )
 async def classify_batch(
     request: Request,

@@ -11,6 +11,7 @@ from fastapi import Query, Request
 from index.filters import Filter, InvalidFilter, parse_filter
 from service.errors import InvalidInput, NotReady
 from service.explain.inspection import ModelInspector
+from service.http.limits import body_limit
 from service.http.schemas import ErrorResponse
 from service.items.search_index import ItemIndex
 from service.model.spec import ModelSpec
@@ -163,4 +164,4 @@ SINGLE_IMAGE_BODY = request_body(
         "multipart/form-data": {"file": {"type": "string", "format": "binary"}},
         "application/json": {"image": {"type": "string", "description": "base64 bytes"}},
     }
-)
+) | body_limit("image")

@@ -5,7 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from service.http.schemas import ReadyResponse
+from service import resources
+from service.http.schemas import DetectedResources, ReadyResponse
 from service.items.search_index import ItemIndex
 from service.pipeline import Pipeline
 from service.routes.deps import ERROR_RESPONSES, get_index, get_pipeline, model_info
@@ -40,6 +41,7 @@ async def readyz(
         backend_choice=status.backend_choice,
         backend_search=status.backend_search,
         queue_depth=status.queue_depth,
+        resources=DetectedResources(**resources.detect().describe()),  # type: ignore[arg-type]
     )
 
 

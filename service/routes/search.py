@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from index.filters import Filter
 from service.http.admission import USES_MODEL
 from service.http.disconnect import unless_disconnected
+from service.http.limits import body_limit
 from service.http.schemas import SearchResponse, SimilarityResponse
 from service.http.uploads import ImageField, read_images
 from service.items.search_index import ItemIndex
@@ -64,7 +65,7 @@ async def search(
     "/similarity",
     response_model=SimilarityResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=USES_MODEL,
+    openapi_extra=USES_MODEL | body_limit("two_images"),
 )
 async def similarity(
     request: Request,

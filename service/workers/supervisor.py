@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service import resources
 from service.process_dirs import own_name, remove_leftovers, temporary_dir
 from service.settings import Settings, available_cores
 from service.transport.slots import shared_memory_dir
@@ -87,11 +88,14 @@ class Supervisor:
             for i, device in enumerate(devices)
         ]
         workers.append(WorkerSpec("index", "index", _flags(settings=settings, sockets=sockets)))
-        http_settings = settings
+        # The cores are shared by the workers: a full pool each would oversubscribe them; the
+        # in-process cache is one budget for the service, each worker holding its share.
+        limit = resources.detect().memory_limit_bytes
+        cache = resources.cache_budget(settings.cache_memory_bytes, limit) // self.http_workers
+        shared: dict[str, object] = {"cache_memory_bytes": cache}
         if "decode_threads" not in settings.model_fields_set:
-            # The cores are shared by the workers: a full pool each would oversubscribe them.
-            share = max(1, available_cores() // self.http_workers)
-            http_settings = settings.model_copy(update={"decode_threads": share})
+            shared["decode_threads"] = max(1, available_cores() // self.http_workers)
+        http_settings = settings.model_copy(update=shared)
         for i in range(self.http_workers):
             name = f"http-{i}"
             flags = _flags(

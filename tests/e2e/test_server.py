@@ -135,3 +135,51 @@ def test_disconnected_client_is_dropped_before_the_model(tmp_path: Path) -> None
         assert 'status="499"' in text
     finally:
         slow.stop(signal.SIGKILL)
+
+
+def test_oversize_bodies_are_refused_at_once_and_memory_stays_bounded(shared: Server) -> None:
+    """600 MB declared, and chunked bodies past the route's limit: every one 413 before its
+    body is buffered; the process's memory barely moves, and real images are still served."""
+    host, port = shared.url.removeprefix("http://").split(":")
+    process = psutil.Process(shared.process.pid)
+    before = process.memory_info().rss
+    head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+    async def declared() -> tuple[bytes, float]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        started = time.monotonic()
+        writer.write(f"{head}Content-Length: 600000000\r\n\r\n".encode() + b'{"image": "AAAA')
+        status = await asyncio.wait_for(reader.readline(), 30)
+        writer.close()
+        return status, time.monotonic() - started
+
+    async def chunked() -> tuple[bytes, int]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk, sent = b"A" * (1 << 20), 0
+        response = asyncio.ensure_future(reader.readline())
+        while not response.done() and sent < 100 << 20:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            try:
+                await writer.drain()
+            except ConnectionError:
+                break
+            sent += len(chunk)
+        status = await asyncio.wait_for(response, 30)
+        writer.close()
+        return status, sent
+
+    async def scenario() -> tuple[list[tuple[bytes, float]], list[tuple[bytes, int]], list[int]]:
+        refused = asyncio.gather(*(declared() for _ in range(32)))
+        streamed = asyncio.gather(*(chunked() for _ in range(4)))
+        served = post_all(shared.url, unique_jpegs(8))
+        answers = await asyncio.gather(refused, streamed, served)
+        return answers[0], answers[1], [r.status_code for r in answers[2]]
+
+    refused, streamed, served = asyncio.run(scenario())
+    assert all(status.startswith(b"HTTP/1.1 413") for status, _ in refused), refused[:2]
+    assert all(status.startswith(b"HTTP/1.1 413") for status, _ in streamed), streamed[:2]
+    # Refused near the route's limit (27 MB for one 20 MB image as base64), not at 100 MB.
+    assert all(sent < 40 << 20 for _, sent in streamed), [sent for _, sent in streamed]
+    assert served == [200] * 8
+    assert process.memory_info().rss - before < 256 << 20

@@ -234,6 +234,13 @@ def test_kill_9_of_a_worker_and_of_the_model_worker_under_load(split: Server) ->
     files = {"file": ("coffee.jpg", jpeg("coffee"), "image/jpeg")}
     assert httpx.post(f"{split.url}/v1/classify", files=files).status_code == 200
     assert "model-0 (pid" in split.log() and "http-" in split.log()
+    # The gauges sum or max the live processes only: no series of the dead ones stays.
+    text = httpx.get(f"{split.url}/metrics").text
+    for gauge in ("batcher_queue_depth", "batcher_hung", "cache_circuit_open"):
+        series = [line for line in text.splitlines() if line.startswith(gauge + "{")]
+        assert not any(
+            f'pid="{dead.pid}"' in line for dead in (http_worker, model) for line in series
+        )
 
 
 def test_a_replacement_http_worker_takes_requests_only_once_it_reaches_the_model(

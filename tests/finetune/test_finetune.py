@@ -1,6 +1,7 @@
 """Fine-tuning on a folder of photos (scikit-learn's digits, upscaled), then serving the result."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,12 +14,14 @@ from fastapi.testclient import TestClient
 
 from index.store import ModelMismatch
 from loadtest.common.digits import write_digits_folder
+from loadtest.common.processes import LITE0_ENV, free_port
 from service.app import create_app
 from service.finetune.data import DataError, load_folder
 from service.model import model_dir
 from service.model.load_error import ModelLoadError
 from service.model.runtime import ModelRuntime
 from service.model.weights import load_model
+from service.workers.process import EXIT_CONFIG_ERROR
 from tests.conftest import lite0_settings
 from tests.finetuned import LITE0, finetune
 from tests.photos import jpeg
@@ -137,6 +140,61 @@ def test_a_broken_model_dir_says_which_file_and_what_to_do(
     (mislabelled / model_dir.LABELS).write_text(json.dumps(["a", "b"]))
     with pytest.raises(ModelLoadError, match="does not match the classes"):
         load_model("ignored", str(mislabelled))
+
+
+def test_a_config_json_that_is_not_what_finetune_writes_is_named_field_by_field(
+    head_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, _ = head_model
+    config = json.loads((out / model_dir.CONFIG).read_text())
+    broken = {
+        "missing": ({k: v for k, v in config.items() if k != "base_model"}, "base_model"),
+        "mistyped": (config | {"head": 3}, "head"),
+        "unknown": (config | {"surprise": True}, "surprise"),
+    }
+    for name, (content, field) in broken.items():
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        (copy / model_dir.CONFIG).write_text(json.dumps(content))
+        with pytest.raises(ModelLoadError, match=f"config.json.*{field}.*fine-tune again"):
+            load_model("ignored", str(copy))
+    garbage = tmp_path / "garbage"
+    shutil.copytree(out, garbage)
+    (garbage / model_dir.CONFIG).write_text("{not json")
+    with pytest.raises(ModelLoadError, match=r"config\.json is unreadable"):
+        load_model("ignored", str(garbage))
+    (garbage / model_dir.CONFIG).write_text(json.dumps(config))
+    (garbage / model_dir.LABELS).write_text(json.dumps({"0": "zero"}))
+    with pytest.raises(ModelLoadError, match=r"labels\.json must be a non-empty list"):
+        load_model("ignored", str(garbage))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_service_exits_with_a_configuration_error_naming_the_field(
+    head_model: tuple[Path, Path], tmp_path: Path, workers: str
+) -> None:
+    """With workers too: the model worker's configuration error stops the whole service,
+    never a restart loop."""
+    out, _ = head_model
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    config = json.loads((broken / model_dir.CONFIG).read_text())
+    del config["base_model"]
+    (broken / model_dir.CONFIG).write_text(json.dumps(config))
+    env = (
+        os.environ
+        | LITE0_ENV
+        | {
+            "RESNET_SERVE_WEIGHTS": str(broken),
+            "RESNET_SERVE_WORKERS": workers,
+            "RESNET_SERVE_DATA_DIR": str(tmp_path / "data"),
+            "RESNET_SERVE_UI": "false",
+        }
+    )
+    command = [sys.executable, "-m", "service", "serve", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_CONFIG_ERROR, done.stderr[-2000:]
+    assert "config.json" in done.stderr and "base_model" in done.stderr
 
 
 def test_data_errors_and_skipped_files(tmp_path: Path) -> None:

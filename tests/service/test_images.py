@@ -154,3 +154,13 @@ def test_truncated_png_is_invalid() -> None:
     data = encode(Image.fromarray(photo("astronaut")), "PNG")
     with pytest.raises(InvalidInput):
         decode_image(io.BytesIO(data).read()[: len(data) // 2], max_pixels=LIMIT)
+
+
+def test_a_pixel_limit_above_pillows_own_takes_effect() -> None:
+    """200 M pixels is past Pillow's default bomb error (179 M): with the setting above it,
+    the image is judged by the setting (here: read, and found truncated), not by Pillow."""
+    claimed = png_header_only(20_000, 10_000)
+    with pytest.raises(InvalidInput, match="corrupt or truncated"):
+        decode_image(claimed, max_pixels=250_000_000)
+    with pytest.raises(PayloadTooLarge):
+        decode_image(claimed, max_pixels=LIMIT)

@@ -1,0 +1,108 @@
+"""Every route refuses a body over its own limit before buffering it: declared or chunked,
+JSON or multipart; a single-image route about one image, a batch route its files."""
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.http.limits import JSON_BODY_BYTES, limit_bytes
+from tests.conftest import lite0_settings
+from tests.service.test_api import assert_error
+
+UPLOAD = 64 * 1024  # RESNET_SERVE_MAX_UPLOAD_BYTES here: limits of a few hundred KB
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = lite0_settings(tmp_path_factory.mktemp("limits"), max_upload_bytes=UPLOAD)
+    with TestClient(create_app(settings)) as client:
+        client.settings = settings  # type: ignore[attr-defined]
+        yield client
+
+
+def json_of_size(size: int) -> bytes:
+    """A JSON body {"image": "AAAA..."} of exactly `size` bytes."""
+    frame = len(b'{"image": ""}')
+    return b'{"image": "' + b"A" * (size - frame) + b'"}'
+
+
+def multipart_of_size(size: int) -> tuple[bytes, str]:
+    boundary = "limitboundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + b"\0" * (size - len(head) - len(tail)) + tail, boundary
+
+
+def chunks(body: bytes, size: int = 16 * 1024) -> Iterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def post(client: TestClient, path: str, body: bytes, content_type: str, *, chunked: bool) -> int:
+    content = chunks(body) if chunked else body  # an iterator is sent chunked, no length
+    answer = client.post(path, content=content, headers={"content-type": content_type})
+    if answer.status_code == 413:
+        assert_error(answer, 413, "payload_too_large")
+        assert "this route's limit" in answer.json()["error"]["message"]
+    return answer.status_code
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+@pytest.mark.parametrize("form", ["json", "multipart"])
+def test_a_single_image_route_takes_about_one_image(
+    client: TestClient, form: str, chunked: bool
+) -> None:
+    limit = limit_bytes("image", client.settings)  # type: ignore[attr-defined]
+    assert UPLOAD * 4 // 3 < limit < 2 * UPLOAD
+    for size, refused in ((limit, False), (limit + 1, True)):
+        if form == "json":
+            body, content_type = json_of_size(size), "application/json"
+        else:
+            body, boundary = multipart_of_size(size)
+            content_type = f"multipart/form-data; boundary={boundary}"
+        status = post(client, "/v1/classify", body, content_type, chunked=chunked)
+        # Just under: read, and refused for what it is (no image, too large an image).
+        assert (status == 413) is refused, (size, status)
+
+
+def test_each_route_has_its_own_limit(client: TestClient) -> None:
+    settings = client.settings  # type: ignore[attr-defined]
+    one, two = limit_bytes("image", settings), limit_bytes("two_images", settings)
+    batch = limit_bytes("batch", settings)
+    assert one < two < batch
+    body, boundary = multipart_of_size(one + 1)
+    multipart = f"multipart/form-data; boundary={boundary}"
+    # Over one image: refused by the single-image routes, read by the two-image and batch ones.
+    for path in ("/v1/classify", "/v1/embed", "/v1/search", "/v1/explain", "/v1/features"):
+        assert post(client, path, body, multipart, chunked=False) == 413, path
+    assert post(client, "/v1/similarity", body, multipart, chunked=False) != 413
+    assert post(client, "/v1/classify/batch", body, multipart, chunked=False) != 413
+    big, boundary = multipart_of_size(batch + 1)
+    assert post(client, "/v1/classify/batch", big, f"multipart/form-data; boundary={boundary}",
+                chunked=True) == 413  # fmt: skip
+    # A JSON-only route: a document, not images.
+    document = json.dumps({"name": "v9", "weights": "x" * JSON_BODY_BYTES}).encode()
+    assert post(client, "/v1/models", document, "application/json", chunked=False) == 413
+
+
+def test_the_limits_are_in_the_openapi_document(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert paths["/v1/classify"]["post"]["x-body-limit"] == "image"
+    assert paths["/v1/similarity"]["post"]["x-body-limit"] == "two_images"
+    assert paths["/v1/items/batch"]["post"]["x-body-limit"] == "batch"
+
+
+def test_a_real_image_within_the_limit_is_served(client: TestClient) -> None:
+    from tests.photos import jpeg
+
+    small = jpeg("coffee")
+    assert len(small) < UPLOAD
+    answer = client.post("/v1/classify", json={"image": base64.b64encode(small).decode()})
+    assert answer.status_code == 200, answer.text
