@@ -154,7 +154,7 @@ def create_app(
     serve_docs(app)
     # Starlette runs the last added first: ids, metrics (and X-Model-Version), CORS, the key,
     # admission, body limit.
-    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(BodyLimit, routes=routes, settings=settings)
     app.add_middleware(AdmitAtTheDoor, routes=model_routes(routes))
     if settings.api_key is not None:
         app.add_middleware(

@@ -56,17 +56,22 @@ def describe_limit(kind: str, settings: Settings) -> str:
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute], settings: Settings) -> None:
+        """`routes`: the API's routes with their full paths (service.app.api_routes)."""
         self.app = app
+        self._routes = routes
         self._settings = settings
         self._by_route: dict[int, tuple[int, str]] = {}  # id(route) -> (bytes, description)
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
-        """The limit of the route the request goes to: read from the app's routes as they are
-        when requests arrive (the web page is mounted after this middleware is added)."""
-        for route in scope["app"].router.routes:
+        """The limit of the route the request goes to; a path under a mounted app (the web
+        page, mounted after this middleware is added) takes a batch."""
+        for route in self._routes:
             if route.matches(scope)[0] is Match.FULL:
                 return self._of(route)
+        for mounted in scope["app"].router.routes:
+            if isinstance(mounted, Mount) and mounted.matches(scope)[0] is Match.FULL:
+                return self._of(mounted)
         return self._of(None)
 
     def _of(self, route: BaseRoute | None) -> tuple[int, str]:
