@@ -470,7 +470,11 @@ def test_acknowledged_writes_survive_kill_9_of_everything(tmp_path: Path) -> Non
 
     async def scenario() -> None:
         writers = [asyncio.create_task(writer()) for _ in range(4)]
-        await asyncio.sleep(4)
+        deadline = time.monotonic() + 120  # a few acknowledged writes, however slow the machine
+        while len(acknowledged) < 5:
+            assert time.monotonic() < deadline, "writes were not acknowledged"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # more in flight when the kill comes
         family = [psutil.Process(server.process.pid), *workers(server, "")]
         for process in family:  # a worker may be gone already: it dies with the supervisor
             with contextlib.suppress(psutil.NoSuchProcess):

@@ -3,6 +3,7 @@ in the background, and its winner is swapped in while requests keep being answer
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -77,8 +78,10 @@ def test_the_search_runs_in_a_process_niced_as_a_whole_and_its_winner_is_swapped
         assert "searched for in the background" in ready["backend_choice"]
         assert ready["backend_search"].startswith("searching for a faster backend")
         host = host_of(http)
-        pid = host.search_pid
-        assert pid is not None
+        deadline = time.monotonic() + 60  # its process is spawned from a thread of its own
+        while (pid := host.search_pid) is None:
+            assert time.monotonic() < deadline and not host.searched.is_set(), "no search ran"
+            threading.Event().wait(0.02)
 
         statuses: Counter[int] = Counter()
         stop = threading.Event()
