@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from service.on_disk import wrong_fields
+
 FORMAT = 1
 CONFIG, WEIGHTS, LABELS, METRICS, CONFUSION = (
     "config.json",
@@ -137,7 +139,10 @@ def _config(path: Path) -> DirConfig:
     try:
         return DirConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ModelDirError(_named(path / CONFIG, exc)) from None
+        raise ModelDirError(
+            f"{path / CONFIG} is not what `resnet-serve finetune` writes ({wrong_fields(exc)}): "
+            "fine-tune again"
+        ) from None
 
 
 def _labels(path: Path) -> list[str]:
@@ -149,15 +154,6 @@ def _labels(path: Path) -> list[str]:
     if not labels:
         raise ModelDirError(f"{path / LABELS} must be a non-empty list of class names")
     return labels
-
-
-def _named(file: Path, exc: ValidationError) -> str:
-    """Each wrong field of `file` by name, and what to do."""
-    problems = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'the document'}: {error['msg'].lower()}"
-        for error in exc.errors()
-    )
-    return f"{file} is not what `resnet-serve finetune` writes ({problems}): fine-tune again"
 
 
 def _json(path: Path, name: str, remedy: str) -> Any:

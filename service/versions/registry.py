@@ -10,6 +10,10 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
+from service.on_disk import read_model
+
 DEFAULT = "default"  # the version the service first starts with
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -34,6 +38,23 @@ class Registry:
         return next((v for v in self.versions if v.name == name), None)
 
 
+class _RecordDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    weights: str
+    model: str
+
+
+class _RegistryDocument(BaseModel):
+    """versions.json as `save` writes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    live: str
+    versions: list[_RecordDocument]
+
+
 def check_name(name: str) -> None:
     if not NAME.match(name):
         raise InvalidVersion(
@@ -52,11 +73,12 @@ class RegistryFile:
     def load(self) -> Registry:
         if not self.path.exists():
             return Registry(DEFAULT, (self._default,))
-        raw = json.loads(self.path.read_text())
-        versions = tuple(VersionRecord(**v) for v in raw["versions"])
+        remedy = "restore it from a backup, or remove it to start over with `default` live"
+        document = read_model(self.path, _RegistryDocument, remedy)
+        versions = tuple(VersionRecord(v.name, v.weights, v.model) for v in document.versions)
         # `default` is what the service's own settings say, whatever was recorded for it.
         versions = (self._default, *(v for v in versions if v.name != DEFAULT))
-        live = raw["live"] if any(v.name == raw["live"] for v in versions) else DEFAULT
+        live = document.live if any(v.name == document.live for v in versions) else DEFAULT
         return Registry(live, versions)
 
     def save(self, registry: Registry) -> None:

@@ -14,6 +14,7 @@ from index.collection import IndexInUse
 from index.store import ModelMismatch
 from service.logs import configure_logging
 from service.model.load_error import ModelLoadError
+from service.on_disk import BrokenFile
 from service.parent_death import signal_on_parent_death
 from service.settings import Settings
 from service.workers.process import EXIT_CONFIG_ERROR
@@ -68,7 +69,7 @@ def main() -> None:
 
             slots = f"{args.slots}-{os.getpid()}"
             serve_http(settings, args.listen_fd, args.sockets, args.model_workers, slots)
-    except (ModelLoadError, ModelMismatch, IndexInUse) as exc:
+    except (ModelLoadError, ModelMismatch, IndexInUse, BrokenFile) as exc:
         log.error("%s", exc)
         sys.exit(EXIT_CONFIG_ERROR)
 
