@@ -18,6 +18,32 @@ if TYPE_CHECKING:
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+# The longest units first, so that two workers finish together (longest processing time
+# first): the Ray files (one unit), fine-tuning, the multi-process and first-start files.
+_LONGEST_FIRST = (
+    "tests/cluster/",
+    "tests/finetune/",
+    "tests/e2e/test_workers.py",
+    "tests/service/test_first_start.py",
+    "tests/e2e/",
+    "tests/service/test_backends.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the files with the longest tests are handed out first (a stable
+    sort: the order within a file stays)."""
+    if hasattr(config, "workerinput"):  # an xdist worker: its order is the one handed out
+        root = config.rootpath
+
+        def rank(item: pytest.Item) -> int:
+            path = item.path.relative_to(root).as_posix()
+            found = (i for i, prefix in enumerate(_LONGEST_FIRST) if path.startswith(prefix))
+            return next(found, len(_LONGEST_FIRST))
+
+        items.sort(key=rank)
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Under pytest-xdist (scripts/test), a test file goes to one worker whole (its module
     fixtures, a server or a Milvus, start once), and tests/cluster as one: each file there
