@@ -190,7 +190,8 @@ class ModelHost:
         )
         self._backend.labels(old.backend.name, str(old.batch_size)).set(0)
         self._backend.labels(runtime.backend.name, str(runtime.batch_size)).set(1)
-        self._swaps.inc()
+        if runtime.backend is not old.backend or runtime.batch_size != old.batch_size:
+            self._swaps.inc()  # the same backend, newly measured, is no swap
         log.info(
             "now serving on %s at batch %d (was %s at batch %d): %s",
             runtime.backend.name,
