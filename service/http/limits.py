@@ -8,6 +8,11 @@ declares nothing takes a small JSON body; the web page (a mounted app) takes a b
 Batch tab uploads many images at once. The declared Content-Length is checked at the door
 (413 before a byte is read); a chunked body is counted as it arrives and refused as soon as
 it passes the limit.
+
+JSON bodies are held in memory whole until parsed (multipart parts go to spooled files), so
+beyond its first MiB every JSON body draws on one budget for the process
+(LARGE_JSON_BUDGET_BYTES): many large JSON bodies arriving at once get 429 with Retry-After
+instead of holding gigabytes; small ones, such as a typical image in base64, never wait.
 """
 
 import math
@@ -17,6 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batching import QueueFull
 from service.errors import PayloadTooLarge, error_response
 from service.settings import Settings
 
@@ -25,6 +31,9 @@ _KEY = "x-body-limit"
 _FIELDS_BYTES = 64 * 1024  # metadata, a filter, top_k, the multipart framing of a few parts
 _PART_FRAMING_BYTES = 1024  # a multipart part's boundary and headers
 JSON_BODY_BYTES = 1024 * 1024  # a route that declares nothing: a JSON document, no images
+FREE_JSON_BYTES = 1024 * 1024  # what any JSON body holds without drawing on the budget
+LARGE_JSON_BUDGET_BYTES = 128 * 1024 * 1024  # JSON bytes past the free MiB, all bodies at once
+_BUSY_RETRY_S = 1.0
 
 
 def body_limit(kind: BodyKind) -> dict[str, Any]:
@@ -62,6 +71,7 @@ class BodyLimit:
         self._routes = routes
         self._settings = settings
         self._by_route: dict[int, tuple[int, str]] = {}  # id(route) -> (bytes, description)
+        self._large_json_held = 0  # bytes of JSON bodies past their free MiB, all requests
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
         """The limit of the route the request goes to; a path under a mounted app (the web
@@ -93,17 +103,33 @@ class BodyLimit:
             await error_response(PayloadTooLarge(message))(scope, receive, send)
             return
         seen = 0
+        held = 0  # this body's bytes drawn on the large-JSON budget
+        is_json = dict(scope["headers"]).get(b"content-type", b"").startswith(b"application/json")
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, held
             received = await receive()
             if received["type"] == "http.request":
                 seen += len(received.get("body", b""))
                 if seen > max_bytes:  # chunked bodies have no content-length to check
                     raise PayloadTooLarge(message)
+                if is_json:
+                    held += self._draw(max(0, seen - FREE_JSON_BYTES) - held)
             return received
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self._large_json_held -= held
+
+    def _draw(self, more: int) -> int:
+        """Take `more` bytes of the large-JSON budget (one event loop: no lock needed)."""
+        if more <= 0:
+            return 0
+        if self._large_json_held + more > LARGE_JSON_BUDGET_BYTES:
+            raise QueueFull(0, _BUSY_RETRY_S, "too many large JSON bodies are arriving at once")
+        self._large_json_held += more
+        return more
 
 
 def _kind(route: BaseRoute | None) -> str:

@@ -109,3 +109,30 @@ def test_a_real_image_within_the_limit_is_served(client: TestClient) -> None:
     assert len(small) < UPLOAD
     answer = client.post("/v1/classify", json={"image": base64.b64encode(small).decode()})
     assert answer.status_code == 200, answer.text
+
+
+def test_large_json_bodies_at_once_draw_on_one_budget(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON is held whole until parsed: past its free first MiB (none here) a body draws on
+    the process's budget (1,000 bytes here); over it, 429. Multipart (spooled) draws none,
+    and what a finished request drew is given back."""
+    from service.http import limits
+
+    monkeypatch.setattr(limits, "FREE_JSON_BYTES", 0)
+    monkeypatch.setattr(limits, "LARGE_JSON_BUDGET_BYTES", 1000)
+    body = json_of_size(100_000)
+    for chunked in (False, True):
+        answer = client.post(
+            "/v1/classify",
+            content=chunks(body) if chunked else body,
+            headers={"content-type": "application/json"},
+        )
+        assert_error(answer, 429, "overloaded")
+        assert "large JSON bodies" in answer.json()["error"]["message"]
+        assert int(answer.headers["retry-after"]) >= 1
+    multipart, boundary = multipart_of_size(100_000)
+    content_type = f"multipart/form-data; boundary={boundary}"
+    assert post(client, "/v1/classify", multipart, content_type, chunked=False) != 429
+    small = json_of_size(900)  # the budget came back: a small one fits
+    assert post(client, "/v1/classify", small, "application/json", chunked=False) != 429
