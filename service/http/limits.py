@@ -32,7 +32,7 @@ _FIELDS_BYTES = 64 * 1024  # metadata, a filter, top_k, the multipart framing of
 _PART_FRAMING_BYTES = 1024  # a multipart part's boundary and headers
 JSON_BODY_BYTES = 1024 * 1024  # a route that declares nothing: a JSON document, no images
 FREE_JSON_BYTES = 1024 * 1024  # what any JSON body holds without drawing on the budget
-LARGE_JSON_BUDGET_BYTES = 128 * 1024 * 1024  # JSON bytes past the free MiB, all bodies at once
+LARGE_JSON_BUDGET_BYTES = 64 * 1024 * 1024  # JSON bytes past the free MiB, all bodies at once
 _BUSY_RETRY_S = 1.0
 
 
