@@ -98,13 +98,14 @@ class BodyLimit:
             return
         max_bytes, described = self._limit(scope)
         message = f"request body is over this route's limit of {described}"
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await error_response(PayloadTooLarge(message))(scope, receive, send)
             return
         seen = 0
         held = 0  # this body's bytes drawn on the large-JSON budget
-        is_json = dict(scope["headers"]).get(b"content-type", b"").startswith(b"application/json")
+        is_json = headers.get(b"content-type", b"").startswith(b"application/json")
 
         async def counting_receive() -> Message:
             nonlocal seen, held

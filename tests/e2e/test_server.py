@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from loadtest.chaos.oversize_bodies import oversize
 from tests.e2e.server import UI_ON, Server, start_server
 from tests.photos import jpeg
 
@@ -143,46 +144,26 @@ def test_oversize_bodies_are_refused_at_once_and_memory_stays_bounded(shared: Se
     host, port = shared.url.removeprefix("http://").split(":")
     process = psutil.Process(shared.process.pid)
     before = process.memory_info().rss
-    head = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    Sent = list[tuple[str, float, int]]  # status line, seconds, bytes sent before the answer
 
-    async def declared() -> tuple[bytes, float]:
-        reader, writer = await asyncio.open_connection(host, int(port))
-        started = time.monotonic()
-        writer.write(f"{head}Content-Length: 600000000\r\n\r\n".encode() + b'{"image": "AAAA')
-        status = await asyncio.wait_for(reader.readline(), 30)
-        writer.close()
-        return status, time.monotonic() - started
-
-    async def chunked() -> tuple[bytes, int]:
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
-        chunk, sent = b"A" * (1 << 20), 0
-        response = asyncio.ensure_future(reader.readline())
-        while not response.done() and sent < 100 << 20:
-            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            try:
-                await writer.drain()
-            except ConnectionError:
-                break
-            sent += len(chunk)
-        status = await asyncio.wait_for(response, 30)
-        writer.close()
-        return status, sent
-
-    async def scenario() -> tuple[list[tuple[bytes, float]], list[tuple[bytes, int]], list[int]]:
-        refused = asyncio.gather(*(declared() for _ in range(32)))
-        streamed = asyncio.gather(*(chunked() for _ in range(4)))
+    async def scenario() -> tuple[Sent, Sent, list[int]]:
+        refused = asyncio.gather(
+            *(oversize(host, int(port), 600 << 20, "json", False) for _ in range(32))
+        )
+        streamed = asyncio.gather(
+            *(oversize(host, int(port), 100 << 20, "json", True) for _ in range(4))
+        )
         served = post_all(shared.url, unique_jpegs(8))
         answers = await asyncio.gather(refused, streamed, served)
         return answers[0], answers[1], [r.status_code for r in answers[2]]
 
     refused, streamed, served = asyncio.run(scenario())
-    assert all(status.startswith(b"HTTP/1.1 413") for status, _ in refused), refused[:2]
+    assert all(status.startswith("HTTP/1.1 413") for status, _, _ in refused), refused[:2]
     # 413 past the route's limit, or 429 sooner: JSON past its first MiB draws on one budget
-    refused_codes = (b"HTTP/1.1 413", b"HTTP/1.1 429")
-    assert all(status.startswith(refused_codes) for status, _ in streamed), streamed[:2]
+    refused_codes = ("HTTP/1.1 413", "HTTP/1.1 429")
+    assert all(status.startswith(refused_codes) for status, _, _ in streamed), streamed[:2]
     # Refused near the route's limit (27 MB for one 20 MB image as base64), not at 100 MB.
-    assert all(sent < 40 << 20 for _, sent in streamed), [sent for _, sent in streamed]
+    assert all(sent < 40 << 20 for _, _, sent in streamed), [sent for _, _, sent in streamed]
     # Real images beside them are answered: served, or refused by the latency target on a
     # machine another test loads too (loadtest.chaos.oversize_bodies holds them to 200).
     assert set(served) <= {200, 429} and 200 in served, served
