@@ -4,14 +4,17 @@
 #   CPU (default):  docker build -t resnet-serve .
 #   NVIDIA GPU:     docker build -t resnet-serve:cuda --build-arg TORCH_INDEX=https://pypi.org/simple .
 #                   (PyPI's Linux torch wheels are CUDA builds; run with --gpus all)
+#   lean (the API on torch, no OpenVINO, Gradio or grad-cam):
+#                   docker build -t resnet-serve:core --build-arg EXTRAS=core .
 #   load tests:     docker build -t resnet-serve:loadtest --build-arg EXTRAS=loadtest .
 FROM python:3.11-slim-bookworm
 
 # Where torch and torchvision come from: the CPU-only wheels keep the image small.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# Optional extras of pyproject.toml to install as well (loadtest: locust; vectors: pyarrow,
-# for `resnet-serve index import-vectors`), e.g. EXTRAS=loadtest,vectors.
-ARG EXTRAS=""
+# Extras of pyproject.toml to install (README: "A lean install"): full (the default) is
+# everything one machine serves; core is none of them; e.g. EXTRAS=full,parquet adds pyarrow
+# for `resnet-serve index import-vectors`, EXTRAS=full,ray the Ray Serve application.
+ARG EXTRAS="full"
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

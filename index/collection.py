@@ -35,12 +35,12 @@ from index.generation import BuildCancelled, Generation, build, candidates
 from index.live_labels import LiveLabels, pack
 from index.plan import AUTO, IndexPlan, choose, rebuild_reason
 from index.rwlock import ReadWriteLock
+from index.snapshot_header import FORMAT, SnapshotHeader, UnreadableHeader, read_header
 from index.store import ItemStore, StoredItem, stored_form
 from index.vector_index import FLAT, VectorIndex
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FORMAT = 2
 FINAL_CATCH_UP = 200  # labels the swap adds while writes wait; more are added before it
 FLAT_DELTA_LIMIT = 20_000  # exact search over the delta stays under a few milliseconds
 BUILD_RETRY_S = 60.0  # after a failed build, the next try waits this long
@@ -538,17 +538,17 @@ class Collection:
         generation.main.write(temporary_data)
         _fsync_file(temporary_data)
         os.replace(temporary_data, self.directory / data_name)
-        header = {
-            "format": SNAPSHOT_FORMAT,
-            "watermark": generation.watermark,
-            "d": self.d,
-            "factory": self.factory,
-            "fingerprint": self.fingerprint,
-            "plan": generation.plan.as_dict(),
-            "data": data_name,
-        }
+        header = SnapshotHeader(
+            format=FORMAT,
+            watermark=generation.watermark,
+            d=self.d,
+            factory=self.factory,
+            fingerprint=self.fingerprint,
+            plan=generation.plan,
+            data=data_name,
+        )
         temporary = self._header_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(header))
+        temporary.write_text(header.model_dump_json())
         _fsync_file(temporary)
         os.replace(temporary, self._header_path)
         _fsync_directory(self.directory)
@@ -560,27 +560,23 @@ class Collection:
         if not self._header_path.exists():
             return None
         try:
-            header = json.loads(self._header_path.read_text())
-            wanted = {
-                "format": SNAPSHOT_FORMAT,
-                "d": self.d,
-                "factory": self.factory,
-                "fingerprint": self.fingerprint,
-            }
-            if {key: header.get(key) for key in wanted} != wanted:
-                log.info("index snapshot is for other settings %s; rebuilding", header)
-                return None
-            main = VectorIndex.read(
-                self.directory / header["data"], self.d, ef_search=self._ef_search
-            )
-            plan = IndexPlan.from_dict(header["plan"])
-            if plan.nprobe and plan.factory != FLAT and self.factory != AUTO:
-                plan = replace(plan, nprobe=self._nprobe)
-            return Generation(main, plan, int(header["watermark"]))
-        except (ValueError, KeyError, TypeError, RuntimeError, OSError) as exc:
-            # FAISS raises RuntimeError for a damaged file; json raises ValueError.
-            log.warning("index snapshot in %s unreadable (%s); rebuilding", self.directory, exc)
+            header = read_header(self._header_path)
+        except (UnreadableHeader, OSError) as exc:  # the store holds every item
+            log.warning("index snapshot unreadable (%s); rebuilding", exc)
             return None
+        if not header.built_for(self.d, self.factory, self.fingerprint):
+            log.info("index snapshot is for other settings %s; rebuilding", header)
+            return None
+        data = self.directory / header.data
+        try:
+            main = VectorIndex.read(data, self.d, ef_search=self._ef_search)
+        except (RuntimeError, OSError) as exc:  # FAISS raises RuntimeError for a damaged file
+            log.warning("index snapshot %s unreadable (%s); rebuilding", data, exc)
+            return None
+        plan = header.plan
+        if plan.nprobe and plan.factory != FLAT and self.factory != AUTO:
+            plan = replace(plan, nprobe=self._nprobe)
+        return Generation(main, plan, header.watermark)
 
     def _read_live_items(self) -> None:
         for rows in self.store.labels_and_metadata():

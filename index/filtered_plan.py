@@ -15,8 +15,7 @@ plan where that step held recall for less than the exact scan of the query's mat
 otherwise the exact plan. The measured costs put the threshold on this machine's scale.
 """
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,16 +44,6 @@ class ShareStep:
 class FilteredTuning:
     exact_seconds_per_item: float  # the exact plan's cost per matching item (read + score)
     steps: tuple[ShareStep, ...]  # by share, largest first; below the last: exact
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "FilteredTuning":
-        return cls(
-            float(raw["exact_seconds_per_item"]),
-            tuple(ShareStep(**step) for step in raw["steps"]),
-        )
 
     def describe(self, count: int) -> str:
         steps = "; ".join(

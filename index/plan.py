@@ -21,8 +21,7 @@ given (IVF ones exact until they have enough vectors to train).
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -51,20 +50,6 @@ class IndexPlan:
     @property
     def exact(self) -> bool:
         return self.factory == FLAT
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "IndexPlan":
-        filtered = raw.get("filtered")
-        return cls(
-            str(raw["factory"]),
-            int(raw["nprobe"]),
-            int(raw["built_for"]),
-            str(raw["reason"]),
-            None if filtered is None else FilteredTuning.from_dict(filtered),
-        )
 
     def tuned(self, nprobe: int, recall: float) -> "IndexPlan":
         why = self.reason.split(TUNED)[0]  # a plan trained again is measured again

@@ -2,7 +2,6 @@
 
 import asyncio
 import gc
-import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -13,7 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.routing import BaseRoute
 
-from service.errors import install_error_handlers
+from service import extras
+from service.errors import Unavailable, install_error_handlers
 from service.explain.inspection import ModelInspector
 from service.hosting.client import ModelClient
 from service.http.access import ApiKeyGuard
@@ -170,11 +170,20 @@ def create_app(
         )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(RequestId)
-    if settings.ui and importlib.util.find_spec("gradio") is None:
-        log.warning("the web page at /ui needs the gradio package, which is not installed: off")
+    if settings.ui and not extras.installed("ui"):  # asked for explicitly, Settings refuses
+        log.warning("%s: off", PAGE_MISSING)
+        app.add_api_route("/ui", _page_missing, include_in_schema=False)
+        app.add_api_route("/ui/{rest:path}", _page_missing, include_in_schema=False)
     elif settings.ui:
         from service.ui.app import mount_ui  # Gradio is imported only when the page is on
 
         key = settings.api_key
         app = mount_ui(app, None if key is None else key.get_secret_value())
     return app
+
+
+PAGE_MISSING = extras.missing("ui", "the web page at /ui")
+
+
+async def _page_missing() -> None:
+    raise Unavailable(PAGE_MISSING)

@@ -3,10 +3,10 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service import resources
+from service import extras, resources
 
 DEFAULT_MODEL = "resnet50.fb_swsl_ig1b_ft_in1k"
 
@@ -233,6 +233,21 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _asked_for_features_are_installed(self) -> "Settings":
+        """A setting that asks for a feature of a missing extra stops the start; a default
+        that would use one (the page at /ui, the backend search) quietly does without."""
+        wanted: list[tuple[bool, extras.Extra, str]] = [
+            (self.ui and "ui" in self.model_fields_set, "ui", "RESNET_SERVE_UI=true"),
+            (self.backend == "openvino", "openvino", "RESNET_SERVE_BACKEND=openvino"),
+            (self.precision == "int8", "openvino", "RESNET_SERVE_PRECISION=int8"),
+            (self.jpeg_decode == "device", "gpu", "RESNET_SERVE_JPEG_DECODE=device"),
+        ]
+        for asked, extra, setting in wanted:
+            if asked and not extras.installed(extra):
+                raise ValueError(extras.missing(extra, setting))
+        return self
 
     @property
     def cors_origin_list(self) -> list[str]:

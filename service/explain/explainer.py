@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from service import extras
 from service.errors import InvalidInput, Unavailable
 from service.explain.inspection import (
     CamResult,
@@ -129,10 +130,7 @@ class Explainer:
             from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
         except ImportError as exc:
-            raise Unavailable(
-                "class activation maps need the grad-cam package, which is not installed "
-                "here (pip install grad-cam)"
-            ) from exc
+            raise Unavailable(extras.missing("explain", "class activation maps")) from exc
 
         kinds = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM}
         kind = kinds.get(method, LayerCAM)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from service import extras
 from service.finetune.data import DataError, Dataset, load_folder
 from service.finetune.embeddings import EmbeddingCache, embed_files
 from service.finetune.train import History, train_full, train_head
@@ -173,7 +174,10 @@ def _write(
         "history": history.epochs,
     }
     model_dir.save(args.out, module, data.classes, config, metrics)
-    _confusion_png(matrix, data.classes, args.out / model_dir.CONFUSION)
+    if extras.installed("finetune"):
+        _confusion_png(matrix, data.classes, args.out / model_dir.CONFUSION)
+    else:  # the matrix is in metrics.json; only its picture needs matplotlib
+        print(extras.missing("finetune", f"the picture {model_dir.CONFUSION}"), file=sys.stderr)
 
 
 def _confusion_png(matrix: np.ndarray, classes: list[str], path: Path) -> None:

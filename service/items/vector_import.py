@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from index.collection import CollectionFiles, hold_process_lock
 from index.store import ItemStore
+from service import extras
 from service.errors import InvalidInput
 from service.items.item_ids import validate_item_id
 
@@ -70,10 +71,7 @@ def import_vectors(
     try:
         import pyarrow.parquet as pq  # only this command needs pyarrow
     except ImportError as exc:
-        raise ImportRefused(
-            "import-vectors reads Parquet with pyarrow, which is not installed here: "
-            "pip install 'resnet-serve[vectors]' (in the image: --build-arg EXTRAS=vectors)"
-        ) from exc
+        raise ImportRefused(extras.missing("parquet", "import-vectors (Parquet)")) from exc
 
     if fingerprint != expected.fingerprint:
         raise ImportRefused(

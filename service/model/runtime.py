@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from service import extras
 from service.errors import InvalidInput
 from service.images import Preprocessor
 from service.model.backend import BucketedBackend, InferenceBackend, resolve_device
@@ -103,6 +104,12 @@ def jpeg_decoder_for(
         settings.jpeg_decode == "auto" and device.type == "cuda"
     )
     if not wanted:
+        return None
+    if not extras.installed("gpu"):  # Settings refuses jpeg_decode=device without it
+        fallbacks.warn(
+            "jpeg_decode",
+            "JPEG decode stays on the host: " + extras.missing("gpu", "decoding on the GPU"),
+        )
         return None
     try:
         decoder = DeviceJpegDecoder(preprocessor, device, fallbacks)

@@ -7,7 +7,6 @@ set, the library versions and the CPU, so a restart skips the work.
 """
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service import extras
 from service.images import Preprocessor
 from service.model.backend import (
     BucketedBackend,
@@ -78,11 +78,6 @@ class Choice:
     images_per_s: float = 0.0
 
 
-def openvino_installed() -> bool:
-    """OpenVINO is optional (a GPU box need not have it): its candidates need it."""
-    return importlib.util.find_spec("openvino") is not None
-
-
 def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
     """What `backend` x `precision` allow here; the reference torch/fp32 always comes first."""
     if device.type == "cuda":
@@ -98,12 +93,7 @@ def candidates(settings: Settings, device: torch.device) -> list[Candidate]:
         possible.append(Candidate("openvino", "int8"))
         if settings.backend == "torch-compile":  # only on request: see Settings.backend
             possible += [Candidate("torch-compile", "fp32"), Candidate("torch-compile", "bf16")]
-    if not openvino_installed():
-        if settings.backend == "openvino":
-            raise ValueError(
-                "RESNET_SERVE_BACKEND=openvino needs the openvino package, which is not "
-                "installed here (pip install openvino nncf)"
-            )
+    if not extras.installed("openvino"):  # Settings refuses a backend that asks for it
         possible = [c for c in possible if c.backend != "openvino"]
     chosen = [
         c
@@ -278,7 +268,7 @@ def decision_path(root: Path, identity: dict[str, object]) -> Path:
 
 def library_versions() -> list[str]:
     """What changes a candidate's results: torch, and OpenVINO with its int8 recipe."""
-    if not openvino_installed():
+    if not extras.installed("openvino"):
         return [torch.__version__]
     from service.model.openvino_backend import quantization_recipe
 

@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +34,15 @@ class Server:
         return self.process.wait(timeout=timeout_s)
 
 
-def start_server(tmp_path: Path, env: dict[str, str], ready_timeout_s: float = 120) -> Server:
+def start_server(
+    tmp_path: Path, env: dict[str, str], ready_timeout_s: float = 120, unset: Iterable[str] = ()
+) -> Server:
+    """The service with LITE0_ENV and `env`, less the variables named in `unset` (their
+    defaults then apply)."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     full_env = os.environ | LITE0_ENV | env | {"RESNET_SERVE_DATA_DIR": str(tmp_path / "data")}
+    full_env = {name: value for name, value in full_env.items() if name not in set(unset)}
     with log_path.open("wb") as log:
         try:
             process = start_service(

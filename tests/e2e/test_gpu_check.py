@@ -63,5 +63,7 @@ def test_the_rehearsal_runs_every_step_without_the_optional_packages(tmp_path: P
     assert targets["2 workers / 1 worker"] == ">= 5x"
     parity = next(row for row in rows if row["what"].startswith("device vs host"))
     assert float(parity["measured"].split()[3].rstrip(",")) >= gpu_check.MIN_DECODE_COSINE
-    assert any("Grad-CAM skipped" in note and "grad-cam" in note for note in report["notes"])
+    assert any(
+        "Grad-CAM skipped" in note and "resnet-serve[explain]" in note for note in report["notes"]
+    )
     assert (tmp_path / "service.log").stat().st_size > 0

@@ -1,9 +1,11 @@
 """Collection: durability across reopen, snapshots, model fingerprints, concurrent use."""
 
 import json
+import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,17 +86,47 @@ def test_a_second_process_cannot_open_an_open_index(tmp_path: Path) -> None:
         open_collection(tmp_path)
 
 
-def test_corrupt_snapshot_is_rebuilt_from_the_store(tmp_path: Path) -> None:
+def _break_data(directory: Path) -> None:
+    (data_file,) = directory.glob("index-*.faiss")
+    data_file.write_bytes(b"not a faiss index")
+
+
+def _header_edit(change: Callable[[dict[str, Any]], object]) -> Callable[[Path], None]:
+    def edit(directory: Path) -> None:
+        header = json.loads((directory / "snapshot.json").read_text())
+        change(header)
+        (directory / "snapshot.json").write_text(json.dumps(header))
+
+    return edit
+
+
+BROKEN_SNAPSHOTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "damaged data file": (_break_data, "index-"),
+    "garbage header": (lambda d: (d / "snapshot.json").write_text("{not json"), "snapshot.json"),
+    "missing field": (_header_edit(lambda h: h.pop("watermark")), "watermark: field required"),
+    "mistyped field": (_header_edit(lambda h: h.update(d="wide")), "d: input should be"),
+    "unknown field": (_header_edit(lambda h: h.update(extra=1)), "extra: extra inputs"),
+    "a file elsewhere": (_header_edit(lambda h: h.update(data="../../x.faiss")), "data:"),
+    "mistyped plan": (_header_edit(lambda h: h["plan"].update(nprobe=[])), "plan.nprobe"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_SNAPSHOTS)
+def test_a_broken_snapshot_is_rebuilt_from_the_store(
+    tmp_path: Path, broken: str, caplog: pytest.LogCaptureFixture
+) -> None:
     xb = clustered(10, D_TEST)
     first = open_collection(tmp_path)
     for i in range(10):
         first.put(f"item-{i}", xb[i], {}, None)
     first.close()
-    (data_file,) = tmp_path.glob("index-*.faiss")
-    data_file.write_bytes(b"not a faiss index")
-    reopened = open_collection(tmp_path)
+    breaking, named = BROKEN_SNAPSHOTS[broken]
+    breaking(tmp_path)
+    with caplog.at_level(logging.WARNING, "index.collection"):
+        reopened = open_collection(tmp_path)
     assert reopened.stats().count == 10
     assert ids_of(reopened.search(xb[6], 1)) == ["item-6"]
+    assert "rebuilding" in caplog.text and named in caplog.text.lower()
 
 
 def test_another_model_is_refused_with_the_reindex_command(tmp_path: Path) -> None:

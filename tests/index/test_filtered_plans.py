@@ -16,6 +16,8 @@ import index.collection
 import index.filtered_tuning
 from index.collection import Collection
 from index.filtered_plan import EXACT, FilteredTuning, ShareStep, choose_filtered
+from index.plan import IndexPlan
+from index.snapshot_header import SnapshotHeader
 from index.store import ItemStore
 
 D = 256  # 4-bit PQ codes, as at 2048-d
@@ -154,7 +156,18 @@ def test_the_cheaper_plan_that_holds_recall_is_chosen() -> None:
     assert choose_filtered(cheap_scan, 60_000, count) is None
     assert cheap_scan.exact_up_to(count) == count
     assert tuning.exact_up_to(count) == 9_999
-    assert FilteredTuning.from_dict(tuning.as_dict()) == tuning
+    # It survives the snapshot header's round trip (JSON, read back with pydantic).
+    plan = IndexPlan("IVF64,PQ16", 8, 20_000, "tuned", tuning)
+    header = SnapshotHeader(
+        format=2,
+        watermark=5,
+        d=16,
+        factory="auto",
+        fingerprint="f",
+        plan=plan,
+        data="index-5.faiss",
+    )
+    assert SnapshotHeader.model_validate_json(header.model_dump_json()).plan == plan
     # A share where nothing held recall is exact, though a sparser one held again.
     gap = FilteredTuning(
         1e-6,

@@ -200,4 +200,4 @@ def test_without_pyarrow_the_command_says_how_to_install_it(tmp_path: Path) -> N
     env = os.environ | {"PYTHONPATH": path, "WITHOUT_PACKAGES": "pyarrow"}
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 1
-    assert "pip install 'resnet-serve[vectors]'" in finished.stderr
+    assert "pip install 'resnet-serve[parquet]'" in finished.stderr
