@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,6 +23,8 @@ from service.http.http_metrics import HttpMetrics
 from service.http.limits import BodyLimit
 from service.http.request_id import RequestId
 from service.items.search_index import ItemIndex, SearchIndex, open_collection_for
+from service.oip import rest
+from service.oip.front import InferenceFront
 from service.pipeline import Pipeline
 from service.routes import classify, embed, explain, health, items, items_batch, models, search
 from service.routes.docs import serve_docs
@@ -74,7 +77,7 @@ async def in_process(
 
 ROUTERS = tuple(
     module.router
-    for module in (classify, embed, search, items, items_batch, explain, models, health)
+    for module in (classify, embed, search, items, items_batch, explain, models, health, rest)
 )
 
 
@@ -129,9 +132,12 @@ def create_app(
             app.state.versions = hosted
             if hosted is not None:
                 hosted.start()
+            grpc_face = await _start_grpc(app.state.oip, settings)
             try:
                 yield
             finally:
+                if grpc_face is not None:
+                    await grpc_face.stop(grace=settings.request_timeout_s)
                 if hosted is not None:
                     await hosted.close()
                 await pipeline.stop()
@@ -147,6 +153,7 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.exposition = exposition or registry
+    app.state.oip = InferenceFront(app.state, settings)
     routes = api_routes()
     install_error_handlers(app, routes)
     for router in ROUTERS:
@@ -180,6 +187,19 @@ def create_app(
         key = settings.api_key
         app = mount_ui(app, None if key is None else key.get_secret_value())
     return app
+
+
+async def _start_grpc(front: InferenceFront, settings: Settings) -> Any:
+    """The inference protocol's gRPC face, when it is on and its extra is here (a port asked
+    for explicitly without the extra is refused by Settings; the default does without)."""
+    if settings.grpc_port == 0:
+        return None
+    if not extras.installed("grpc"):
+        log.warning("%s: off", extras.missing("grpc", "the inference protocol over gRPC"))
+        return None
+    from service.oip.grpc_face import start_grpc  # grpcio only where the face is on
+
+    return await start_grpc(front, settings)
 
 
 PAGE_MISSING = extras.missing("ui", "the web page at /ui")

@@ -113,7 +113,13 @@ def describe_error(exc: Exception) -> tuple[int, str, str]:
     return 500, INTERNAL, "internal server error"
 
 
-def error_response(exc: Exception) -> JSONResponse:
+# The inference protocol's paths answer its own error shape, {"error": "message"}, and a bad
+# input there is a 400 (its clients know no 422).
+PROTOCOL_PREFIX = "/v2"
+
+
+def error_response(exc: Exception, path: str = "") -> JSONResponse:
+    """The answer to `exc` for a request to `path` (in the protocol's shape under /v2)."""
     status, code, message = describe_error(exc)
     # Starlette's own carry what the status needs (405: Allow).
     headers: dict[str, str] = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
@@ -125,6 +131,9 @@ def error_response(exc: Exception) -> JSONResponse:
         log.error("%s answered %d: %s", type(exc).__name__, status, exc, exc_info=code == INTERNAL)
     elif status > 500:  # not ready, deadline: expected under restarts and overload; in /metrics
         log.debug("%s answered %d: %s", type(exc).__name__, status, exc)
+    if path == PROTOCOL_PREFIX or path.startswith(PROTOCOL_PREFIX + "/"):
+        status = 400 if status == 422 else status
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
@@ -152,7 +161,7 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, HTTPException) and exc.status_code == 405:
             exc.headers = {"Allow": allowed_methods(routes, request.scope)}
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     for exc_type in (*STATUS_MAP, HTTPException, Exception):
         app.add_exception_handler(exc_type, handle)

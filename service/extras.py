@@ -9,7 +9,7 @@ ImportError.
 from importlib.util import find_spec
 from typing import Literal
 
-Extra = Literal["openvino", "explain", "ui", "gpu", "ray", "parquet", "finetune"]
+Extra = Literal["openvino", "explain", "ui", "gpu", "grpc", "ray", "parquet", "finetune"]
 
 # The top-level modules each extra brings; all of them must import for the feature to run.
 MODULES: dict[Extra, tuple[str, ...]] = {
@@ -17,6 +17,7 @@ MODULES: dict[Extra, tuple[str, ...]] = {
     "explain": ("pytorch_grad_cam",),
     "ui": ("gradio",),
     "gpu": ("torchcodec",),
+    "grpc": ("grpc", "tritonclient"),
     "ray": ("ray",),
     "parquet": ("pyarrow",),
     "finetune": ("matplotlib",),

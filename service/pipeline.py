@@ -63,6 +63,8 @@ class _ModelView:
 
 # Hashing a large upload takes milliseconds; keep that off the event loop.
 _HASH_INLINE_BYTES = 1 << 20
+# Prefixed to pixels a client sent, so their cache key is never an encoded image's.
+_PIXELS_KEY = b"pixels:"
 
 
 def make_cache(settings: Settings, metrics: CacheMetrics) -> ResultCache:
@@ -146,8 +148,19 @@ class Pipeline:
 
         Raises service errors (bad image) and batching errors (overload, deadline).
         """
-        started = time.perf_counter()
         view = self._model_view()
+        return await self._answer(view, data, lambda: view.prepare(data))
+
+    async def run_pixels(self, pixels: np.ndarray) -> Inference:
+        """The same for pixels a client decoded and resized itself: (H, W, 3) uint8 at the
+        model's input size (the inference protocol's preprocessed input)."""
+        view = self._model_view()
+        return await self._answer(view, _PIXELS_KEY + pixels.tobytes(), lambda: pixels)
+
+    async def _answer(
+        self, view: _ModelView, data: bytes, prepare: Callable[[], ModelInput]
+    ) -> Inference:
+        started = time.perf_counter()
         key = await self._key(view.namespace, data)
         record = await self.cache.get(key)
         cached = decode_record(record, *view.shape) if record is not None else None
@@ -158,7 +171,7 @@ class Pipeline:
                 cached, {"cache": elapsed_ms, "total": elapsed_ms}, batch_size=0, cache="hit"
             )
         inference, joined = await self._flights.run(
-            key, lambda: self._compute(view, data, key, started)
+            key, lambda: self._compute(prepare, key, started)
         )
         if joined or inference.cache == "hit":  # another request's run answered this one
             self._cache_metrics.joins.inc()
@@ -211,9 +224,11 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decode_pool, cache_key, namespace, data)
 
-    async def _compute(self, view: _ModelView, data: bytes, key: str, started: float) -> Inference:
+    async def _compute(
+        self, prepare: Callable[[], ModelInput], key: str, started: float
+    ) -> Inference:
         loop = asyncio.get_running_loop()
-        item = await loop.run_in_executor(self._decode_pool, view.prepare, data)
+        item = await loop.run_in_executor(self._decode_pool, prepare)
         decoded = time.perf_counter()
         reached_model()
         remaining = self._timeout_s - (decoded - started)

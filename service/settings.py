@@ -193,6 +193,21 @@ class Settings(BaseSettings):
 
     ui: bool = Field(True, description="the web page at /ui (Gradio)")
 
+    grpc_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description=(
+            "port of the inference protocol's gRPC face (KServe v2 / Triton), on the same "
+            "address as HTTP; 0: off. Needs the grpc extra"
+        ),
+    )
+    oip_model_name: str = Field(
+        "resnet-serve",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the model's name in the inference protocol (/v2/models/NAME, gRPC)",
+    )
+
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     data_dir: Path = Field(Path("data"), description="where the index and other state live")
@@ -243,6 +258,11 @@ class Settings(BaseSettings):
             (self.backend == "openvino", "openvino", "RESNET_SERVE_BACKEND=openvino"),
             (self.precision == "int8", "openvino", "RESNET_SERVE_PRECISION=int8"),
             (self.jpeg_decode == "device", "gpu", "RESNET_SERVE_JPEG_DECODE=device"),
+            (
+                self.grpc_port != 0 and "grpc_port" in self.model_fields_set,
+                "grpc",
+                "RESNET_SERVE_GRPC_PORT",
+            ),
         ]
         for asked, extra, setting in wanted:
             if asked and not extras.installed(extra):

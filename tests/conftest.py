@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 # Both cores for the model (scripts/test runs two test files at once: see below).
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# No service a test starts listens on the default gRPC port (8001): a test that wants the
+# gRPC face gives it a free port.
+os.environ.setdefault("RESNET_SERVE_GRPC_PORT", "0")
 
 
 # The longest units first, so that two workers finish together (longest processing time

@@ -91,6 +91,8 @@ async def real_clients(
                 response = await http.post("/v1/classify", files=files)
                 latencies.append(time.monotonic() - started)
                 statuses[str(response.status_code)] += 1
+                if response.status_code != 200:  # what refused it, once per message
+                    statuses[response.text[:200]] = 0
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return statuses, latencies

@@ -26,6 +26,7 @@ LITE0_ENV = {
     "RESNET_SERVE_BACKEND": "torch",
     "RESNET_SERVE_PRECISION": "fp32",
     "RESNET_SERVE_MAX_BATCH_SIZE": "8",
+    "RESNET_SERVE_GRPC_PORT": "0",  # a benchmark that wants gRPC gives it a free port
 }
 
 

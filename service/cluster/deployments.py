@@ -56,7 +56,8 @@ def replica_settings() -> Settings:
     """This replica's settings: its environment, with the model's and the decoders' threads
     defaulting to the CPUs Ray gave the replica rather than to the whole machine's."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 0)
-    defaults: dict[str, Any] = {}
+    # No gRPC port of the service's own in a replica: Ray Serve's proxies own the ports.
+    defaults: dict[str, Any] = {"grpc_port": 0}
     for name in ("threads", "decode_threads"):
         if f"RESNET_SERVE_{name.upper()}" not in os.environ and cpus >= 1:
             defaults[name] = int(cpus)

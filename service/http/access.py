@@ -15,17 +15,22 @@ from service.errors import Unauthorized, error_response
 
 KeyScope = Literal["writes", "all"]
 # Probes come from orchestrators that hold no key; docs and the page's own assets hold no data.
-_OPEN_PREFIXES = ("/healthz", "/readyz", "/docs", "/openapi.json", "/ui")
+_OPEN_PREFIXES = ("/healthz", "/readyz", "/v2/health", "/docs", "/openapi.json", "/ui")
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def requires_key(method: str, path: str, scope: KeyScope) -> bool:
     """Whether this request needs the key under `scope`."""
-    if path.startswith(_OPEN_PREFIXES):
+    if path.startswith(_OPEN_PREFIXES) or _is_model_probe(path):
         return False
     if scope == "all" or path.startswith("/v1/models"):  # management: even its listing
         return True
     return path.startswith("/v1/items") and method not in _READ_METHODS
+
+
+def _is_model_probe(path: str) -> bool:
+    """The inference protocol's model readiness, which orchestrators probe like /readyz."""
+    return path.startswith("/v2/models/") and path.endswith("/ready")
 
 
 def presented_key(headers: dict[bytes, bytes]) -> bytes | None:
@@ -52,6 +57,6 @@ class ApiKeyGuard:
                 refusal = Unauthorized(
                     f"API key {problem}: send it as 'Authorization: Bearer <key>' or 'X-API-Key'"
                 )
-                await error_response(refusal)(scope, receive, send)
+                await error_response(refusal, scope["path"])(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -44,21 +44,27 @@ class AdmitAtTheDoor:
         self.app = app
         self._routes = routes  # the model routes (model_routes)
 
-    def _uses_model(self, scope: Scope) -> bool:
-        return any(route.matches(scope)[0] is Match.FULL for route in self._routes)
+    def _matched(self, scope: Scope) -> Scope | None:
+        """The matching model route's child scope (its path parameters), or None."""
+        for route in self._routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return child
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._uses_model(scope):
+        matched = self._matched(scope) if scope["type"] == "http" else None
+        if matched is None:
             await self.app(scope, receive, send)
             return
-        door = _door(scope)
+        door = _door(scope, matched.get("path_params", {}).get("version"))
         if door is None:  # starting, or a version that cannot serve: the route says why
             await self.app(scope, receive, send)
             return
         try:
             ticket = door.admit()
         except QueueFull as refused:
-            await error_response(refused)(scope, receive, send)
+            await error_response(refused, scope["path"])(scope, receive, send)
             return
         token = current_ticket.set(ticket)
         try:
@@ -68,13 +74,14 @@ class AdmitAtTheDoor:
             ticket.close()
 
 
-def _door(scope: Scope) -> Door | None:
-    """The pipeline of the version this request will be served by (`?version=`, else the
-    live one); the resolved version goes on to the route in the request's state."""
+def _door(scope: Scope, path_version: str | None) -> Door | None:
+    """The pipeline of the version this request will be served by (`?version=`, or the
+    inference protocol's `/versions/{version}` in the path, else the live one); the resolved
+    version goes on to the route in the request's state."""
     state = scope["app"].state
     versions = getattr(state, "versions", None)
     pinned = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("version")
-    version = pinned[-1] if pinned else None
+    version = pinned[-1] if pinned else path_version
     if versions is None:
         return getattr(state, "pipeline", None) if version is None else None
     try:

@@ -101,7 +101,7 @@ class BodyLimit:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await error_response(PayloadTooLarge(message))(scope, receive, send)
+            await error_response(PayloadTooLarge(message), scope["path"])(scope, receive, send)
             return
         seen = 0
         held = 0  # this body's bytes drawn on the large-JSON budget

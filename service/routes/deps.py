@@ -24,18 +24,22 @@ def _serving(request: Request, version: str | None) -> Serving:
     """The version this request is served by, resolved once for the whole request (so its
     query vector and the index it searches come from one model)."""
     resolved: Serving | None = getattr(request.state, "serving", None)
-    if resolved is not None:
-        return resolved
-    versions: Versions | None = getattr(request.app.state, "versions", None)
+    if resolved is None:
+        resolved = serving_of(request.app.state, version)
+        request.state.serving = resolved
+    return resolved
+
+
+def serving_of(state: Any, version: str | None) -> Serving:
+    """The version `version` (None: the live one) of the app whose state this is."""
+    versions: Versions | None = getattr(state, "versions", None)
     if versions is not None:
-        resolved = versions.serving(version)
-    else:
-        if version is not None:
-            raise NotReady("model versions are not available here")
-        resolved = getattr(request.app.state, "serving", None)
-        if resolved is None:
-            raise NotReady("the model is not loaded yet")
-    request.state.serving = resolved
+        return versions.serving(version)
+    if version is not None:
+        raise NotReady("model versions are not available here")
+    resolved: Serving | None = getattr(state, "serving", None)
+    if resolved is None:
+        raise NotReady("the model is not loaded yet")
     return resolved
 
 
@@ -48,7 +52,8 @@ VersionQuery = Annotated[
 ]
 
 
-async def _checked(pipeline: Pipeline) -> Pipeline:
+async def checked(pipeline: Pipeline) -> Pipeline:
+    """The pipeline, once it can take a request; NotReady saying why otherwise."""
     if not pipeline.ready:
         # A host that restarted, or a version made live a moment after it was published:
         # connect now rather than answer 503.
@@ -61,12 +66,12 @@ async def _checked(pipeline: Pipeline) -> Pipeline:
 
 async def get_pipeline(request: Request) -> Pipeline:
     """The live version's pipeline (writes, health)."""
-    return await _checked(_serving(request, None).pipeline)
+    return await checked(_serving(request, None).pipeline)
 
 
 async def pinned_pipeline(request: Request, version: VersionQuery = None) -> Pipeline:
     """The pipeline of `version=NAME`, or of the live version."""
-    return await _checked(_serving(request, version).pipeline)
+    return await checked(_serving(request, version).pipeline)
 
 
 async def pinned_index(request: Request, version: VersionQuery = None) -> ItemIndex:
