@@ -15,9 +15,11 @@ import numpy as np
 import psutil
 import pytest
 import redis
+import tritonclient.grpc as grpc_client
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.common.images import unique_jpegs
+from loadtest.common.processes import free_port
 from tests.e2e.server import Server, start_server
 from tests.machine_speed import seconds_for_one_new_image
 from tests.photos import PHOTO_NAMES, encode, jpeg, photo
@@ -77,16 +79,35 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> "Server":
 
 def test_classify_embed_items_and_search_through_two_workers(tmp_path: Path) -> None:
     # JPEGs cross as bytes for the model worker to decode (as on CUDA); the PNG as pixels.
-    server = start_server(tmp_path, WORKERS | {"RESNET_SERVE_JPEG_DECODE": "device"})
+    grpc_port = free_port()
+    env = {"RESNET_SERVE_JPEG_DECODE": "device", "RESNET_SERVE_GRPC_PORT": str(grpc_port)}
+    server = start_server(tmp_path, WORKERS | env)
     try:
         wait_ready(server.url)
         round_trip(server)
+        inference_protocol(server, f"127.0.0.1:{grpc_port}")
         # Only the model worker loads torch (about 600 MB and seconds of start-up each).
         for role in ("http", "index", "model"):
             loaded = [torch_is_loaded(worker.pid) for worker in workers(server, role)]
             assert loaded == [role == "model"] * len(loaded), (role, loaded)
     finally:
         server.stop()
+
+
+def inference_protocol(server: Server, grpc_address: str) -> None:
+    """Both faces of the inference protocol through the HTTP workers: each serves the gRPC
+    port too (SO_REUSEPORT), with the model in the model worker."""
+    assert server.log().count("inference protocol over gRPC on") == 2
+    data = np.array([[jpeg("coffee")]], dtype=np.object_)
+    for _ in range(4):  # new connections: the kernel spreads them over both workers
+        with grpc_client.InferenceServerClient(grpc_address) as client:
+            tensor = grpc_client.InferInput("IMAGE", [1, 1], "BYTES")
+            tensor.set_data_from_numpy(data)
+            wanted = [grpc_client.InferRequestedOutput("PROBABILITIES", class_count=1)]
+            top = client.infer("resnet-serve", [tensor], outputs=wanted).as_numpy("PROBABILITIES")
+            assert top[0][0].decode().endswith(":espresso")
+    rest = httpx.get(f"{server.url}/v2/models/resnet-serve").json()
+    assert rest["platform"] == "resnet-serve:tf_efficientnet_lite0"
 
 
 def torch_is_loaded(pid: int) -> bool:
