@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.errors import BadRequest, InvalidInput
 from service.http.admission import USES_MODEL
@@ -17,7 +18,25 @@ from service.oip.front import InferenceFront
 from service.oip.model_face import Answer, InferRequest, RequestedOutput
 from service.oip.tensors import Tensor, checked_shape, from_json, from_raw, to_json, to_raw
 
-router = APIRouter(prefix="/v2", tags=["inference protocol (KServe v2)"])
+
+class ProtocolError(BaseModel):
+    error: str
+
+
+_ERRORS = {
+    400: "bad input, named",
+    401: "the API key is missing or wrong",
+    404: "no such model or version",
+    413: "the body is over the route's limit",
+    429: "overloaded: retry after Retry-After",
+    503: "the model is not ready",
+    504: "the request's deadline passed",
+}
+PROTOCOL_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ProtocolError, "description": description}
+    for status, description in _ERRORS.items()
+}
+router = APIRouter(prefix="/v2", tags=["inference protocol (KServe v2)"], responses=PROTOCOL_ERRORS)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _VERSIONED = "/models/{model}/versions/{version}"
 
@@ -35,16 +54,39 @@ async def server_metadata(front: Front) -> dict[str, Any]:
     return front.server_metadata()
 
 
-@router.get("/health/live")
-async def live() -> Response:
-    return Response(status_code=200)
+class Live(BaseModel):
+    live: bool
 
 
-@router.get("/health/ready")
-async def ready(request: Request) -> Response:
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+@router.get("/health/live", response_model=Live)
+async def live() -> Live:
+    return Live(live=True)
+
+
+@router.get(
+    "/health/ready",
+    response_model=Ready,
+    responses={503: {"model": Ready, "description": "not ready"}},
+)
+async def ready(request: Request) -> JSONResponse:
     serving = getattr(request.app.state, "serving", None)
     is_ready = serving is not None and serving.pipeline.ready
-    return Response(status_code=200 if is_ready else 503)
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/models/stats")
+async def all_stats(front: Front) -> dict[str, Any]:
+    """Every version's statistics (Triton's extension; perf_analyzer reads it)."""
+    return await front.statistics_of("", None)
 
 
 @router.get("/models/{model}")
@@ -53,10 +95,17 @@ async def model_metadata(front: Front, model: str, version: str | None = None) -
     return await front.metadata(model, version)
 
 
-@router.get("/models/{model}/ready")
-@router.get(_VERSIONED + "/ready")
-async def model_ready(front: Front, model: str, version: str | None = None) -> Response:
-    return Response(status_code=200 if front.ready(model, version) else 400)
+_NOT_READY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ModelReady, "description": "not ready"}
+}
+
+
+@router.get("/models/{model}/ready", response_model=ModelReady, responses=_NOT_READY)
+@router.get(_VERSIONED + "/ready", response_model=ModelReady, responses=_NOT_READY)
+async def model_ready(front: Front, model: str, version: str | None = None) -> JSONResponse:
+    """200 when the model (version) can answer, 400 otherwise, as Triton answers."""
+    is_ready = front.ready(model, version)
+    return JSONResponse({"name": model, "ready": is_ready}, status_code=200 if is_ready else 400)
 
 
 @router.get("/models/{model}/config")
@@ -65,10 +114,9 @@ async def model_config(front: Front, model: str, version: str | None = None) -> 
     return await front.config(model, version)
 
 
-@router.get("/models/stats")
 @router.get("/models/{model}/stats")
 @router.get(_VERSIONED + "/stats")
-async def model_stats(front: Front, model: str = "", version: str | None = None) -> dict[str, Any]:
+async def model_stats(front: Front, model: str, version: str | None = None) -> dict[str, Any]:
     return await front.statistics_of(model, version)
 
 

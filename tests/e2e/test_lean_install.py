@@ -71,6 +71,7 @@ def test_a_feature_of_a_missing_extra_answers_503_naming_it(
         ({"RESNET_SERVE_BACKEND": "openvino"}, "openvino"),
         ({"RESNET_SERVE_PRECISION": "int8", "RESNET_SERVE_BACKEND": "auto"}, "openvino"),
         ({"RESNET_SERVE_JPEG_DECODE": "device"}, "gpu"),
+        ({"RESNET_SERVE_GRPC_PORT": "8001"}, "grpc"),
     ],
 )
 def test_a_setting_that_asks_for_a_missing_extra_stops_the_start(
@@ -97,4 +98,4 @@ def test_the_core_dependencies_hold_no_extra() -> None:
         held = {Requirement(line).name for line in optional[extra]}
         assert held and not held & core, extra
     (full,) = (Requirement(line) for line in optional["full"])
-    assert full.extras == {"openvino", "explain", "ui", "gpu", "finetune"}
+    assert full.extras == {"openvino", "explain", "ui", "gpu", "grpc", "finetune"}
