@@ -29,6 +29,7 @@ from ray.serve.handle import DeploymentHandle
 
 from service.app import create_app
 from service.cluster.components import on_ray
+from service.cluster.grpc_ingress import InferenceProtocolMethods
 from service.hosting.client import HUNG_MESSAGE
 from service.hosting.host import ModelHost
 from service.hosting.hosted import HostedModel
@@ -127,12 +128,26 @@ class Index(_Dispatch):
     name="Ingress", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=_INGRESS_ONGOING
 )
 @serve.ingress()
-class Ingress:
+class Ingress(InferenceProtocolMethods):
+    """HTTP (the FastAPI app) and the inference protocol over gRPC, through Ray's proxies."""
+
     def __init__(self, model: DeploymentHandle[Any], index: DeploymentHandle[Any]) -> None:
         self._parts = on_ray(model, index)
+        self._settings = replica_settings()
+        self._app: FastAPI | None = None
+        self._servicer: Any = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(replica_settings(), self._parts, versions=None)
+        self._app = create_app(self._settings, self._parts, versions=None)
+        return self._app
+
+    def inference_servicer(self) -> Any:
+        if self._servicer is None:
+            from service.oip.grpc_face import InferenceServicer  # grpcio: only when called
+
+            assert self._app is not None, "Serve builds the app before any call"
+            self._servicer = InferenceServicer(self._app.state.oip, self._settings)
+        return self._servicer
 
 
 # @serve.deployment made the classes Deployments; mypy still sees the classes.

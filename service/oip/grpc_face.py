@@ -17,7 +17,7 @@ import asyncio
 import hmac
 import logging
 import math
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import numpy as np
@@ -54,6 +54,32 @@ _STATUS_OF_HTTP = {
 }
 
 
+# The service's methods, in the order of grpc_service.proto.
+METHODS = (
+    "ServerLive",
+    "ServerReady",
+    "ModelReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelConfig",
+    "ModelStatistics",
+    "ModelInfer",
+)
+
+
+class CallContext(Protocol):
+    """What the servicer uses of a call's context: grpcio's own (this process's server) or
+    an adapter of Ray Serve's (its gRPC proxy, service.cluster.grpc_ingress)."""
+
+    def invocation_metadata(self) -> Any: ...
+
+    def time_remaining(self) -> float | None: ...
+
+    def set_trailing_metadata(self, metadata: Any) -> None: ...
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn: ...
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, front: InferenceFront, settings: Settings) -> None:
         self._front = front
@@ -61,23 +87,23 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self._key = None if key is None else key.get_secret_value().encode()
         self._key_scope = settings.api_key_scope
 
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    async def ServerLive(self, request: Any, context: CallContext) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    async def ServerReady(self, request: Any, context: CallContext) -> Any:
         return service_pb2.ServerReadyResponse(ready=self._front.ready(self._front.name, None))
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
+    async def ModelReady(self, request: Any, context: CallContext) -> Any:
         ready = self._front.ready(request.name, request.version)
         return service_pb2.ModelReadyResponse(ready=ready)
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+    async def ServerMetadata(self, request: Any, context: CallContext) -> Any:
         await self._guard(context, "ServerMetadata")
         return json_format.ParseDict(
             self._front.server_metadata(), service_pb2.ServerMetadataResponse()
         )
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    async def ModelMetadata(self, request: Any, context: CallContext) -> Any:
         await self._guard(context, "ModelMetadata")
         try:
             described = await self._front.metadata(request.name, request.version)
@@ -85,7 +111,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await _abort(context, exc)
         return json_format.ParseDict(described, service_pb2.ModelMetadataResponse())
 
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
+    async def ModelConfig(self, request: Any, context: CallContext) -> Any:
         await self._guard(context, "ModelConfig")
         try:
             config = await self._front.config(request.name, request.version)
@@ -93,7 +119,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await _abort(context, exc)
         return json_format.ParseDict({"config": config}, service_pb2.ModelConfigResponse())
 
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+    async def ModelStatistics(self, request: Any, context: CallContext) -> Any:
         await self._guard(context, "ModelStatistics")
         try:
             stats = await self._front.statistics_of(request.name, request.version)
@@ -101,7 +127,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await _abort(context, exc)
         return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    async def ModelInfer(self, request: Any, context: CallContext) -> Any:
         await self._guard(context, "ModelInfer")
         try:
             infer_request = _infer_request(request)
@@ -130,7 +156,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             response.raw_output_contents.append(to_raw(tensor))
         return response
 
-    async def _guard(self, context: Any, method: str) -> None:
+    async def _guard(self, context: CallContext, method: str) -> None:
         if self._key is None or method in _OPEN_METHODS:
             return
         if not requires_key("POST", SERVICE + method, self._key_scope):
@@ -197,7 +223,7 @@ def _from_contents(described: Any, shape: tuple[int, ...]) -> Tensor:
     )
 
 
-async def _abort(context: Any, exc: BaseException) -> NoReturn:
+async def _abort(context: CallContext, exc: BaseException) -> NoReturn:
     """End the call with the status the error maps to; a bug is INTERNAL and logged."""
     if isinstance(exc, asyncio.CancelledError):
         raise exc

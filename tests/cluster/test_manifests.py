@@ -2,6 +2,7 @@
 Ray Serve's own config schema, the Kubernetes API schemas (kubernetes-validate, strict), and
 the RayService schema in deploy/kuberay; and that they run this project's deployments."""
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
-from service.cluster import deployments
+from service.cluster import deployments, grpc_ingress
 
 ROOT = Path(__file__).parents[2]
 SERVE_YAML = ROOT / "deploy/ray/serve.yaml"
@@ -42,6 +43,10 @@ def deployment_options(app: ServeApplicationSchema) -> dict[str, Any]:
 def test_serve_yaml_runs_the_three_deployments_on_loopback_port_8000() -> None:
     config = yaml.safe_load(SERVE_YAML.read_text())
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8000}
+    # Ray's gRPC proxy serves the inference protocol with the servicer the Ingress implements
+    assert config["grpc_options"]["grpc_servicer_functions"] == [grpc_ingress.SERVICER_FUNCTION]
+    module, _, function = grpc_ingress.SERVICER_FUNCTION.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), function))
     app = serve_config(SERVE_YAML.read_text())
     module, name = app.import_path.split(":")
     assert module == deployments.__name__ and name == "app"

@@ -13,11 +13,16 @@ import httpx
 import numpy as np
 import pytest
 import ray
+import tritonclient.grpc as grpc_client
 from ray import serve
 from ray.cluster_utils import Cluster
+from tritonclient.utils import InferenceServerException
 
 from loadtest.common.processes import LITE0_ENV, free_port
+from service.cluster import grpc_ingress
 from service.cluster.deployments import INDEX, INGRESS, MODEL, application
+from service.cluster.grpc_ingress import SERVICER_FUNCTION
+from service.oip.grpc_face import InferenceServicer
 from tests.photos import encode, photo
 
 pytestmark = pytest.mark.slow
@@ -42,7 +47,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "RESNET_SERVE_INDEX_SNAPSHOT_EVERY": "20",
     }
     ray.init(address=cluster.address, runtime_env={"env_vars": env}, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
+    serve.start(
+        http_options={"host": "127.0.0.1", "port": free_port()},
+        grpc_options={"port": free_port(), "grpc_servicer_functions": [SERVICER_FUNCTION]},
+        proxy_location="HeadOnly",
+    )
     deploy()
     try:
         yield cluster
@@ -169,6 +178,27 @@ def test_the_api_and_the_web_page_through_the_ray_ingress(cluster: Cluster) -> N
         assert bad.status_code == 415 or bad.status_code == 422, bad.text
     # Two Model replicas, one on each node; Ingress and Index on the head.
     assert len(set(replicas("Model").values())) == 2
+
+
+def test_the_inference_protocol_over_grpc_through_rays_proxy(cluster: Cluster) -> None:
+    controller = serve.context._get_global_client()._controller
+    port = ray.get(controller.get_grpc_config.remote()).port
+    with grpc_client.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        assert client.is_server_live() and client.is_model_ready("resnet-serve")
+        assert set(grpc_ingress.METHODS) <= set(dir(InferenceServicer))
+        image = grpc_client.InferInput("IMAGE", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[encode(photo("coffee"))]], dtype=np.object_))
+        top = [grpc_client.InferRequestedOutput("PROBABILITIES", class_count=1)]
+        answer = client.infer("resnet-serve", [image], outputs=top)
+        assert answer.as_numpy("PROBABILITIES")[0][0].decode().endswith(":espresso")
+        assert answer.get_response().model_version == "default"
+        image.set_data_from_numpy(np.array([[b"not an image"]], dtype=np.object_))
+        with pytest.raises(InferenceServerException, match="image 0") as bad:
+            client.infer("resnet-serve", [image])
+        assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(InferenceServerException) as missing:
+            client.get_model_metadata("other")
+        assert missing.value.status() == "StatusCode.NOT_FOUND"
 
 
 def test_a_killed_model_replica_gives_503s_or_successes_and_comes_back(cluster: Cluster) -> None:

@@ -37,6 +37,8 @@ def test_requests_for_the_model_are_the_ones_admitted_at_the_door() -> None:
         ("POST", "/v1/similarity"),
         ("PUT", "/v1/items/{item_id:item_id}"),
         ("POST", "/v1/items/batch"),
+        ("POST", "/v2/models/{model}/infer"),
+        ("POST", "/v2/models/{model}/versions/{version}/infer"),
     }
     # A new route that sends images to the model and forgets the mark fails here: every
     # POST or PUT that takes the pipeline is marked, but the inspector's (explanations and
