@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from batching import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
+from index.milvus_collection import MilvusUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
     ClientDisconnected: (499, "client_closed_request"),
     NotReady: (503, "not_ready"),
     Unavailable: (503, "unavailable"),
+    MilvusUnavailable: (503, "unavailable"),
     BatcherStopped: (503, "not_ready"),
     DeadlineExceeded: (504, "deadline_exceeded"),
     BatchFailed: (500, "inference_failed"),

@@ -9,7 +9,7 @@ ImportError.
 from importlib.util import find_spec
 from typing import Literal
 
-Extra = Literal["openvino", "explain", "ui", "gpu", "grpc", "ray", "parquet", "finetune"]
+Extra = Literal["openvino", "explain", "ui", "gpu", "grpc", "milvus", "ray", "parquet", "finetune"]
 
 # The top-level modules each extra brings; all of them must import for the feature to run.
 MODULES: dict[Extra, tuple[str, ...]] = {
@@ -18,6 +18,7 @@ MODULES: dict[Extra, tuple[str, ...]] = {
     "ui": ("gradio",),
     "gpu": ("torchcodec",),
     "grpc": ("grpc", "tritonclient"),
+    "milvus": ("pymilvus", "milvus_lite"),
     "ray": ("ray",),
     "parquet": ("pyarrow",),
     "finetune": ("matplotlib",),

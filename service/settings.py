@@ -131,6 +131,26 @@ class Settings(BaseSettings):
         4, ge=0, le=1000, description="explanations waiting beyond those before 429"
     )
 
+    index_engine: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description=(
+            "where items and their vectors live: faiss (files under DATA_DIR/index) or milvus "
+            "(Milvus Lite or a Milvus server, RESNET_SERVE_MILVUS_URI; the milvus extra)"
+        ),
+    )
+    milvus_uri: str = Field(
+        "",
+        description=(
+            "with INDEX_ENGINE=milvus: a file path runs Milvus Lite embedded; "
+            "http://host:19530 a Milvus server or cluster. Empty: DATA_DIR/index/milvus.db"
+        ),
+    )
+    milvus_token: SecretStr | None = Field(None, description="a Milvus server's token")
+    milvus_collection_prefix: str = Field(
+        "resnet_serve",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,200}$",
+        description="the Milvus collections' names start with this",
+    )
     index_factory: str = Field(
         "auto",
         description=(
@@ -258,6 +278,7 @@ class Settings(BaseSettings):
             (self.backend == "openvino", "openvino", "RESNET_SERVE_BACKEND=openvino"),
             (self.precision == "int8", "openvino", "RESNET_SERVE_PRECISION=int8"),
             (self.jpeg_decode == "device", "gpu", "RESNET_SERVE_JPEG_DECODE=device"),
+            (self.index_engine == "milvus", "milvus", "RESNET_SERVE_INDEX_ENGINE=milvus"),
             (
                 self.grpc_port != 0 and "grpc_port" in self.model_fields_set,
                 "grpc",

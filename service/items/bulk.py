@@ -11,10 +11,11 @@ from typing import TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from index.collection import Collection, CollectionFiles, hold_process_lock
+from index.collection import CollectionFiles, hold_process_lock
 from index.store import ItemStore
 from service.errors import InvalidInput, ServiceError
 from service.items.item_ids import MAX_ID_LENGTH, validate_item_id
+from service.items.search_index import Engine
 from service.model.model_io import ModelOutputs
 from service.model.runtime import ModelRuntime
 from service.settings import Settings
@@ -46,7 +47,7 @@ def item_id_for(relative: Path) -> str:
 
 
 def add_folder(
-    runtime: ModelRuntime, collection: Collection, root: Path, settings: Settings, progress: bool
+    runtime: ModelRuntime, collection: Engine, root: Path, settings: Settings, progress: bool
 ) -> BulkReport:
     """Embed every image file under `root`; files already in the index are skipped (resumable).
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from index.collection import Collection, CollectionStats, SearchHit
 from index.filters import Filter
+from index.milvus_collection import MilvusCollection
 from index.store import StoredItem
 from service.model.spec import ModelSpec
 from service.settings import Settings
@@ -32,10 +33,33 @@ def open_collection(settings: Settings, *, d: int, fingerprint: str, model: str)
     )
 
 
-def open_collection_for(settings: Settings, spec: ModelSpec) -> Collection:
-    """The collection for vectors of this model."""
+# The item index's engine: FAISS files here, or a Milvus collection (INDEX_ENGINE).
+Engine = Collection | MilvusCollection
+
+
+def open_collection_for(settings: Settings, spec: ModelSpec) -> Engine:
+    """The collection for vectors of this model, on the configured engine."""
+    if settings.index_engine == "milvus":
+        return open_milvus(settings, spec)
     return open_collection(
         settings, d=spec.embedding_dim, fingerprint=spec.fingerprint, model=spec.model_id
+    )
+
+
+def open_milvus(settings: Settings, spec: ModelSpec) -> MilvusCollection:
+    """The Milvus collection named by the settings; Milvus Lite under DATA_DIR by default."""
+    uri = settings.milvus_uri
+    if not uri:
+        settings.index_dir.mkdir(parents=True, exist_ok=True)
+        uri = str(settings.index_dir / "milvus.db")
+    token = settings.milvus_token
+    return MilvusCollection(
+        uri,
+        d=spec.embedding_dim,
+        fingerprint=spec.fingerprint,
+        model=spec.model_id,
+        prefix=settings.milvus_collection_prefix,
+        token=None if token is None else token.get_secret_value(),
     )
 
 
@@ -99,7 +123,7 @@ class ItemIndex(Protocol):
 class SearchIndex:
     """Keeps FAISS and SQLite work off the event loop, with the collection's one writer."""
 
-    def __init__(self, collection: Collection, search_threads: int) -> None:
+    def __init__(self, collection: Engine, search_threads: int) -> None:
         self.collection = collection
         self.ready = True
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="index-writer")

@@ -2,7 +2,9 @@
 directory and settings, and how far its re-embedding from another version got (a watermark
 that a restart resumes from)."""
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 from service.settings import Settings
@@ -29,8 +31,18 @@ def version_settings(settings: Settings, record: VersionRecord) -> Settings:
             "weights": record.weights,
             "model": record.model,
             "data_dir": version_dir(settings, record.name),
+            # on Milvus too, each version's vectors in collections of their own
+            "milvus_collection_prefix": milvus_prefix(settings, record.name),
         }
     )
+
+
+def milvus_prefix(settings: Settings, name: str) -> str:
+    """A version's Milvus collection prefix: the service's, the version's name in the
+    characters Milvus allows, and a digest of the name (two names never share one)."""
+    readable = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{settings.milvus_collection_prefix}_v_{readable}_{digest}"
 
 
 def watermark_path(settings: Settings) -> Path:

@@ -72,6 +72,7 @@ def test_a_feature_of_a_missing_extra_answers_503_naming_it(
         ({"RESNET_SERVE_PRECISION": "int8", "RESNET_SERVE_BACKEND": "auto"}, "openvino"),
         ({"RESNET_SERVE_JPEG_DECODE": "device"}, "gpu"),
         ({"RESNET_SERVE_GRPC_PORT": "8001"}, "grpc"),
+        ({"RESNET_SERVE_INDEX_ENGINE": "milvus"}, "milvus"),
     ],
 )
 def test_a_setting_that_asks_for_a_missing_extra_stops_the_start(

@@ -1,0 +1,107 @@
+"""The service with INDEX_ENGINE=milvus (Milvus Lite, embedded, under DATA_DIR): the item and
+search API answers as it does on FAISS, and a Milvus that cannot be reached stops the start
+naming it."""
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from index.milvus_collection import MilvusCollection, MilvusUnavailable
+from loadtest.common.processes import free_port
+from service.app import create_app
+from service.errors import describe_error
+from service.versions.records import version_settings
+from service.versions.registry import VersionRecord
+from tests.conftest import lite0_settings
+from tests.photos import jpeg
+
+ODD_OWNER = 'x" or 1 == 1 or "'  # a value that would change the expression if it were text
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = lite0_settings(tmp_path_factory.mktemp("milvus"), index_engine="milvus")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def upload(name: str) -> dict[str, tuple[str, bytes, str]]:
+    return {"file": (f"{name}.jpg", jpeg(name), "image/jpeg")}
+
+
+def test_items_search_filters_and_stats_through_the_api(http: TestClient) -> None:
+    for name, owner in (("coffee", ODD_OWNER), ("chelsea", "ann"), ("rocket", "ann")):
+        put = http.put(
+            f"/v1/items/photos/{name}",
+            files=upload(name),
+            data={"metadata": json.dumps({"owner": owner})},
+        )
+        assert put.status_code == 201, put.text
+    assert http.put("/v1/items/photos/rocket", files=upload("rocket")).status_code == 200
+    found = http.post("/v1/search", params={"k": 2}, files=upload("coffee")).json()["results"]
+    assert found[0]["id"] == "photos/coffee" and found[0]["score"] == pytest.approx(1, abs=1e-3)
+    odd = http.post(
+        "/v1/search", params={"filter": json.dumps({"owner": ODD_OWNER})}, files=upload("chelsea")
+    ).json()["results"]
+    assert [hit["id"] for hit in odd] == ["photos/coffee"]  # matched literally, nothing else
+    similar = http.get("/v1/items/photos/coffee/similar", params={"k": 5}).json()["results"]
+    assert {hit["id"] for hit in similar} == {"photos/chelsea", "photos/rocket"}
+    assert http.get("/v1/items/photos/chelsea").json()["metadata"] == {"owner": "ann"}
+    assert http.get("/v1/items/photos/chelsea/image").content == jpeg("chelsea")
+    stats = http.get("/v1/index").json()
+    assert stats["count"] == 3 and stats["kind"] == "milvus"
+    assert http.delete("/v1/items/photos/coffee").status_code == 204
+    again = http.post("/v1/search", params={"k": 3}, files=upload("coffee")).json()["results"]
+    assert "photos/coffee" not in {hit["id"] for hit in again}
+
+
+def test_an_unreachable_milvus_stops_the_start_naming_it(tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    settings = lite0_settings(tmp_path, index_engine="milvus", milvus_uri=uri)
+    with pytest.raises(MilvusUnavailable, match=uri), TestClient(create_app(settings)):
+        pass
+
+
+def test_a_model_version_keeps_its_vectors_in_collections_of_its_own(http: TestClient) -> None:
+    assert http.put("/v1/items/version/cup", files=upload("coffee")).status_code == 201
+    added = http.post("/v1/models", json={"name": "v2", "weights": "lite0-package"})
+    assert added.status_code == 202, added.text
+    deadline = time.monotonic() + 180
+    while (state := http.get("/v1/models").json()["versions"][-1]["state"]) != "ready":
+        assert state in ("loading", "re-embedding") and time.monotonic() < deadline, state
+        time.sleep(0.1)
+    pinned = http.post(
+        "/v1/search", params={"k": 1, "version": "v2"}, files=upload("coffee")
+    ).json()["results"]
+    assert pinned[0]["id"] == "version/cup"  # re-embedded into v2's own collection
+    assert http.delete("/v1/models/v2").status_code == 204
+
+
+def test_each_version_has_its_own_milvus_collections(tmp_path: Path) -> None:
+    """On a Milvus server every version shares the URI: the prefix keeps them apart."""
+    settings = lite0_settings(tmp_path, index_engine="milvus", milvus_uri="http://milvus:19530")
+    names = {
+        version_settings(
+            settings, VersionRecord(name, "random", "tf_efficientnet_lite0")
+        ).milvus_collection_prefix
+        for name in ("default", "v2", "v-2", "v_2")
+    }
+    assert len(names) == 4 and "resnet_serve" in names
+    assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) for name in names)
+
+
+def test_a_milvus_that_fails_later_is_a_503_not_the_requests_fault(tmp_path: Path) -> None:
+    collection = open_milvus_for_test(tmp_path)
+    collection.close()  # as good as a server that went away
+    with pytest.raises(MilvusUnavailable) as failed:
+        collection.get("any")
+    assert describe_error(failed.value)[:2] == (503, "unavailable")
+
+
+def open_milvus_for_test(path: Path) -> MilvusCollection:
+    return MilvusCollection(str(path / "m.db"), d=4, fingerprint="f", model="m", prefix="t")
