@@ -157,6 +157,8 @@ class MilvusCollection:
             client.create_collection(
                 self._images, schema=schema, index_params=index, consistency_level=_STRONG
             )
+        for name in (self._items, self._images):  # a reopened collection starts released
+            client.load_collection(name)
 
     # --- writes -----------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@ core, embedded, offline. The same behaviour as the FAISS engine's: put, replace,
 get, images, search and similar with exact answers on seeded data, filters (the same syntax;
 values matched literally), reopening, and a collection of another model refused."""
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +147,29 @@ def test_reopening_keeps_everything_and_another_model_is_refused(tmp_path: Path)
     other = open_milvus(tmp_path, fingerprint="fp-2", prefix="other")  # its own collections
     assert other.count() == 0
     other.close()
+
+
+def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    database = str(tmp_path / "kill.db")
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.index.milvus_writer", database],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acknowledged: list[str] = []
+    assert writer.stdout is not None
+    for line in writer.stdout:  # event-driven: kill once enough writes were acknowledged
+        acknowledged.append(line.strip())
+        if len(acknowledged) >= 300:
+            break
+    writer.kill()
+    writer.wait()
+    acknowledged += [line.strip() for line in writer.stdout]  # what was printed before it died
+    writer.stdout.close()
+    put = {line.split()[1] for line in acknowledged if line.startswith("put ")}
+    deleted = {line.split()[1] for line in acknowledged if line.startswith("deleted ")}
+    reopened = MilvusCollection(database, d=8, fingerprint="f", model="m", prefix="kill")
+    stored = reopened.ids()
+    assert put - deleted <= stored  # every acknowledged put is there
+    assert not deleted & stored  # every acknowledged delete stays gone
+    reopened.close()
