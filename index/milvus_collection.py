@@ -183,6 +183,21 @@ class MilvusCollection:
         return created
 
     @_unavailable_when_milvus_fails
+    def put_many(self, items: list[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
+        """Add new items without images in one upsert (an import: ids not stored yet)."""
+        rows = [
+            {
+                "id": item_id,
+                "vector": np.asarray(vector, np.float32).tolist(),
+                "metadata": metadata,
+                "label": self._next_label(),
+                "added_at": time.time(),
+            }
+            for item_id, vector, metadata in items
+        ]
+        self._client.upsert(self._items, rows)
+
+    @_unavailable_when_milvus_fails
     def delete(self, item_id: str) -> bool:
         existed = self.get(item_id) is not None
         self._client.delete(self._items, ids=[item_id])

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from index.collection import Collection
+from index.milvus_collection import MilvusCollection
 from loadtest.common.processes import free_port, start_service, stop
 
 D = 2048
@@ -266,7 +267,7 @@ def probe(directory: Path) -> dict[str, Any]:
 
 
 def search_figures(
-    collection: Collection,
+    collection: Collection | MilvusCollection,
     queries: np.ndarray,
     truth: np.ndarray,
     where: dict[str, list[Any]] | None,
@@ -279,12 +280,14 @@ def search_figures(
         expected = {f"item-{row}" for row in best}
         recall.append(len({hit.id for hit in hits} & expected) / 10)
     plan: dict[str, float | str] = {}
-    if where is not None:
+    if where is not None and isinstance(collection, Collection):
         plan["plan"] = collection.filtered_route(where).plan
     return {**quantiles_ms(latencies), "recall_at_10": round(float(np.mean(recall)), 3), **plan}
 
 
-def write_figures(collection: Collection, vectors: np.ndarray, prefix: str) -> dict[str, float]:
+def write_figures(
+    collection: Collection | MilvusCollection, vectors: np.ndarray, prefix: str
+) -> dict[str, float]:
     latencies = []
     for i, vector in enumerate(vectors):
         started = time.perf_counter()

@@ -14,6 +14,7 @@ import yaml
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
 from service.cluster import deployments, grpc_ingress
+from service.settings import Settings
 
 ROOT = Path(__file__).parents[2]
 SERVE_YAML = ROOT / "deploy/ray/serve.yaml"
@@ -21,13 +22,16 @@ KUBERAY = ROOT / "deploy/kuberay"
 K8S_VERSION = kubernetes_validate.latest_version()
 
 
-def manifest() -> dict[str, dict[str, Any]]:
-    documents = yaml.safe_load_all((KUBERAY / "rayservice.yaml").read_text())
+MANIFESTS = ("rayservice.yaml", "rayservice-milvus.yaml")
+
+
+def manifest(name: str = "rayservice.yaml") -> dict[str, dict[str, Any]]:
+    documents = yaml.safe_load_all((KUBERAY / name).read_text())
     return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in documents}
 
 
-def ray_service() -> dict[str, Any]:
-    (service,) = [doc for doc in manifest().values() if doc["kind"] == "RayService"]
+def ray_service(name: str = "rayservice.yaml") -> dict[str, Any]:
+    (service,) = [doc for doc in manifest(name).values() if doc["kind"] == "RayService"]
     return service
 
 
@@ -68,8 +72,10 @@ def test_kubernetes_objects_match_the_api_schemas(name: str) -> None:
     kubernetes_validate.validate(manifest()[name], K8S_VERSION, strict=True)
 
 
-def test_the_rayservice_matches_its_schema_and_its_pod_templates_the_api() -> None:
-    service = ray_service()
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_the_rayservice_matches_its_schema_and_its_pod_templates_the_api(name: str) -> None:
+    service = ray_service(name)
+    serve_config(service["spec"]["serveConfigV2"])  # Ray Serve's own schema
     schema = json.loads((KUBERAY / "rayservice.schema.json").read_text())
     jsonschema.validate(service, schema)
     cluster = service["spec"]["rayClusterConfig"]
@@ -118,3 +124,24 @@ def test_the_rayservice_wires_gpus_the_index_volume_and_redis() -> None:
     assert f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}" in manifest()
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu["nvidia.com/gpu"] == groups["gpu"]["rayStartParams"]["num-gpus"] == "1"
+
+
+def test_the_milvus_variant_keeps_no_files_and_scales_the_index_out() -> None:
+    objects = manifest("rayservice-milvus.yaml")
+    assert not [key for key in objects if key.startswith("PersistentVolumeClaim/")]
+    service = objects["RayService/resnet-serve-milvus"]
+    app = serve_config(service["spec"]["serveConfigV2"])
+    env = app.runtime_env["env_vars"]
+    settings = Settings(
+        **{
+            k.removeprefix("RESNET_SERVE_").lower(): v
+            for k, v in env.items()
+            if k.startswith("RESNET_SERVE_")
+        }
+    )
+    assert settings.index_engine == "milvus" and settings.milvus_uri.startswith("http://")
+    index = deployment_options(app)["Index"]
+    assert index.autoscaling_config["min_replicas"] >= 2  # losing one loses nothing
+    assert not index.ray_actor_options.resources  # no pinning to a volume's node
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert all("volumes" not in group["template"]["spec"] for group in groups)
