@@ -183,19 +183,31 @@ class MilvusCollection:
         return created
 
     @_unavailable_when_milvus_fails
-    def put_many(self, items: list[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
-        """Add new items without images in one upsert (an import: ids not stored yet)."""
+    def add_many(self, items: list[tuple[str, np.ndarray, str]]) -> None:
+        """Add new items without images (id, vector, metadata as JSON text) in one upsert:
+        an import, as index.store.ItemStore.add_many."""
         rows = [
             {
                 "id": item_id,
                 "vector": np.asarray(vector, np.float32).tolist(),
-                "metadata": metadata,
+                "metadata": json.loads(metadata),
                 "label": self._next_label(),
                 "added_at": time.time(),
             }
             for item_id, vector, metadata in items
         ]
         self._client.upsert(self._items, rows)
+
+    @_unavailable_when_milvus_fails
+    def existing(self, ids: list[str]) -> set[str]:
+        """Which of `ids` are stored (as index.store.ItemStore.existing)."""
+        found: set[str] = set()
+        for start in range(0, len(ids), _PAGE):
+            rows = self._client.get(
+                self._items, ids=ids[start : start + _PAGE], output_fields=["id"]
+            )
+            found.update(row["id"] for row in rows)
+        return found
 
     @_unavailable_when_milvus_fails
     def delete(self, item_id: str) -> bool:

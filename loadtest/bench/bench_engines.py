@@ -2,7 +2,7 @@
 (Milvus Lite embedded, or a Milvus server with --milvus-uri).
 
     python -m loadtest.bench.bench_engines --size 100000 [--data small-clusters]
-        [--milvus-uri http://127.0.0.1:19530]
+        [--queries 100] [--milvus-uri http://127.0.0.1:19530]
 
 The data and queries are loadtest.bench.bench_index's (2048-d unit vectors, `bucket` =
 row % 1000 independent of the clusters). For each engine: the import rate (FAISS: the store's
@@ -41,7 +41,6 @@ from loadtest.bench.bench_index import (
 )
 
 D = 2048
-QUERIES = 100
 FINGERPRINT, MODEL = "bench-engines", "synthetic"
 MEASURED = ("1%", "10%", "90%")
 IMPORT_BATCH = 1000
@@ -49,7 +48,7 @@ IMPORT_BATCH = 1000
 
 def data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     make = small_clusters if args.data == "small-clusters" else clustered
-    return make(args.size, 1, args.size), make(QUERIES, 2, args.size)
+    return make(args.size, 1, args.size), make(args.queries, 2, args.size)
 
 
 def truths(vectors: np.ndarray, queries: np.ndarray) -> dict[str, np.ndarray]:
@@ -81,9 +80,9 @@ def import_milvus(uri: str, vectors: np.ndarray) -> tuple[MilvusCollection, floa
     started = time.perf_counter()
     collection = MilvusCollection(uri, d=D, fingerprint=FINGERPRINT, model=MODEL, prefix="bench")
     for start in range(0, len(vectors), IMPORT_BATCH):
-        collection.put_many(
+        collection.add_many(
             [
-                (f"item-{row}", vectors[row], {"bucket": row % BUCKETS})
+                (f"item-{row}", vectors[row], json.dumps({"bucket": row % BUCKETS}))
                 for row in range(start, min(len(vectors), start + IMPORT_BATCH))
             ]
         )
@@ -107,6 +106,7 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, default=100_000)
     parser.add_argument("--data", choices=("topics", "small-clusters"), default="topics")
+    parser.add_argument("--queries", type=int, default=100, help="held-out queries per figure")
     parser.add_argument("--milvus-uri", help="a Milvus server (default: Milvus Lite, a file)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "bench-engines")
     args = parser.parse_args()

@@ -7,9 +7,10 @@ import logging
 import sys
 
 from index.collection import CollectionFiles, IndexInUse
+from index.milvus_collection import MilvusUnavailable
 from index.store import ItemStore, ModelMismatch
 from service.items.bulk import add_folder, reindex
-from service.items.search_index import open_collection, open_collection_for
+from service.items.search_index import open_collection, open_collection_for, open_milvus
 from service.items.vector_import import ExpectedModel, ImportRefused, import_vectors
 from service.model.load_error import ModelLoadError
 from service.model.runtime import load_parts, load_runtime
@@ -39,7 +40,7 @@ def run_index_command(args: argparse.Namespace, settings: Settings) -> int:
             return _import_vectors(args, settings)
         else:
             return _stats_or_rebuild(args.action, settings)
-    except (IndexInUse, ModelMismatch, ModelLoadError, ImportRefused) as exc:
+    except (IndexInUse, ModelMismatch, ModelLoadError, ImportRefused, MilvusUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
@@ -53,6 +54,8 @@ def _import_vectors(args: argparse.Namespace, settings: Settings) -> int:
     if not args.file.is_file():
         print(f"{args.file} is not a file", file=sys.stderr)
         return 2
+    if settings.index_engine == "milvus":
+        return _import_into_milvus(args, settings)
     expected = _expected_model(settings)
     report = import_vectors(
         args.file, args.fingerprint, expected, settings.index_dir, not args.no_progress
@@ -68,6 +71,27 @@ def _import_vectors(args: argparse.Namespace, settings: Settings) -> int:
             print(json.dumps(dataclasses.asdict(collection.stats()), indent=2))
         finally:
             collection.close()
+    return 1 if report.failed and not (report.added or report.already_present) else 0
+
+
+def _import_into_milvus(args: argparse.Namespace, settings: Settings) -> int:
+    """Into the Milvus collection of the configured model (it indexes as rows arrive)."""
+    spec = load_parts(settings).spec
+    expected = ExpectedModel(spec.fingerprint, spec.embedding_dim, spec.model_id)
+    collection = open_milvus(settings, spec)
+    try:
+        report = import_vectors(
+            args.file,
+            args.fingerprint,
+            expected,
+            settings.index_dir,
+            not args.no_progress,
+            into=collection,
+        )
+        print(report.summary())
+        print(json.dumps(dataclasses.asdict(collection.stats()), indent=2))
+    finally:
+        collection.close()
     return 1 if report.failed and not (report.added or report.already_present) else 0
 
 

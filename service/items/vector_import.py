@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -64,10 +64,24 @@ class ExpectedModel:
     model: str
 
 
+class ImportTarget(Protocol):
+    """Where imported rows go: the FAISS engine's store, or a Milvus collection."""
+
+    def existing(self, ids: list[str]) -> set[str]: ...
+
+    def add_many(self, items: list[tuple[str, np.ndarray, str]]) -> None: ...
+
+
 def import_vectors(
-    path: Path, fingerprint: str, expected: ExpectedModel, index_dir: Path, progress: bool
+    path: Path,
+    fingerprint: str,
+    expected: ExpectedModel,
+    index_dir: Path,
+    progress: bool,
+    into: ImportTarget | None = None,
 ) -> ImportReport:
-    """Add the file's vectors to the store in `index_dir` (the service stopped)."""
+    """Add the file's vectors to the store in `index_dir` (the service stopped), or `into`
+    another engine's collection (Milvus: the service may keep running)."""
     try:
         import pyarrow.parquet as pq  # only this command needs pyarrow
     except ImportError as exc:
@@ -85,23 +99,30 @@ def import_vectors(
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise ImportRefused(f"{path} is not a readable Parquet file: {exc}") from exc
     columns = _columns(parquet.schema_arrow, path)
+    if into is not None:
+        return _import_all(parquet, columns, into, expected.d, progress)
     files = CollectionFiles(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     lock = hold_process_lock(files.lock)
     try:
         store = ItemStore(files.store, expected.d, expected.fingerprint, expected.model)
         try:
-            report = ImportReport()
-            total = parquet.metadata.num_rows
-            with tqdm(total=total, disable=not progress, unit="vec") as bar:
-                for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
-                    _import_batch(batch, store, expected.d, report)
-                    bar.update(batch.num_rows)
-            return report
+            return _import_all(parquet, columns, store, expected.d, progress)
         finally:
             store.close()
     finally:
         lock.close()
+
+
+def _import_all(
+    parquet: Any, columns: list[str], target: ImportTarget, d: int, progress: bool
+) -> ImportReport:
+    report = ImportReport()
+    with tqdm(total=parquet.metadata.num_rows, disable=not progress, unit="vec") as bar:
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            _import_batch(batch, target, d, report)
+            bar.update(batch.num_rows)
+    return report
 
 
 def _columns(schema: Any, path: Path) -> list[str]:
@@ -133,7 +154,7 @@ def _columns(schema: Any, path: Path) -> list[str]:
     return ["id", "vector"]
 
 
-def _import_batch(batch: Any, store: ItemStore, d: int, report: ImportReport) -> None:
+def _import_batch(batch: Any, store: ImportTarget, d: int, report: ImportReport) -> None:
     import pyarrow.compute as pc
 
     first_row = report.rows

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from index.collection import Collection
+from index.milvus_collection import MilvusCollection
 from service.commands.cli import main
 from service.items.vector_import import ExpectedModel, ImportRefused, import_vectors
 from service.settings import Settings
@@ -201,3 +202,26 @@ def test_without_pyarrow_the_command_says_how_to_install_it(tmp_path: Path) -> N
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 1
     assert "pip install 'resnet-serve[parquet]'" in finished.stderr
+
+
+def test_import_into_milvus_skips_bad_rows_and_resumes(tmp_path: Path) -> None:
+    milvus = MilvusCollection(
+        str(tmp_path / "milvus.db"), d=D, fingerprint=FINGERPRINT, model="m", prefix="imported"
+    )
+    xb = clustered(20, D, seed=6) * 3  # not unit length: the import normalises
+    ids: list[object] = [f"v/{i}" for i in range(20)]
+    vectors: list[object] = xb.tolist()
+    ids[3], vectors[5] = None, [0.0] * D  # no id; a vector with no direction
+    metadata = [json.dumps({"i": i}) for i in range(20)]
+    metadata[7] = "[not an object]"
+    file = write_parquet(tmp_path / "v.parquet", ids, vectors, metadata)
+    expected = ExpectedModel(FINGERPRINT, D, "m")
+    report = import_vectors(file, FINGERPRINT, expected, tmp_path, False, into=milvus)
+    assert (report.added, report.failed) == (17, 3)
+    assert milvus.count() == 17
+    hit = milvus.search(xb[10] / np.linalg.norm(xb[10]), 1)[0]
+    assert (hit.id, hit.metadata) == ("v/10", {"i": 10})
+    assert hit.score == pytest.approx(1.0, abs=1e-5)
+    again = import_vectors(file, FINGERPRINT, expected, tmp_path, False, into=milvus)
+    assert (again.added, again.already_present) == (0, 17)  # run again: resumed, not doubled
+    milvus.close()
