@@ -54,19 +54,6 @@ _STATUS_OF_HTTP = {
 }
 
 
-# The service's methods, in the order of grpc_service.proto.
-METHODS = (
-    "ServerLive",
-    "ServerReady",
-    "ModelReady",
-    "ServerMetadata",
-    "ModelMetadata",
-    "ModelConfig",
-    "ModelStatistics",
-    "ModelInfer",
-)
-
-
 class CallContext(Protocol):
     """What the servicer uses of a call's context: grpcio's own (this process's server) or
     an adapter of Ray Serve's (its gRPC proxy, service.cluster.grpc_ingress)."""
