@@ -12,6 +12,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
 from batching import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
+from index.filters import InvalidFilter
 from index.milvus_collection import MilvusUnavailable
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ STATUS_MAP: dict[type[Exception], tuple[int, str]] = {
     PayloadTooLarge: (413, "payload_too_large"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
     InvalidInput: (422, "invalid_input"),
+    # a filter the index engine cannot match (Milvus: control characters), found at search
+    InvalidFilter: (422, "invalid_input"),
     RequestValidationError: (422, "invalid_input"),
     QueueFull: (429, "overloaded"),
     ClientDisconnected: (499, "client_closed_request"),

@@ -49,6 +49,10 @@ def test_items_search_filters_and_stats_through_the_api(http: TestClient) -> Non
         "/v1/search", params={"filter": json.dumps({"owner": ODD_OWNER})}, files=upload("chelsea")
     ).json()["results"]
     assert [hit["id"] for hit in odd] == ["photos/coffee"]  # matched literally, nothing else
+    control = http.post(
+        "/v1/search", params={"filter": json.dumps({"owner": "a\nb"})}, files=upload("chelsea")
+    )
+    assert control.status_code == 422 and "control characters" in control.text
     similar = http.get("/v1/items/photos/coffee/similar", params={"k": 5}).json()["results"]
     assert {hit["id"] for hit in similar} == {"photos/chelsea", "photos/rocket"}
     assert http.get("/v1/items/photos/chelsea").json()["metadata"] == {"owner": "ann"}
