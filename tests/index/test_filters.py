@@ -13,6 +13,9 @@ from tests.index.vectors import clustered
 
 D = 32
 N = 4000
+# Held-out queries: the recall asserted (0.95) is two points under what a plan is tuned to
+# (0.97), so it needs enough neighbours (10 a query) for sampling noise to stay well inside.
+QUERIES = 100
 
 
 def owner_of(i: int) -> str:
@@ -24,7 +27,7 @@ def owner_of(i: int) -> str:
 def collection(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Collection, np.ndarray]]:
-    xb = clustered(N + 20, D, seed=11)[:N]  # the rest are queries, from the same topics
+    xb = clustered(N + QUERIES, D, seed=11)[:N]  # the rest are queries, from the same topics
     opened = Collection(
         tmp_path_factory.mktemp(request.param),
         d=D,
@@ -64,7 +67,7 @@ def test_filters_return_k_in_the_order_of_exact_filtered_search(
 ) -> None:
     index, xb = collection
     rows = [i for i in range(N) if keep(i)]  # type: ignore[operator]
-    queries = clustered(N + 20, D, seed=11)[N:]
+    queries = clustered(N + QUERIES, D, seed=11)[N:]
     recall = []
     for query in queries:
         hits = index.search(query, 10, where=parse_filter(json.dumps(where)))
