@@ -8,6 +8,9 @@ from PIL import Image
 
 from index.collection import Collection
 from service.commands.cli import main
+from service.items.search_index import open_milvus
+from service.model.runtime import load_parts
+from service.settings import Settings
 from tests.conftest import PINNED_BACKEND
 from tests.photos import encode, jpeg, photo
 
@@ -88,3 +91,25 @@ def test_stats_without_an_index_and_a_missing_folder(
     assert run("index", "stats") == 1
     assert "no index" in capsys.readouterr().err
     assert run("index", "add-folder", str(tmp_path / "absent")) == 2
+
+
+def test_add_folder_onto_milvus_adds_and_resumes(
+    folder: Path,
+    lite0_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RESNET_SERVE_INDEX_ENGINE", "milvus")
+    assert run("index", "add-folder", str(folder), "--no-progress") == 0
+    assert "added 4, already present 0, failed 1" in capsys.readouterr().out
+    assert run("index", "add-folder", str(folder), "--no-progress") == 0
+    assert "added 0, already present 4, failed 1" in capsys.readouterr().out
+    settings = Settings()
+    collection = open_milvus(settings, load_parts(settings).spec)
+    try:
+        assert collection.count() == 4
+        stored = collection.get("cats/my_cat.png")
+        assert stored is not None and stored.metadata == {"path": "cats/my cat.png"}
+        assert collection.image("coffee.jpg") == jpeg("coffee")
+    finally:
+        collection.close()
