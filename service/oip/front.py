@@ -72,17 +72,9 @@ class InferenceFront:
         names = [self.serving(self.name, version).name] if version else await self.versions()
         return self.statistics.as_json(self.name, names)
 
-    async def infer(
-        self,
-        model: str,
-        version: str | None,
-        request: InferRequest,
-        resolved: Serving | None = None,
-    ) -> tuple[str, Answer]:
-        """The version that answered, and its answer; errors as the pipeline raises them.
-        `resolved`: the version admission already resolved for this request."""
-        serving = self.serving(model, version)
-        serving = serving if resolved is None or resolved.name != serving.name else resolved
+    async def infer(self, serving: Serving, request: InferRequest) -> tuple[str, Answer]:
+        """The answer of `serving` (the version `self.serving` resolved for the request) and
+        its name; errors as the pipeline raises them."""
         started = time.perf_counter()
         try:
             pipeline = await checked(serving.pipeline)

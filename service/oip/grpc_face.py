@@ -123,9 +123,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             token = current_ticket.set(ticket)
             try:
                 remaining = context.time_remaining()
-                answering = self._front.infer(
-                    request.model_name, request.model_version, infer_request, serving
-                )
+                answering = self._front.infer(serving, infer_request)
                 if remaining is None:
                     version, answer = await answering
                 else:

@@ -124,14 +124,12 @@ async def model_stats(front: Front, model: str, version: str | None = None) -> d
 @router.post(_VERSIONED + "/infer", openapi_extra=USES_MODEL | body_limit("batch"))
 async def infer(request: Request, front: Front, model: str, version: str | None = None) -> Response:
     """Classify or embed images (IMAGE, BYTES) or preprocessed pixels (PIXELS, FP32)."""
-    front.serving(model, version)  # an unknown model or version is 404 before the body is read
+    serving = front.serving(model, version)  # unknown: 404 before the body is read
     body = await request.body()
     header, inputs, binary = _parse(body, request.headers.get(HEADER_LENGTH))
     outputs = _outputs(header, binary)
     infer_request = InferRequest(inputs, outputs, str(header.get("id", "")))
-    answered_by, answer = await unless_disconnected(
-        request, front.infer(model, version, infer_request, getattr(request.state, "serving", None))
-    )
+    answered_by, answer = await unless_disconnected(request, front.infer(serving, infer_request))
     return _response(front.name, answered_by, infer_request, answer, binary)
 
 
@@ -147,7 +145,7 @@ def _parse(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list
     else:
         length = int(header_length)
     try:
-        header = json.loads(body[:length])
+        header = json.loads(body if length == len(body) else body[:length])
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request is not JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
