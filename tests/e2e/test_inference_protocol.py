@@ -324,7 +324,12 @@ async def test_calls_past_their_deadline_leave_the_service_serving(server: Serve
             return_exceptions=True,
         )
         answered = await client.infer(MODEL, rpc_inputs(images("astronaut")), headers=auth())
-    assert all(isinstance(e, InferenceServerException) and "Deadline" in str(e) for e in late)
+    # The client's timer or the server's own check may end the call first: either way the
+    # status is DEADLINE_EXCEEDED (the details differ: "Deadline Exceeded" or the server's).
+    assert all(
+        isinstance(e, InferenceServerException) and e.status() == "StatusCode.DEADLINE_EXCEEDED"
+        for e in late
+    ), late
     assert answered.as_numpy("EMBEDDING").shape == (1, 1280)
 
 

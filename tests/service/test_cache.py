@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import redis
 from prometheus_client import CollectorRegistry
 
 from service.app import create_app
@@ -178,16 +179,28 @@ async def test_a_slow_redis_is_a_miss_not_a_slow_request(
 ) -> None:
     async with running_app(tmp_path, redis_url=redis_server.url, cache_timeout_ms=50) as http:
         await classify(http, jpeg("chelsea"))  # warm the model path
+        asleep = redis.Redis.from_url(redis_server.url, socket_timeout=None)
         blocker = asyncio.create_task(
-            asyncio.to_thread(redis_server.client().execute_command, "DEBUG", "SLEEP", "2")
+            asyncio.to_thread(asleep.execute_command, "DEBUG", "SLEEP", "3")
         )
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
+        await asyncio.to_thread(wait_until_unresponsive, redis_server.url)
         response = await classify(http, jpeg("chelsea") + b"slow")
         assert response.headers["x-cache"] == "miss"
-        # Did not wait for Redis to wake up (a loaded machine still classifies in under 1.8 s).
-        assert time.monotonic() - started < 1.8
+        # Answered while Redis still slept: the request did not wait for the cache.
+        assert not blocker.done()
         await blocker
+
+
+def wait_until_unresponsive(url: str) -> None:
+    """Returns once a PING goes unanswered for 50 ms: Redis has begun its sleep."""
+    probe = redis.Redis.from_url(url, socket_timeout=0.05)
+    deadline = time.monotonic() + 60  # bounded: a Redis that never sleeps fails the test
+    while time.monotonic() < deadline:
+        try:
+            probe.ping()
+        except redis.TimeoutError:
+            return
+    raise AssertionError("DEBUG SLEEP never made Redis unresponsive")
 
 
 async def test_a_corrupt_value_is_a_miss(tmp_path: Path, redis_server: RedisServer) -> None:
