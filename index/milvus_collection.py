@@ -41,7 +41,51 @@ _IMAGE_PART_CHARS = 60_000  # base64 characters in one VARCHAR part (Milvus allo
 _ID_CHARS = 512
 _PAGE = 1000  # rows a query or an iterator fetches at once
 _STRONG = "Strong"
-_IDENTITY = "resnet_serve.model"  # the items collection's property naming its vectors' model
+IDENTITY = "resnet_serve.model"  # the items collection's property naming its vectors' model
+# Milvus's "collection not loaded": a server that restarted holds its collections released.
+_NOT_LOADED = 101
+
+
+def collection_names(prefix: str) -> tuple[str, str]:
+    """The items and images collections of an index with this prefix."""
+    return f"{prefix}_items", f"{prefix}_images"
+
+
+def identity(d: int, fingerprint: str, model: str) -> dict[str, Any]:
+    """What the items collection records of the model its vectors came from."""
+    return {"fingerprint": fingerprint, "model": model, "d": d}
+
+
+def create_items_collection(client: Any, name: str, d: int, made_by: dict[str, Any]) -> None:
+    """An items collection for `d`-dimensional vectors of the model `made_by` names."""
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_CHARS)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=d)
+    schema.add_field("metadata", DataType.JSON)
+    schema.add_field("label", DataType.INT64)
+    schema.add_field("added_at", DataType.DOUBLE)
+    index = client.prepare_index_params()
+    index.add_index("vector", metric_type="COSINE", index_type="AUTOINDEX")
+    client.create_collection(
+        name,
+        schema=schema,
+        index_params=index,
+        consistency_level=_STRONG,
+        properties={IDENTITY: json.dumps(made_by)},
+    )
+
+
+def read_image(client: Any, images: str, item_id: str) -> bytes | None:
+    """An item's uploaded image, put together from its parts; None if it has none."""
+    rows = client.query(
+        images, filter=f"item == {string_literal(item_id)}", output_fields=["part", "data"]
+    )
+    if not rows:
+        return None
+    text = "".join(row["data"] for row in sorted(rows, key=lambda row: row["part"]))
+    return base64.b64decode(text)
 
 
 class MilvusUnavailable(RuntimeError):
@@ -53,17 +97,29 @@ R = TypeVar("R")
 
 
 def _unavailable_when_milvus_fails(method: Callable[P, R]) -> Callable[P, R]:
-    """A failure of Milvus (down, timing out, refusing) is MilvusUnavailable naming it."""
+    """A failure of Milvus (down, timing out, refusing) is MilvusUnavailable naming it. A
+    server that came back from a restart with the collections released is asked to load
+    them, and the call is made once more."""
 
     @functools.wraps(method)
     def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        collection = args[0]  # the MilvusCollection the method is bound to
+        assert isinstance(collection, MilvusCollection)
         try:
-            return method(*args, **kwargs)
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                if getattr(exc, "code", None) != _NOT_LOADED:
+                    raise
+                log.warning(
+                    "Milvus at %s had released the collections: loading them", collection.uri
+                )
+                collection.load()
+                return method(*args, **kwargs)
         except InvalidFilter:
             raise  # the request's filter: a 4xx
         except Exception as exc:  # pymilvus's MilvusException, grpc's errors
-            where = getattr(args[0], "uri", "?")  # the collection the method is bound to
-            raise MilvusUnavailable(f"Milvus at {where}: {exc}") from exc
+            raise MilvusUnavailable(f"Milvus at {collection.uri}: {exc}") from exc
 
     return call
 
@@ -85,8 +141,7 @@ class MilvusCollection:
         self.fingerprint = fingerprint
         self.model = model
         self.uri = uri
-        self._items = f"{prefix}_items"
-        self._images = f"{prefix}_images"
+        self._items, self._images = collection_names(prefix)
         try:
             self._client = MilvusClient(uri, token=token or "")
             self._open_or_create()
@@ -106,7 +161,7 @@ class MilvusCollection:
     # --- set-up -----------------------------------------------------------------------------
 
     def _identity(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint, "model": self.model, "d": self.d}
+        return identity(self.d, self.fingerprint, self.model)
 
     def _open_or_create(self) -> None:
         from pymilvus import DataType
@@ -115,7 +170,7 @@ class MilvusCollection:
         if client.has_collection(self._items):
             properties = client.describe_collection(self._items).get("properties") or {}
             try:
-                recorded = json.loads(properties.get(_IDENTITY, "{}"))
+                recorded = json.loads(properties.get(IDENTITY, "{}"))
             except ValueError:
                 recorded = {}
             if recorded != self._identity():
@@ -130,21 +185,7 @@ class MilvusCollection:
                 client.drop_collection(self._items)  # empty: adopt the new model
                 client.drop_collection(self._images)
         if not client.has_collection(self._items):
-            schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_CHARS)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.d)
-            schema.add_field("metadata", DataType.JSON)
-            schema.add_field("label", DataType.INT64)
-            schema.add_field("added_at", DataType.DOUBLE)
-            index = client.prepare_index_params()
-            index.add_index("vector", metric_type="COSINE", index_type="AUTOINDEX")
-            client.create_collection(
-                self._items,
-                schema=schema,
-                index_params=index,
-                consistency_level=_STRONG,
-                properties={_IDENTITY: json.dumps(self._identity())},
-            )
+            create_items_collection(client, self._items, self.d, self._identity())
         if not client.has_collection(self._images):
             schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=_ID_CHARS + 16)
@@ -157,8 +198,12 @@ class MilvusCollection:
             client.create_collection(
                 self._images, schema=schema, index_params=index, consistency_level=_STRONG
             )
-        for name in (self._items, self._images):  # a reopened collection starts released
-            client.load_collection(name)
+        self.load()
+
+    def load(self) -> None:
+        """Load both collections for reads (a reopened or restarted Milvus holds them released)."""
+        for name in (self._items, self._images):
+            self._client.load_collection(name)
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -258,15 +303,7 @@ class MilvusCollection:
 
     @_unavailable_when_milvus_fails
     def image(self, item_id: str) -> bytes | None:
-        rows = self._client.query(
-            self._images,
-            filter=f"item == {string_literal(item_id)}",
-            output_fields=["part", "data"],
-        )
-        if not rows:
-            return None
-        text = "".join(row["data"] for row in sorted(rows, key=lambda row: row["part"]))
-        return base64.b64decode(text)
+        return read_image(self._client, self._images, item_id)
 
     @_unavailable_when_milvus_fails
     def vector(self, item_id: str) -> np.ndarray | None:

@@ -1,6 +1,7 @@
 """Fixtures shared by every suite."""
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,3 +108,13 @@ def redis_server(tmp_path: Path) -> Iterator["RedisServer"]:
     server = RedisServer(tmp_path)
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_milvus_stopped() -> Iterator[None]:
+    """Milvus Lite stops its embedded servers at exit, logging to a stream pytest has closed
+    by then: stop them while the session still has its logging."""
+    yield
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:
+        manager.server_manager_instance.release_all()

@@ -7,8 +7,10 @@
   service's own batcher: its adaptive batch, latency-target admission and watchdog come along,
   where Ray Serve's @serve.batch has a fixed size and wait and refuses nothing. Images arrive
   as uint8 pixels (or a JPEG for a GPU to decode), never as float tensors.
-- One Index replica owns the index directory (RESNET_SERVE_DATA_DIR) on a persistent volume;
-  pin it to the node that has the volume with a custom resource (deploy/kuberay).
+- On FAISS (the default), one Index replica owns the index directory (RESNET_SERVE_DATA_DIR)
+  on a persistent volume; pin it to the node that has the volume with a custom resource
+  (deploy/kuberay/rayservice.yaml). On Milvus (INDEX_ENGINE=milvus) the replicas keep no
+  files: run several, anywhere (deploy/kuberay/rayservice-milvus.yaml).
 
 Settings come from each replica's environment (the application's runtime_env env_vars), as
 from the process environment for `resnet-serve serve`. The replicas' health checks are the
@@ -103,7 +105,7 @@ class Model(_Dispatch):
 @serve.deployment(
     name="Index",
     num_replicas=1,
-    ray_actor_options={"num_cpus": 0.5},  # the one owner of the files: never more
+    ray_actor_options={"num_cpus": 0.5},  # FAISS: the one owner of the files, never more
     max_ongoing_requests=_INDEX_ONGOING,
     health_check_period_s=5,
 )

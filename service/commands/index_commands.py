@@ -7,10 +7,16 @@ import logging
 import sys
 
 from index.collection import CollectionFiles, IndexInUse
-from index.milvus_collection import MilvusUnavailable
+from index.milvus_collection import MilvusCollection, MilvusUnavailable
 from index.store import ItemStore, ModelMismatch
 from service.items.bulk import add_folder, reindex
-from service.items.search_index import open_collection, open_collection_for, open_milvus
+from service.items.search_index import (
+    milvus_token,
+    milvus_uri,
+    open_collection,
+    open_collection_for,
+    open_milvus,
+)
 from service.items.vector_import import ExpectedModel, ImportRefused, import_vectors
 from service.model.load_error import ModelLoadError
 from service.model.runtime import load_parts, load_runtime
@@ -95,6 +101,33 @@ def _import_into_milvus(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if report.failed and not (report.added or report.already_present) else 0
 
 
+def _milvus_stats(action: str, settings: Settings) -> int:
+    from index.milvus_admin import connected, recorded_identity
+
+    if action == "rebuild":
+        print("Milvus builds its index as rows arrive: nothing to rebuild", file=sys.stderr)
+        return 2
+    uri, prefix = milvus_uri(settings), settings.milvus_collection_prefix
+    with connected(uri, milvus_token(settings)) as client:
+        recorded = recorded_identity(client, prefix)
+    if not recorded:
+        print(f"no index {prefix} on Milvus at {uri}", file=sys.stderr)
+        return 1
+    collection = MilvusCollection(
+        uri,
+        d=int(recorded["d"]),
+        fingerprint=recorded["fingerprint"],
+        model=recorded["model"],
+        prefix=prefix,
+        token=milvus_token(settings),
+    )
+    try:
+        print(json.dumps(dataclasses.asdict(collection.stats()), indent=2))
+    finally:
+        collection.close()
+    return 0
+
+
 def _expected_model(settings: Settings) -> ExpectedModel:
     """The model whose vectors the index takes: the one its items were made with, or, for an
     empty index, the configured model (loaded to learn its fingerprint)."""
@@ -108,6 +141,8 @@ def _expected_model(settings: Settings) -> ExpectedModel:
 
 def _stats_or_rebuild(action: str, settings: Settings) -> int:
     """Both work from what the store recorded, so they need no model."""
+    if settings.index_engine == "milvus":
+        return _milvus_stats(action, settings)
     path = CollectionFiles(settings.index_dir).store
     if not path.exists():
         print(f"no index in {settings.index_dir}", file=sys.stderr)

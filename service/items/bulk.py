@@ -15,7 +15,7 @@ from index.collection import CollectionFiles, hold_process_lock
 from index.store import ItemStore
 from service.errors import InvalidInput, ServiceError
 from service.items.item_ids import MAX_ID_LENGTH, validate_item_id
-from service.items.search_index import Engine
+from service.items.search_index import Engine, milvus_token, milvus_uri
 from service.model.model_io import ModelOutputs
 from service.model.runtime import ModelRuntime
 from service.settings import Settings
@@ -94,6 +94,8 @@ def reindex(runtime: ModelRuntime, settings: Settings, progress: bool) -> BulkRe
     Items stored without their image cannot be re-embedded and are removed (reported). Safe
     to re-run after an interruption: the index keeps refusing the new model until the end.
     """
+    if settings.index_engine == "milvus":
+        return _reindex_milvus(runtime, settings, progress)
     report = BulkReport()
     files = CollectionFiles(settings.index_dir)
     files.directory.mkdir(parents=True, exist_ok=True)
@@ -128,6 +130,43 @@ def reindex(runtime: ModelRuntime, settings: Settings, progress: bool) -> BulkRe
             store.set_model(spec.fingerprint, spec.model_id)
         finally:
             store.close()
+    return report
+
+
+def _reindex_milvus(runtime: ModelRuntime, settings: Settings, progress: bool) -> BulkReport:
+    """The same on Milvus (index.milvus_admin.reindex_items: a new items collection)."""
+    from index.milvus_admin import connected, reindex_items
+
+    report = BulkReport()
+    spec = runtime.spec
+
+    def embed(ids: list[str], datas: list[bytes | None]) -> list[np.ndarray | None]:
+        vectors: list[np.ndarray | None] = [None] * len(ids)
+        stored = [i for i, data in enumerate(datas) if data is not None]
+        for i in set(range(len(ids))) - set(stored):
+            report.failed.append((ids[i], "no stored image to re-embed; removed"))
+        for chunk in _chunks(stored, runtime.batch_size):
+            embedded = _embed(
+                runtime, pool, [datas[i] for i in chunk], [ids[i] for i in chunk], report
+            )
+            for i, vector in zip(chunk, embedded, strict=True):
+                vectors[i] = vector
+        return vectors
+
+    with (
+        connected(milvus_uri(settings), milvus_token(settings)) as client,
+        tqdm(disable=not progress, unit="img") as bar,
+        ThreadPoolExecutor(settings.decode_threads) as pool,
+    ):
+        report.added, _ = reindex_items(
+            client,
+            settings.milvus_collection_prefix,
+            d=spec.embedding_dim,
+            fingerprint=spec.fingerprint,
+            model=spec.model_id,
+            embed=embed,
+            on_progress=bar.update,
+        )
     return report
 
 

@@ -46,20 +46,27 @@ def open_collection_for(settings: Settings, spec: ModelSpec) -> Engine:
     )
 
 
+def milvus_uri(settings: Settings) -> str:
+    """RESNET_SERVE_MILVUS_URI, or Milvus Lite in DATA_DIR/index/milvus.db."""
+    return settings.milvus_uri or str(settings.index_dir / "milvus.db")
+
+
+def milvus_token(settings: Settings) -> str | None:
+    token = settings.milvus_token
+    return None if token is None else token.get_secret_value()
+
+
 def open_milvus(settings: Settings, spec: ModelSpec) -> MilvusCollection:
     """The Milvus collection named by the settings; Milvus Lite under DATA_DIR by default."""
-    uri = settings.milvus_uri
-    if not uri:
+    if not settings.milvus_uri:
         settings.index_dir.mkdir(parents=True, exist_ok=True)
-        uri = str(settings.index_dir / "milvus.db")
-    token = settings.milvus_token
     return MilvusCollection(
-        uri,
+        milvus_uri(settings),
         d=spec.embedding_dim,
         fingerprint=spec.fingerprint,
         model=spec.model_id,
         prefix=settings.milvus_collection_prefix,
-        token=None if token is None else token.get_secret_value(),
+        token=milvus_token(settings),
     )
 
 

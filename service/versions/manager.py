@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from index.milvus_collection import MilvusUnavailable
 from service.errors import Conflict, InvalidInput, NotFound, NotReady
 from service.settings import Settings
 from service.versions.memory import check_memory, parameter_bytes
+from service.versions.milvus_aliases import drop_version_collections, publish_live
 from service.versions.records import (
     default_record,
     read_watermark,
@@ -80,6 +82,7 @@ class ModelVersions:
         live = self._versions[self.live]
         live.state, live.serving = "live", first
         self._switching = asyncio.Lock()
+        self._publishing: asyncio.Task[None] | None = None
         self._reembedding = Reembedding(settings, self._live_serving)
 
     @staticmethod
@@ -91,10 +94,21 @@ class ModelVersions:
         return record.name, version_settings(settings, record)
 
     def start(self) -> None:
-        """Load every other recorded version in the background (resuming re-embeddings)."""
+        """Load every other recorded version in the background (resuming re-embeddings), and
+        on Milvus make the live aliases name the live version's collections."""
         for version in self._versions.values():
             if version.serving is None:
                 version.task = asyncio.create_task(self._prepare(version))
+        self._publishing = asyncio.create_task(self._publish_at_start())
+
+    async def _publish_at_start(self) -> None:
+        async with self._switching:
+            try:
+                await asyncio.to_thread(
+                    publish_live, self._settings, self._versions[self.live].record
+                )
+            except MilvusUnavailable as exc:  # serving goes on; the next activation retries
+                log.warning("the live Milvus aliases are not updated: %s", exc)
 
     # -- requests -------------------------------------------------------------------------
 
@@ -163,6 +177,8 @@ class ModelVersions:
             await self._catch_up(version, old.serving)
             # Everything the new version's store holds up to here is what the old one held.
             boundary = await version.serving.index.max_label()
+            # Milvus's live aliases first: if Milvus refuses, nothing has switched.
+            await asyncio.to_thread(publish_live, self._settings, version.record)
             # The switch: one assignment each, no await in between.
             self.live, version.state, old.state = name, "live", "ready"
             self._on_switch(version.serving)
@@ -194,10 +210,15 @@ class ModelVersions:
         self._save()
         await self._close(version)
         shutil.rmtree(version_dir(self._settings, name), ignore_errors=True)
+        await asyncio.to_thread(drop_version_collections, self._settings, version.record)
 
     async def close(self) -> None:
         """Stop the background work and close every version this opened (the first one's
         parts belong to the app's lifespan)."""
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
         for version in list(self._versions.values()):
             await self._close(version)
 

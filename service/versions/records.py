@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from service.items.search_index import milvus_uri
 from service.settings import Settings
 from service.versions.registry import DEFAULT, VersionRecord
 
@@ -31,7 +32,9 @@ def version_settings(settings: Settings, record: VersionRecord) -> Settings:
             "weights": record.weights,
             "model": record.model,
             "data_dir": version_dir(settings, record.name),
-            # on Milvus too, each version's vectors in collections of their own
+            # On Milvus every version shares the service's Milvus (the embedded one too), each
+            # with collections of its own: the live aliases can name any of them.
+            "milvus_uri": milvus_uri(settings),
             "milvus_collection_prefix": milvus_prefix(settings, record.name),
         }
     )

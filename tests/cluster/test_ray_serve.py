@@ -23,6 +23,9 @@ from service.cluster import grpc_ingress
 from service.cluster.deployments import INDEX, INGRESS, MODEL, application
 from service.cluster.grpc_ingress import SERVICER_FUNCTION
 from service.oip.grpc_face import InferenceServicer
+from service.transport.ray_link import RayLink
+from service.transport.remote_index import RemoteIndex
+from tests.milvus_server import MilvusServer
 from tests.photos import encode, photo
 
 pytestmark = pytest.mark.slow
@@ -107,8 +110,12 @@ def upload(data: bytes) -> dict[str, Any]:
 
 def replicas(deployment: str) -> dict[str, str]:
     """Live replicas of a deployment: actor name -> the id of the node it runs on."""
-    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
-    live = {}
+    return replicas_of(APP, deployment)
+
+
+def replicas_of(app: str, deployment: str) -> dict[str, str]:
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    live: dict[str, str] = {}
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if actor["namespace"] == "serve" and actor["name"].startswith(prefix):
             handle = ray.get_actor(actor["name"], namespace="serve")
@@ -298,3 +305,51 @@ def test_a_rolling_update_of_the_model_under_load_fails_no_request(cluster: Clus
         "new replicas",
     )
     assert set(codes) == {"200"}, codes
+
+
+def test_index_replicas_on_milvus_share_the_items_and_losing_one_loses_nothing(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With INDEX_ENGINE=milvus the Index deployment keeps no files: two replicas, unpinned,
+    serve the same items, and a write acknowledged before one is killed is found after."""
+    milvus = MilvusServer(tmp_path_factory.mktemp("milvus"))
+    env = {
+        "RESNET_SERVE_INDEX_ENGINE": "milvus",
+        "RESNET_SERVE_MILVUS_URI": milvus.uri,
+        # no index files anywhere: a directory no replica can write to
+        "RESNET_SERVE_DATA_DIR": "/proc/resnet-serve-has-no-files-here",
+    }
+    index = INDEX.options(
+        num_replicas=2,
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}},
+    )
+    model = serve.get_deployment_handle("Model", app_name=APP)
+    try:
+        handle = serve.run(index.bind(model), name="milvus-index", route_prefix=None)
+        shared = RemoteIndex(RayLink(handle, "Index"))
+        vectors = np.eye(8, 1280, dtype=np.float32)
+
+        async def write_then_read() -> tuple[set[str], list[str]]:
+            for n, vector in enumerate(vectors):
+                assert await shared.put(f"m{n}", vector, {"n": n}, None)
+            # Each replica answers from the same collection, whichever Serve picks.
+            seen = {hit.id for _ in range(8) for hit in await shared.search(vectors[3], k=1)}
+            return seen, sorted(replicas_of("milvus-index", "Index"))
+
+        seen, (first, second) = asyncio.run(write_then_read())
+        assert seen == {"m3"}
+        ray.kill(ray.get_actor(first, namespace="serve"), no_restart=True)
+
+        async def after_the_loss() -> list[int]:
+            return [n for n in range(8) if await shared.get(f"m{n}") is None]
+
+        wait_until(
+            lambda: first not in replicas_of("milvus-index", "Index"),
+            allowance(60),
+            "the killed replica gone",
+        )
+        assert asyncio.run(after_the_loss()) == []
+        assert second in replicas_of("milvus-index", "Index")
+    finally:
+        serve.delete("milvus-index")
+        milvus.kill()

@@ -113,3 +113,34 @@ def test_add_folder_onto_milvus_adds_and_resumes(
         assert collection.image("coffee.jpg") == jpeg("coffee")
     finally:
         collection.close()
+
+
+def test_reindex_onto_milvus_moves_to_a_model_of_another_dimension(
+    folder: Path,
+    lite0_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RESNET_SERVE_INDEX_ENGINE", "milvus")
+    assert run("index", "add-folder", str(folder), "--no-progress") == 0
+    capsys.readouterr()
+    monkeypatch.setenv("RESNET_SERVE_MODEL", "resnet18")  # 512-d, not Lite0's 1280
+    monkeypatch.setenv("RESNET_SERVE_WEIGHTS", "random")
+    assert run("index", "add-folder", str(folder), "--no-progress") == 1
+    assert "resnet-serve index reindex" in capsys.readouterr().err
+    assert run("index", "reindex", "--no-progress") == 0
+    assert "added 4" in capsys.readouterr().out
+    assert run("index", "stats") == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["count"], stats["d"], stats["model"]) == (4, 512, "resnet18")
+    assert run("index", "rebuild") == 2  # Milvus indexes as rows arrive
+    settings = Settings()
+    collection = open_milvus(settings, load_parts(settings).spec)  # the new model fits
+    try:
+        stored = collection.get("cats/my_cat.png")
+        assert stored is not None and stored.metadata == {"path": "cats/my cat.png"}
+        assert collection.image("coffee.jpg") == jpeg("coffee")
+        hits = collection.similar("coffee.jpg", 3)
+        assert hits is not None and len(hits) == 3
+    finally:
+        collection.close()

@@ -1,6 +1,7 @@
-"""The service with INDEX_ENGINE=milvus (Milvus Lite, embedded, under DATA_DIR): the item and
-search API answers as it does on FAISS, and a Milvus that cannot be reached stops the start
-naming it."""
+"""The service with INDEX_ENGINE=milvus on a Milvus server (Milvus Lite's, started once for
+the module): the item and search API answers as it does on FAISS, model versions switch the
+live aliases, a Milvus that goes away is a 503 until it returns (nothing acknowledged lost),
+and one that cannot be reached at all stops the start naming it."""
 
 import json
 import re
@@ -10,22 +11,34 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pymilvus import MilvusClient
 
-from index.milvus_collection import MilvusCollection, MilvusUnavailable
+from index.milvus_admin import live_collection
+from index.milvus_collection import MilvusUnavailable
 from loadtest.common.processes import free_port
 from service.app import create_app
-from service.errors import describe_error
 from service.versions.records import version_settings
 from service.versions.registry import VersionRecord
 from tests.conftest import lite0_settings
+from tests.milvus_server import MilvusServer
 from tests.photos import jpeg
 
+ROOT = "resnet_serve"  # the default collection prefix: the default version's, and the aliases'
 ODD_OWNER = 'x" or 1 == 1 or "'  # a value that would change the expression if it were text
 
 
 @pytest.fixture(scope="module")
-def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = lite0_settings(tmp_path_factory.mktemp("milvus"), index_engine="milvus")
+def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"))
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory: pytest.TempPathFactory, milvus: MilvusServer) -> Iterator[TestClient]:
+    settings = lite0_settings(
+        tmp_path_factory.mktemp("milvus"), index_engine="milvus", milvus_uri=milvus.uri
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -71,7 +84,9 @@ def test_an_unreachable_milvus_stops_the_start_naming_it(tmp_path: Path) -> None
         pass
 
 
-def test_a_model_version_keeps_its_vectors_in_collections_of_its_own(http: TestClient) -> None:
+def test_versions_keep_collections_of_their_own_and_switch_the_live_alias(
+    http: TestClient, milvus: MilvusServer
+) -> None:
     assert http.put("/v1/items/version/cup", files=upload("coffee")).status_code == 201
     added = http.post("/v1/models", json={"name": "v2", "weights": "lite0-package"})
     assert added.status_code == 202, added.text
@@ -83,7 +98,43 @@ def test_a_model_version_keeps_its_vectors_in_collections_of_its_own(http: TestC
         "/v1/search", params={"k": 1, "version": "v2"}, files=upload("coffee")
     ).json()["results"]
     assert pinned[0]["id"] == "version/cup"  # re-embedded into v2's own collection
+    client = MilvusClient(milvus.uri)
+    assert live_collection(client, ROOT) == f"{ROOT}_items"
+    v2_items = next(
+        c for c in client.list_collections() if re.fullmatch(f"{ROOT}_v_v2_[0-9a-f]+_items", c)
+    )
+    assert http.post("/v1/models/v2/activate").status_code == 200
+    assert live_collection(client, ROOT) == v2_items
+    # A reader of the alias finds the live version's items
+    rows = client.query(f"{ROOT}_live_items", filter='id == "version/cup"', output_fields=["id"])
+    assert [row["id"] for row in rows] == ["version/cup"]
+    assert http.post("/v1/models/default/activate").status_code == 200  # the rollback
+    assert live_collection(client, ROOT) == f"{ROOT}_items"
     assert http.delete("/v1/models/v2").status_code == 204
+    assert v2_items not in client.list_collections()  # dropped with its version
+    client.close()
+
+
+def test_a_milvus_that_goes_away_is_a_503_until_it_returns_losing_nothing(
+    http: TestClient, milvus: MilvusServer
+) -> None:
+    assert http.put("/v1/items/kept/one", files=upload("astronaut")).status_code == 201
+    milvus.kill()
+    try:
+        down = http.get("/v1/items/kept/one")
+        assert down.status_code == 503 and down.json()["error"]["code"] == "unavailable"
+        assert http.post("/v1/search", files=upload("astronaut")).status_code == 503
+        # Serving everyone else goes on
+        assert http.post("/v1/classify", files=upload("astronaut")).status_code == 200
+    finally:
+        milvus.start()
+    deadline = time.monotonic() + 60  # gRPC reconnects with back-off
+    while (back := http.get("/v1/items/kept/one")).status_code == 503:
+        assert time.monotonic() < deadline, back.text
+        time.sleep(0.2)
+    assert back.status_code == 200 and back.json()["id"] == "kept/one"
+    found = http.post("/v1/search", params={"k": 1}, files=upload("astronaut")).json()["results"]
+    assert found[0]["id"] == "kept/one"
 
 
 def test_each_version_has_its_own_milvus_collections(tmp_path: Path) -> None:
@@ -97,15 +148,3 @@ def test_each_version_has_its_own_milvus_collections(tmp_path: Path) -> None:
     }
     assert len(names) == 4 and "resnet_serve" in names
     assert all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) for name in names)
-
-
-def test_a_milvus_that_fails_later_is_a_503_not_the_requests_fault(tmp_path: Path) -> None:
-    collection = open_milvus_for_test(tmp_path)
-    collection.close()  # as good as a server that went away
-    with pytest.raises(MilvusUnavailable) as failed:
-        collection.get("any")
-    assert describe_error(failed.value)[:2] == (503, "unavailable")
-
-
-def open_milvus_for_test(path: Path) -> MilvusCollection:
-    return MilvusCollection(str(path / "m.db"), d=4, fingerprint="f", model="m", prefix="t")
