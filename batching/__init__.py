@@ -1,7 +1,7 @@
 """Generic asyncio dynamic batcher (no torch, no FastAPI)."""
 
 from batching.batcher import Batcher
-from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason
+from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason, Priority
 from batching.errors import BatcherError, BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 from batching.metrics import BatchObserver, PrometheusBatchObserver
 
@@ -15,6 +15,7 @@ __all__ = [
     "BatcherStopped",
     "CloseReason",
     "DeadlineExceeded",
+    "Priority",
     "PrometheusBatchObserver",
     "QueueFull",
 ]

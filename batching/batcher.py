@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason
+from batching.batch_limit import BatchLimit
+from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason, Priority
 from batching.errors import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 from batching.metrics import BatchObserver
 
@@ -35,6 +36,7 @@ class _Pending(Generic[T, R]):
     future: "asyncio.Future[BatchOutcome[R]]"
     enqueued_at: float
     deadline: float | None = field(default=None)
+    priority: Priority = Priority.INTERACTIVE
 
 
 class Batcher(Generic[T, R]):
@@ -49,7 +51,8 @@ class Batcher(Generic[T, R]):
             while it is busy, the next batch fills either way.
         max_queue: most items waiting for a batch; beyond it submit raises QueueFull.
         max_latency_s: refuse (QueueFull) an item predicted to get its result later than
-            this, from the measured time per item of recent batches and the items ahead of it.
+            this, from the measured time per item of recent batches and the items ahead of it;
+            and run batches small enough to meet it (batching.batch_limit).
         hung_after_s: a batch running longer than this marks the batcher `hung` (logged,
             reported to the observer) until it ends: the batch function is stuck.
         owner_setup: runs once on the owner thread before its first batch (its scheduling
@@ -84,7 +87,9 @@ class Batcher(Generic[T, R]):
         self._observer = observer
         self._activity = activity
         self._name = name
-        self._pending: deque[_Pending[T, R]] = deque()
+        self._pending: deque[_Pending[T, R]] = deque()  # interactive items, then bulk ones
+        self._interactive = 0  # how many of the pending items are interactive
+        self._limit = BatchLimit(max_batch_size, max_latency_s)
         self._wakeup = asyncio.Event()
         self._accepting = False
         self._closing = False
@@ -123,6 +128,17 @@ class Batcher(Generic[T, R]):
     def max_batch_size(self) -> int:
         return self._max_batch_size
 
+    @property
+    def batch_limit(self) -> int:
+        """The largest batch run now (below max_batch_size while the target needs it)."""
+        return self._limit.size
+
+    def retarget(self, max_latency_s: float | None) -> None:
+        """A new latency target from now on (admission, and the batch limit adapts again)."""
+        self._max_latency_s = max_latency_s
+        self._limit.retarget(self._max_batch_size, max_latency_s)
+        self._report_limit()
+
     def resize(
         self, *, max_batch_size: int, max_queue: int, seconds_per_item: float | None = None
     ) -> None:
@@ -134,45 +150,60 @@ class Batcher(Generic[T, R]):
             raise ValueError("max_batch_size and max_queue must be >= 1")
         self._max_batch_size = max_batch_size
         self._max_queue = max_queue
+        self._limit.retarget(max_batch_size, self._max_latency_s)
+        self._report_limit()
         if seconds_per_item is not None:
             self._seconds_per_item = seconds_per_item
         self._wakeup.set()  # a batch that is full at the new size starts now
 
-    def predicted_latency_s(self, ahead: int = 0) -> float:
+    def predicted_latency_s(
+        self, ahead: int = 0, priority: Priority = Priority.INTERACTIVE
+    ) -> float:
         """When an item submitted now would have its result: the rest of the running batch,
         then the batches of the items queued ahead of it (and `ahead` more, admitted but not
         yet submitted) up to its own, at the measured time per item. Its own batch counts as
-        full: under load, later items fill it before it starts."""
+        full: under load, later items fill it before it starts. Bulk items queued behind an
+        interactive one do not delay it."""
         per_item = self._seconds_per_item
+        limit = self._limit.size
         rest = len(self._running_batch) * per_item - (time.monotonic() - self._running_since)
-        items = len(self._pending) + ahead + 1
-        batches = math.ceil(items / self._max_batch_size)
-        return max(0.0, rest) + batches * self._max_batch_size * per_item
+        items = self._queued_before(priority) + ahead + 1
+        batches = math.ceil(items / limit)
+        return max(0.0, rest) + batches * limit * per_item
 
-    def admit(self, ahead: int = 0) -> None:
+    def _queued_before(self, priority: Priority) -> int:
+        """Pending items that would run before a new item of this priority."""
+        return self._interactive if priority is Priority.INTERACTIVE else len(self._pending)
+
+    def admit(self, ahead: int = 0, priority: Priority = Priority.INTERACTIVE) -> None:
         """Raise QueueFull if an item submitted now would be refused: callers check this
         before they spend work (decoding) on an item the batcher will not take. `ahead`:
-        items the caller has admitted and not yet submitted (they will queue first)."""
+        items the caller has admitted and not yet submitted (they will queue first). Bulk
+        items are refused at half the queue and half the target, so that under overload bulk
+        work sheds first and interactive work still finds room."""
         depth = len(self._pending)
-        if depth >= self._max_queue:
-            self._reject("queue_full")
-            raise QueueFull(depth, max(1.0, self.predicted_latency_s()))
+        bulk = priority is Priority.BULK
+        queue_bound = max(1, self._max_queue // 2) if bulk else self._max_queue
+        if depth >= queue_bound:
+            self._reject("bulk_shed" if bulk else "queue_full")
+            raise QueueFull(depth, max(1.0, self.predicted_latency_s(0, priority)))
         # Until a full batch waits behind the one running, anything is taken: the model must
         # never run dry for want of admitted work, and only batches that run can correct a
         # time per item measured too high. From there on the target counts: a second batch
         # waiting would only add a batch's time to everyone's wait (with two, a batch of
         # 0.65 s made a 1 s target's accepted p99 1.7 s).
-        deep = depth + ahead >= self._max_batch_size
+        deep = self._queued_before(priority) + ahead >= self._limit.size
         if self._max_latency_s is not None and deep:
-            predicted = self.predicted_latency_s(ahead)
-            if predicted > self._max_latency_s:
-                self._reject("latency_target")
+            target = self._max_latency_s / 2 if bulk else self._max_latency_s
+            predicted = self.predicted_latency_s(ahead, priority)
+            if predicted > target:
+                self._reject("bulk_shed" if bulk else "latency_target")
                 why = (
-                    f"overloaded: a new image would wait {predicted:.1f} s here, over the "
-                    f"{self._max_latency_s:.1f} s target"
+                    f"overloaded: a new {'bulk ' if bulk else ''}image would wait "
+                    f"{predicted:.1f} s here, over the {target:.1f} s target"
                 )
                 # The backlog drains at one second per second: the wait until it fits.
-                raise QueueFull(depth, predicted - self._max_latency_s, why)
+                raise QueueFull(depth, predicted - target, why)
 
     def _reject(self, reason: str) -> None:
         if self._observer:
@@ -187,19 +218,31 @@ class Batcher(Generic[T, R]):
         self._accepting = True
         self._task = asyncio.create_task(self._collect_and_run(), name=f"{self._name}-collector")
 
-    async def submit(self, item: T, *, timeout_s: float | None = None) -> BatchOutcome[R]:
-        """Queue one item and wait for its result.
+    async def submit(
+        self,
+        item: T,
+        *,
+        timeout_s: float | None = None,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> BatchOutcome[R]:
+        """Queue one item and wait for its result; an interactive item queues ahead of every
+        bulk one.
 
         Raises QueueFull, BatcherStopped, DeadlineExceeded (timeout_s passed) or BatchFailed.
         Cancelling the awaiting task drops the item if its batch has not started.
         """
         if not self._accepting:
             raise BatcherStopped(f"{self._name} is not accepting work")
-        self.admit()
+        self.admit(0, priority)
         now = time.monotonic()
         future: asyncio.Future[BatchOutcome[R]] = asyncio.get_running_loop().create_future()
         deadline = None if timeout_s is None else now + timeout_s
-        self._pending.append(_Pending(item, future, now, deadline))
+        pending = _Pending(item, future, now, deadline, priority)
+        if priority is Priority.INTERACTIVE:
+            self._pending.insert(self._interactive, pending)
+            self._interactive += 1
+        else:
+            self._pending.append(pending)
         self._became_busy()
         self._report_depth()
         self._wakeup.set()
@@ -227,6 +270,7 @@ class Batcher(Generic[T, R]):
                 if not pending.future.done():
                     pending.future.set_exception(stopped)
             self._pending.clear()
+            self._interactive = 0
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -234,6 +278,10 @@ class Batcher(Generic[T, R]):
             if self._owner is not None:
                 # A batch still running after the timeout cannot be interrupted; don't wait.
                 self._owner.shutdown(wait=False, cancel_futures=True)
+
+    def _report_limit(self) -> None:
+        if self._observer:
+            self._observer.batch_limit(self._limit.size)
 
     def _report_depth(self) -> None:
         if self._observer:
@@ -245,8 +293,9 @@ class Batcher(Generic[T, R]):
             reason = await self._wait_for_batch(running)
             if reason is None:
                 break
-            size = min(self._max_batch_size, len(self._pending))
+            size = min(self._limit.size, len(self._pending))
             batch = [self._pending.popleft() for _ in range(size)]
+            self._interactive -= sum(p.priority is Priority.INTERACTIVE for p in batch)
             self._report_depth()
             running = asyncio.create_task(self._run(batch, reason))
         if running is not None:
@@ -262,7 +311,7 @@ class Batcher(Generic[T, R]):
                     return None
                 await self._sleep(None, None)
                 continue
-            full = len(self._pending) >= self._max_batch_size
+            full = len(self._pending) >= self._limit.size
             close_at = self._pending[0].enqueued_at + self._max_wait_s
             remaining = close_at - time.monotonic()
             if not (full or remaining <= 0 or self._closing):
@@ -301,6 +350,7 @@ class Batcher(Generic[T, R]):
             live.append(pending)
         if len(live) != len(self._pending):
             self._pending = live
+            self._interactive = sum(p.priority is Priority.INTERACTIVE for p in live)
             self._report_depth()
             if not live and not self._running_batch:
                 self._became_idle()
@@ -348,6 +398,17 @@ class Batcher(Generic[T, R]):
         measured = run_s / len(batch)
         previous = self._seconds_per_item
         self._seconds_per_item = measured if not previous else 0.7 * previous + 0.3 * measured
+        limit = self._limit.size
+        self._limit.ran(len(batch), run_s)
+        if self._limit.size != limit:
+            log.info(
+                "%s: batches of at most %d (of %d) to meet the %.2f s target",
+                self._name,
+                self._limit.size,
+                self._max_batch_size,
+                self._max_latency_s,
+            )
+            self._report_limit()
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 queued_s = started - pending.enqueued_at

@@ -1,7 +1,7 @@
 """Small value types shared by the batcher and its observers."""
 
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Generic, Protocol, TypeVar
 
 R = TypeVar("R")
@@ -12,6 +12,14 @@ class CloseReason(StrEnum):
     TIMEOUT = "timeout"  # max wait since the first item passed
     IDLE = "idle"  # no max wait: the worker was free, so the batch started at once
     DRAIN = "drain"  # shutting down: run what is left without waiting
+
+
+class Priority(IntEnum):
+    """Interactive items run before bulk ones queued earlier, and bulk items are refused
+    first (at half the queue, or half the latency target)."""
+
+    INTERACTIVE = 0
+    BULK = 1
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ class BatchObserver(Protocol):
     def item_expired(self) -> None: ...
     def queue_depth(self, depth: int) -> None: ...
     def hung(self, is_hung: bool) -> None: ...
+    def batch_limit(self, size: int) -> None: ...
 
 
 class PrometheusBatchObserver:
@@ -54,7 +55,8 @@ class PrometheusBatchObserver:
         )
         self._rejected = Counter(
             "batcher_rejected",
-            "Items refused: queue_full, or latency_target (would finish too late)",
+            "Items refused: queue_full, latency_target (would finish too late), or bulk_shed "
+            "(bulk work refused first, while interactive work is still taken)",
             ["reason"],
             registry=registry,
         )
@@ -70,6 +72,14 @@ class PrometheusBatchObserver:
         self._expired = Counter(
             "batcher_expired", "Items dropped because their deadline passed", registry=registry
         )
+        self._limit = Gauge(
+            "batcher_batch_size_limit",
+            "The largest batch run now: below the configured maximum while a latency target "
+            "below two batch times needs smaller batches",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self._limit.set(max_batch_size)
 
     def batch_ran(self, size: int, reason: CloseReason, run_s: float, ok: bool) -> None:
         self._size.observe(size)
@@ -92,3 +102,6 @@ class PrometheusBatchObserver:
         self._hung.set(int(is_hung))
         if is_hung:
             self._hangs.inc()
+
+    def batch_limit(self, size: int) -> None:
+        self._limit.set(size)

@@ -14,6 +14,7 @@ from batching import (
     BatchFailed,
     CloseReason,
     DeadlineExceeded,
+    Priority,
     PrometheusBatchObserver,
     QueueFull,
 )
@@ -334,16 +335,16 @@ async def test_until_a_full_batch_waits_anything_is_admitted(
     make_batcher: BatcherFactory,
 ) -> None:
     batcher = await make_batcher(slow_model(0.3), max_batch_size=2, max_wait_s=0, max_latency_s=0.1)
-    await batcher.submit(0)  # 0.3 s per item: over the target on its own
+    await batcher.submit(0)  # 0.3 s per item: over the target on its own (batches of 1 now)
     assert (await batcher.submit(1)).value == 1  # idle: refusing would not answer it sooner
     # The model must not run dry: one running and a full batch behind it are taken whatever
     # they cost.
     running = [asyncio.create_task(batcher.submit(2))]
     await asyncio.sleep(0.05)
-    running += [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
+    running += [asyncio.create_task(batcher.submit(3))]
     await asyncio.sleep(0)
     with pytest.raises(QueueFull):
-        await batcher.submit(5)  # a full batch waits: now the target counts
+        await batcher.submit(4)  # a full batch waits: now the target counts
     await asyncio.gather(*running)
 
 
@@ -419,3 +420,58 @@ async def test_an_activity_listener_hears_busy_and_idle_once_each(
     await asyncio.gather(*running)
     assert heard == ["busy", "idle"]
     assert batcher.wait_idle(0)
+
+
+async def test_interactive_items_run_before_bulk_ones_queued_earlier(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher = await make_batcher(max_batch_size=2, max_wait_s=0)
+    model.gate.clear()
+    first = asyncio.create_task(batcher.submit(0))
+    await wait_entered(model)  # the model is busy: what follows queues
+    bulk = [asyncio.create_task(batcher.submit(i, priority=Priority.BULK)) for i in (1, 2, 3)]
+    await asyncio.sleep(0)
+    interactive = [asyncio.create_task(batcher.submit(i)) for i in (4, 5)]
+    await asyncio.sleep(0)
+    model.gate.set()
+    await asyncio.gather(first, *bulk, *interactive)
+    assert model.batches[1] == [4, 5]  # the next batch: interactive, though queued last
+    assert model.seen == [0, 4, 5, 1, 2, 3]
+
+
+async def test_bulk_items_are_refused_first_while_interactive_ones_are_taken(
+    model: RecordingModel, make_batcher: BatcherFactory
+) -> None:
+    batcher, registry = await observed(make_batcher, max_batch_size=2, max_wait_s=0, max_queue=8)
+    model.gate.clear()
+    queued = [asyncio.create_task(batcher.submit(0))]
+    await wait_entered(model)
+    queued += [asyncio.create_task(batcher.submit(i, priority=Priority.BULK)) for i in range(4)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):  # half the queue holds bulk work: no more of it
+        batcher.admit(priority=Priority.BULK)
+    batcher.admit()  # an interactive image still finds room
+    assert registry.get_sample_value("batcher_rejected_total", {"reason": "bulk_shed"}) == 1
+    model.gate.set()
+    await asyncio.gather(*queued)
+
+
+async def test_batches_shrink_to_meet_a_target_below_two_batch_times_and_grow_back(
+    make_batcher: BatcherFactory,
+) -> None:
+    # A full batch of 8 takes at least 0.4 s: a 0.3 s target cannot be met with it.
+    batcher, registry = await observed(
+        make_batcher, fn=slow_model(0.05), max_batch_size=8, max_wait_s=0, max_latency_s=0.3
+    )
+    sizes: list[int] = []
+    for _ in range(4):  # admission refuses what would wait too long; the rest is served
+        outcomes = await asyncio.gather(
+            *(batcher.submit(i) for i in range(8)), return_exceptions=True
+        )
+        sizes += [o.batch_size for o in outcomes if not isinstance(o, BaseException)]
+    assert batcher.batch_limit <= 3  # a batch of 3 takes 0.15 s: half the target
+    assert sizes[-1] <= 3 and registry.get_sample_value("batcher_batch_size_limit") <= 3
+    batcher.retarget(None)  # no target: the configured size again
+    assert batcher.batch_limit == 8
+    outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+    assert max(outcome.batch_size for outcome in outcomes) == 8
