@@ -10,6 +10,8 @@ the pipeline counts it (`OnTheWay`) and the model's `admit(ahead=...)` weighs it
 from contextvars import ContextVar
 from typing import Protocol
 
+from batching import Priority
+
 
 class OnTheWay:
     """Requests admitted for one pipeline whose images have not reached its model yet."""
@@ -33,12 +35,16 @@ class Ticket:
 
 
 class Door(Protocol):
-    def admit(self) -> Ticket:
-        """A ticket for one more request, or QueueFull."""
+    def admit(self, priority: Priority = Priority.INTERACTIVE) -> Ticket:
+        """A ticket for one more request of this class, or QueueFull."""
         ...
 
 
 current_ticket: ContextVar[Ticket | None] = ContextVar("admission_ticket", default=None)
+# The class of the work under way: set at the door from the route (and the request's asking
+# for less), and by bulk work of the service's own (a version's re-embedding); the model's
+# queue serves interactive images first and sheds bulk ones first.
+current_priority: ContextVar[Priority] = ContextVar("work_priority", default=Priority.INTERACTIVE)
 
 
 def reached_model() -> None:

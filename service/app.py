@@ -162,7 +162,11 @@ def create_app(
     # Starlette runs the last added first: ids, metrics (and X-Model-Version), CORS, the key,
     # admission, body limit.
     app.add_middleware(BodyLimit, routes=routes, settings=settings)
-    app.add_middleware(AdmitAtTheDoor, routes=model_routes(routes))
+    app.add_middleware(
+        AdmitAtTheDoor,
+        routes=model_routes(routes),
+        client_max_in_flight=settings.client_max_in_flight,
+    )
     if settings.api_key is not None:
         app.add_middleware(
             ApiKeyGuard, key=settings.api_key.get_secret_value(), scope=settings.api_key_scope

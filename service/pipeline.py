@@ -11,8 +11,9 @@ import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from batching import Priority
 from service import resources
-from service.admission import OnTheWay, Ticket, reached_model
+from service.admission import OnTheWay, Ticket, current_priority, reached_model
 from service.cache import (
     CacheMetrics,
     MemoryCache,
@@ -108,10 +109,10 @@ class Pipeline:
         """The serving model; raises NotReady when there is none (routes answer 503)."""
         return self.model.status()
 
-    def admit(self) -> Ticket:
+    def admit(self, priority: Priority = Priority.INTERACTIVE) -> Ticket:
         """A ticket for one more request for the model, or QueueFull if the model would
         refuse its image (answered 429 at once)."""
-        self.model.admit(ahead=self._on_the_way.waiting)
+        self.model.admit(self._on_the_way.waiting, priority)
         return Ticket(self._on_the_way)
 
     async def checked_status(self) -> ModelStatus:
@@ -232,7 +233,8 @@ class Pipeline:
         decoded = time.perf_counter()
         reached_model()
         remaining = self._timeout_s - (decoded - started)
-        outcome, shared = await self.model.infer(item, max(remaining, 0.001), key)
+        priority = current_priority.get()
+        outcome, shared = await self.model.infer(item, max(remaining, 0.001), key, priority)
         finished = time.perf_counter()
         self._write_behind(key, encode_record(outcome.value))
         return Inference(

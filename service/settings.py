@@ -89,6 +89,16 @@ class Settings(BaseSettings):
             "a safety net well inside the request timeout; set your own SLO"
         ),
     )
+    client_max_in_flight: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description=(
+            "most requests for the model one client (its API key, else its connection) may "
+            "have in flight in each HTTP worker; more are refused with 429 (a fair share). "
+            "0: no per-client limit"
+        ),
+    )
     watchdog_s: float = Field(
         30,
         gt=0,

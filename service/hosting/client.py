@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from batching import BatchOutcome, QueueFull
+from batching import BatchOutcome, Priority, QueueFull
 from service.errors import InvalidInput
 from service.model.model_io import ModelInput, ModelOutputs, ModelResult
 from service.model.spec import ModelSpec
@@ -35,6 +35,8 @@ class ModelStatus:
     warnings: tuple[str, ...] = ()
     backend_search: str | None = None  # the background search's progress or outcome
     parameter_bytes: int = 0  # the model's weights in memory (a new version needs a few times)
+    # The largest batch run now: below max_batch_size while the latency target needs it.
+    batch_limit: int = 0
 
 
 HUNG_MESSAGE = "the model has been running one batch for longer than the watchdog allows"
@@ -56,10 +58,10 @@ class ModelClient(Protocol):
         work (a version's re-embedding) may then take the model at full speed."""
         ...
 
-    def admit(self, ahead: int = 0) -> None:
-        """Raise QueueFull now if the model would refuse one more image (queue full, or it
-        would finish past the latency target): checked before any work is spent on it.
-        `ahead`: images this process admitted that have not reached the model yet."""
+    def admit(self, ahead: int = 0, priority: Priority = Priority.INTERACTIVE) -> None:
+        """Raise QueueFull now if the model would refuse one more image of this class (queue
+        full, or it would finish past the latency target): checked before any work is spent
+        on it. `ahead`: images this process admitted that have not reached the model yet."""
         ...
 
     async def check(self) -> None:
@@ -68,10 +70,11 @@ class ModelClient(Protocol):
         ...
 
     async def infer(
-        self, item: ModelInput, timeout_s: float, key: str
+        self, item: ModelInput, timeout_s: float, key: str, priority: Priority
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         """One image's outputs, and whether another process's identical image, in flight at
-        the same time, was run for it (`key` names the image: its cache key).
+        the same time, was run for it (`key` names the image: its cache key; `priority` its
+        class in the model's queue).
 
         Raises the batcher's errors (QueueFull, DeadlineExceeded, ...), NotReady, or
         InvalidInput for a JPEG that does not decode on the device."""

@@ -22,7 +22,7 @@ from dataclasses import replace as replaced
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from batching import BatchActivity, Batcher, BatchOutcome, PrometheusBatchObserver
+from batching import BatchActivity, Batcher, BatchOutcome, Priority, PrometheusBatchObserver
 from batching.thread_priority import lower_this_threads_priority
 from service.errors import NotReady
 from service.explain.explainer import Explainer
@@ -137,7 +137,13 @@ class ModelHost:
 
     def status(self, queue_depth: int, hung: bool) -> ModelStatus:
         search = None if self._progress is None else self._progress.describe()
-        return model_status(self.runtime, queue_depth, hung=hung, backend_search=search)
+        return model_status(
+            self.runtime,
+            queue_depth,
+            hung=hung,
+            backend_search=search,
+            batch_limit=self.batcher.batch_limit,
+        )
 
     @property
     def search_pid(self) -> int | None:
@@ -282,7 +288,11 @@ async def inspector_for(
 
 
 def model_status(
-    runtime: "ModelRuntime", queue_depth: int, hung: bool, backend_search: str | None = None
+    runtime: "ModelRuntime",
+    queue_depth: int,
+    hung: bool,
+    backend_search: str | None = None,
+    batch_limit: int = 0,
 ) -> ModelStatus:
     return ModelStatus(
         spec=runtime.spec,
@@ -296,6 +306,7 @@ def model_status(
         warnings=tuple(runtime.fallbacks.warnings),
         backend_search=backend_search,
         parameter_bytes=runtime.parameter_bytes,
+        batch_limit=batch_limit or runtime.largest_batch,
     )
 
 
@@ -357,17 +368,17 @@ class InProcessModel:
     def idle(self) -> bool:
         return self.host.batcher.wait_idle(0)
 
-    def admit(self, ahead: int = 0) -> None:
-        self.host.batcher.admit(ahead)
+    def admit(self, ahead: int = 0, priority: Priority = Priority.INTERACTIVE) -> None:
+        self.host.batcher.admit(ahead, priority)
 
     async def check(self) -> None:
         self.status()
 
     async def infer(
-        self, item: ModelInput, timeout_s: float, key: str
+        self, item: ModelInput, timeout_s: float, key: str, priority: Priority
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         # One process: the pipeline's own single-flight has already joined identical images.
-        outcome = await self.host.batcher.submit(item, timeout_s=timeout_s)
+        outcome = await self.host.batcher.submit(item, timeout_s=timeout_s, priority=priority)
         return outputs_or_raise(outcome), False
 
     async def start(self) -> None:

@@ -2,7 +2,7 @@
 (service.workers.model_worker) and a Ray Serve replica (service.cluster.deployments) serve
 this one class, so both behave the same to their callers."""
 
-from batching import BatchOutcome
+from batching import BatchOutcome, Priority
 from service.errors import NotReady
 from service.hosting.client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
 from service.hosting.host import ModelHost
@@ -27,7 +27,7 @@ class HostedModel:
         return self.host.status(batcher.queue_depth, hung=batcher.hung)
 
     async def infer(
-        self, item: ModelInput, timeout_s: float, key: str
+        self, item: ModelInput, timeout_s: float, key: str, priority: Priority
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         batcher = self.host.batcher
         if batcher.hung:  # answered 503 at once, as in one process, not queued behind it
@@ -36,6 +36,8 @@ class HostedModel:
             raise ValueError("this model host decodes no JPEGs")  # a client bug: 500
 
         async def run() -> BatchOutcome[ModelOutputs]:
-            return outputs_or_raise(await batcher.submit(item, timeout_s=timeout_s))
+            return outputs_or_raise(
+                await batcher.submit(item, timeout_s=timeout_s, priority=priority)
+            )
 
         return await self._flights.run(key, run)

@@ -12,21 +12,36 @@ refused too.
 Which requests: a route whose images go to the model says so where it is declared, with
 `openapi_extra=... | USES_MODEL` (the OpenAPI document shows it as `x-admission: model`).
 Explanations have their own limit and are not marked.
+
+Classes: a route of bulk work (the batch routes) says so with `BULK_WORK` (`x-priority:
+bulk`); every other model route is interactive. A request may ask for the lower class with
+`X-Priority: bulk` (or `?priority=bulk`), never for a higher one than its route's: the
+response's `X-Priority` says which class it was served in. The model's queue serves
+interactive images first and refuses bulk ones first (batching.Batcher).
+
+Clients (service.http.client_discipline): one that comes back before its Retry-After is held
+for the rest of it and then refused; with CLIENT_MAX_IN_FLIGHT, one with that many requests
+in flight is refused its next (429, Retry-After: 1) while others are served.
 """
 
+import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batching import QueueFull
-from service.admission import Door, current_ticket
+from batching import Priority, QueueFull
+from service.admission import Door, current_priority, current_ticket
 from service.errors import InvalidInput, NotReady, error_response
+from service.http.client_discipline import LONGEST_HOLD_S, InFlight, RetryBook, client_of
 
 USES_MODEL: dict[str, Any] = {"x-admission": "model"}
+BULK_WORK: dict[str, Any] = {"x-priority": "bulk"}
+_CLASSES = {"interactive": Priority.INTERACTIVE, "bulk": Priority.BULK}
 
 
 def model_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
@@ -39,17 +54,40 @@ def model_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
     ]
 
 
-class AdmitAtTheDoor:
-    def __init__(self, app: ASGIApp, routes: list[APIRoute]) -> None:
-        self.app = app
-        self._routes = routes  # the model routes (model_routes)
+def route_priority(route: APIRoute) -> Priority:
+    return _CLASSES[(route.openapi_extra or {}).get("x-priority", "interactive")]
 
-    def _matched(self, scope: Scope) -> Scope | None:
-        """The matching model route's child scope (its path parameters), or None."""
-        for route in self._routes:
+
+def request_priority(route_class: Priority, scope: Scope) -> Priority:
+    """The class a request is served in: its route's, or a lower one it asks for. Raises
+    InvalidInput for a class that does not exist."""
+    asked = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("priority")
+    value = asked[-1] if asked else dict(scope["headers"]).get(b"x-priority", b"").decode()
+    if not value:
+        return route_class
+    try:
+        wanted = _CLASSES[value.strip().lower()]
+    except KeyError:
+        raise InvalidInput(
+            f"priority {value!r}: 'interactive' or 'bulk' (a request may lower its class)"
+        ) from None
+    return max(route_class, wanted)  # BULK > INTERACTIVE: the lower of the two classes
+
+
+class AdmitAtTheDoor:
+    def __init__(self, app: ASGIApp, routes: list[APIRoute], client_max_in_flight: int = 0) -> None:
+        self.app = app
+        self._routes = [(route, route_priority(route)) for route in routes]  # model routes
+        self._most_in_flight = client_max_in_flight
+        self._retries = RetryBook()
+        self._in_flight = InFlight()
+
+    def _matched(self, scope: Scope) -> tuple[Scope, Priority] | None:
+        """The matching model route's child scope (its path parameters) and class, or None."""
+        for route, priority in self._routes:
             match, child = route.matches(scope)
             if match is Match.FULL:
-                return child
+                return child, priority
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,21 +95,78 @@ class AdmitAtTheDoor:
         if matched is None:
             await self.app(scope, receive, send)
             return
-        door = _door(scope, matched.get("path_params", {}).get("version"))
+        child, route_class = matched
+        door = _door(scope, child.get("path_params", {}).get("version"))
         if door is None:  # starting, or a version that cannot serve: the route says why
             await self.app(scope, receive, send)
             return
+        # Retry-After is about the queue of the version that refused: kept per version.
+        serving = scope.get("state", {}).get("serving")
+        client = f"{client_of(scope)}@{getattr(serving, 'name', '')}"
         try:
-            ticket = door.admit()
-        except QueueFull as refused:
-            await error_response(refused, scope["path"])(scope, receive, send)
+            priority = request_priority(route_class, scope)
+            await self._hold_if_early(client)
+            self._check_share(client)
+            ticket = door.admit(priority)
+        except (InvalidInput, QueueFull) as refused:
+            await self._refuse(refused, client, scope, receive, send)
             return
-        token = current_ticket.set(ticket)
+        tokens = current_ticket.set(ticket), current_priority.set(priority)
+        self._in_flight.enter(client)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._noting(client, priority, send))
         finally:
-            current_ticket.reset(token)
+            self._in_flight.leave(client)
+            current_ticket.reset(tokens[0])
+            current_priority.reset(tokens[1])
             ticket.close()
+
+    async def _hold_if_early(self, client: str) -> None:
+        """A client back before its Retry-After waits out the rest of it (the event loop's
+        timer: no worker held), then is refused."""
+        early_s = self._retries.early_by(client)
+        if early_s <= 0:
+            return
+        held_s = min(early_s, LONGEST_HOLD_S)
+        await asyncio.sleep(held_s)
+        raise QueueFull(
+            0,
+            max(early_s - held_s, 1.0),
+            f"came back {early_s:.1f} s before Retry-After, and was held {held_s:.1f} s: "
+            "honour Retry-After",
+        )
+
+    def _check_share(self, client: str) -> None:
+        if self._most_in_flight and self._in_flight.count(client) >= self._most_in_flight:
+            raise QueueFull(
+                self._in_flight.count(client),
+                1.0,
+                f"this client has {self._in_flight.count(client)} requests in flight, the "
+                f"most one client may (CLIENT_MAX_IN_FLIGHT={self._most_in_flight})",
+            )
+
+    async def _refuse(
+        self, refused: Exception, client: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if isinstance(refused, QueueFull):
+            self._retries.refused(client, max(1, math.ceil(refused.retry_after_s)))
+        await error_response(refused, scope["path"])(scope, receive, send)
+
+    def _noting(self, client: str, priority: Priority, send: Send) -> Send:
+        """`send`, saying the class served in, and noting a 429 the route gave (the model
+        refused the image after the door) so the client's Retry-After is kept too."""
+        label = b"bulk" if priority is Priority.BULK else b"interactive"
+
+        async def noted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-priority", label)]
+                message = {**message, "headers": headers}
+                if message["status"] == 429:
+                    retry_after = dict(headers).get(b"retry-after", b"1")
+                    self._retries.refused(client, int(retry_after) if retry_after.isdigit() else 1)
+            await send(message)
+
+        return noted
 
 
 def _door(scope: Scope, path_version: str | None) -> Door | None:

@@ -90,6 +90,12 @@ class ReadyResponse(ModelInfo):
     fingerprint: str
     embedding_dim: int
     max_batch_size: int
+    batch_limit: int = Field(
+        description=(
+            "the largest batch run now: below max_batch_size while the latency target is "
+            "below two batch times at that size (batches shrink to meet it)"
+        )
+    )
     backend_choice: str = Field(description="why this backend and precision were chosen")
     backend_search: str | None = Field(
         None,

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service.errors import INTERNAL, describe_error
-from service.http.admission import USES_MODEL
+from service.http.admission import BULK_WORK, USES_MODEL
 from service.http.disconnect import unless_disconnected
 from service.http.limits import body_limit
 from service.http.schemas import BatchClassifyResponse, BatchItem, ClassifyResponse, ErrorDetail
@@ -60,7 +60,7 @@ async def classify(
     "/classify/batch",
     response_model=BatchClassifyResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=USES_MODEL | body_limit("batch"),
+    openapi_extra=USES_MODEL | BULK_WORK | body_limit("batch"),
 )
 async def classify_batch(
     request: Request,

@@ -38,6 +38,7 @@ async def readyz(
         fingerprint=spec.fingerprint,
         embedding_dim=spec.embedding_dim,
         max_batch_size=status.max_batch_size,
+        batch_limit=status.batch_limit or status.max_batch_size,
         backend_choice=status.backend_choice,
         backend_search=status.backend_search,
         queue_depth=status.queue_depth,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from service.errors import INTERNAL, InvalidInput, describe_error
-from service.http.admission import USES_MODEL
+from service.http.admission import BULK_WORK, USES_MODEL
 from service.http.disconnect import unless_disconnected
 from service.http.limits import body_limit
 from service.http.schemas import BatchPutItem, BatchPutResponse, ErrorDetail
@@ -59,7 +59,7 @@ class _Entry:
     operation_id="put_items",
     response_model=BatchPutResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra=BATCH_BODY | USES_MODEL | body_limit("batch"),
+    openapi_extra=BATCH_BODY | USES_MODEL | BULK_WORK | body_limit("batch"),
 )
 async def put_items(
     request: Request,

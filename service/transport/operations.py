@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
-from batching import BatchOutcome
+from batching import BatchOutcome, Priority
 from service.explain.inspection import ModelInspector
 from service.hosting.client import ModelStatus
 from service.items.search_index import ItemIndex
@@ -87,7 +87,7 @@ class HostedModelCalls(Protocol):
     async def describe(self) -> ModelStatus: ...
 
     async def infer(
-        self, item: ModelInput, timeout_s: float, key: str
+        self, item: ModelInput, timeout_s: float, key: str, priority: Priority
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         """One image's outputs (uint8 pixels, or a JPEG for the device to decode), and
         whether another caller's identical image in flight was run for it."""
@@ -102,7 +102,7 @@ class ModelWorkerCalls(HostedModelCalls, Protocol):
         ...
 
     async def infer_slot(
-        self, slot: int, timeout_s: float, key: str
+        self, slot: int, timeout_s: float, key: str, priority: Priority
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         """As `infer`, for the pixels in `slot`."""
         ...

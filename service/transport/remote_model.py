@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Gauge
 
-from batching import BatchOutcome, DeadlineExceeded, QueueFull
+from batching import BatchOutcome, DeadlineExceeded, Priority, QueueFull
 from service.errors import NotReady
 from service.hosting.client import HUNG_MESSAGE, ModelStatus, RecentRefusal
 from service.model.jpeg_upload import JpegUpload
@@ -59,7 +59,7 @@ class _Slots:
         await MODEL.attach.call(client, str(self.slots.path), self.count, shape)
 
     def send(
-        self, client: RpcClient, pixels: np.ndarray, timeout_s: float, key: str
+        self, client: RpcClient, pixels: np.ndarray, timeout_s: float, key: str, priority: Priority
     ) -> tuple[int, "asyncio.Future[Answer]"]:
         """The pixels into a slot and its number to the worker; the slot is released when
         the worker answers or the connection drops, never before (it may still read it)."""
@@ -67,7 +67,7 @@ class _Slots:
         slots = self.slots
         slot = slots.put(pixels)  # QueueFull when every slot waits at the model
         try:
-            call_id, reply = MODEL.infer_slot.send(client, slot, timeout_s, key)
+            call_id, reply = MODEL.infer_slot.send(client, slot, timeout_s, key, priority)
         except BaseException:
             slots.release(slot)
             raise
@@ -94,7 +94,8 @@ class RemoteModel:
         self._slots = slots
         self._status: dict[str, ModelStatus] = {}
         self._in_flight: Counter[str] = Counter()  # by link name: images sent, not answered
-        self._refusal = RecentRefusal()
+        # By class: a bulk image refused says nothing of an interactive one's chances.
+        self._refusals = {priority: RecentRefusal() for priority in Priority}
 
     @classmethod
     def over_sockets(
@@ -130,10 +131,10 @@ class RemoteModel:
         # Per client: its images waiting at (or in) the model.
         return replace(self._status[link.name], queue_depth=self._in_flight.total())
 
-    def admit(self, ahead: int = 0) -> None:
+    def admit(self, ahead: int = 0, priority: Priority = Priority.INTERACTIVE) -> None:
         # The host judges each image on arrival; here its last refusal holds while images of
         # this client wait there, or are on their way to it (`ahead`: admitted, not sent yet).
-        self._refusal.check(waiting_there=self._in_flight.total() + ahead > 0)
+        self._refusals[priority].check(waiting_there=self._in_flight.total() + ahead > 0)
 
     async def check(self) -> None:
         link = self._pick()
@@ -146,18 +147,20 @@ class RemoteModel:
         if status.hung:
             raise NotReady(HUNG_MESSAGE)
 
-    async def infer(self, item: ModelInput, timeout_s: float, key: str) -> Answer:
+    async def infer(
+        self, item: ModelInput, timeout_s: float, key: str, priority: Priority
+    ) -> Answer:
         link = self._pick()
         self._in_flight[link.name] += 1
         try:
             async with asyncio.timeout(timeout_s + _HUNG_MARGIN_S):
                 if self._slots is not None and not isinstance(item, JpegUpload):
                     assert isinstance(link, RpcClient)
-                    return await self._through_slot(link, item, timeout_s, key)
-                answer: Answer = await MODEL.infer.call(link, item, timeout_s, key)
+                    return await self._through_slot(link, item, timeout_s, key, priority)
+                answer: Answer = await MODEL.infer.call(link, item, timeout_s, key, priority)
                 return answer
         except QueueFull as refused:
-            self._refusal.remember(refused)
+            self._refusals[priority].remember(refused)
             raise
         except TimeoutError:
             raise DeadlineExceeded(f"{self._what} did not answer in {timeout_s:.1f} s") from None
@@ -165,10 +168,10 @@ class RemoteModel:
             self._in_flight[link.name] -= 1
 
     async def _through_slot(
-        self, client: RpcClient, pixels: np.ndarray, timeout_s: float, key: str
+        self, client: RpcClient, pixels: np.ndarray, timeout_s: float, key: str, priority: Priority
     ) -> Answer:
         assert self._slots is not None
-        call_id, reply = self._slots.send(client, pixels, timeout_s, key)
+        call_id, reply = self._slots.send(client, pixels, timeout_s, key, priority)
         try:
             return await asyncio.shield(reply)
         except asyncio.CancelledError:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from batching import Priority
+from service.admission import current_priority
 from service.settings import Settings
 from service.versions.records import version_settings, write_watermark
 from service.versions.registry import VersionRecord
@@ -95,6 +97,11 @@ async def _embed(target: Serving, progress: Progress, source: Serving, item_id: 
     if item is None or image is None:  # deleted meanwhile, or stored without its image
         progress.skipped += 1
         return
-    inference = await target.pipeline.run(image)
+    # Bulk work: the live model's interactive images go first, and this sheds first.
+    token = current_priority.set(Priority.BULK)
+    try:
+        inference = await target.pipeline.run(image)
+    finally:
+        current_priority.reset(token)
     await target.index.put(item_id, inference.outputs.embedding, item.metadata, image)
     progress.done += 1

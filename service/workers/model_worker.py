@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from batching import BatchOutcome
+from batching import BatchOutcome, Priority
 from service.app import Components, ServiceParts
 from service.errors import NotReady
 from service.hosting.host import InProcessModel, ModelHost
@@ -62,12 +62,12 @@ def model_handlers(host: ModelHost) -> dict[str, Handler]:
         peer.on_close(reader.close)
 
     async def infer_slot(
-        peer: Peer, slot: int, timeout_s: float, key: str
+        peer: Peer, slot: int, timeout_s: float, key: str, priority: Priority
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         # Copied before anything else: the slot is the sender's again once this call answers,
         # while a flight it started may still run for others.
         pixels: np.ndarray = peer.state["slots"].copy(slot)
-        return await hosted.infer(pixels, timeout_s, key)
+        return await hosted.infer(pixels, timeout_s, key, priority)
 
     return (
         forwarded(HostedModelOperations.ALL, hosted)

@@ -155,19 +155,22 @@ def test_each_request_is_admitted_against_the_queue_of_the_version_that_serves_i
             # queued behind it make a full batch waiting.
             waiting: list[Future[httpx.Response]] = []
             deadline = time.monotonic() + 60
-            while classify(client, b"not an image", version=full).status_code != 429:
+            while (probe := classify(client, b"not an image", version=full)).status_code != 429:
                 assert time.monotonic() < deadline, f"{full} never refused at the door"
                 if len(waiting) < 4:
                     waiting.append(
                         pool.submit(classify, client, unique(jpeg("chelsea")), version=full)
                     )
                 time.sleep(0.05)
+            # Back no sooner than Retry-After (earlier, the door would hold it, then refuse).
+            come_back_at = time.monotonic() + int(probe.headers["retry-after"])
             served = classify(client, unique(jpeg("coffee")), version=idle)
             assert served.status_code == 200 and served.headers["x-model-version"] == idle
             assert 400 <= classify(client, b"not an image", version=idle).status_code < 429
             release.set()
             statuses = [answer.result(timeout=60).status_code for answer in waiting]
             assert set(statuses) <= {200, 429} and 200 in statuses, statuses
+            time.sleep(max(0.0, come_back_at - time.monotonic()))
         held.clear()
 
 
