@@ -18,15 +18,22 @@ class Reply(NamedTuple):
 
 
 def multipart_body(
-    files: dict[str, tuple[str, bytes]], fields: dict[str, str] | None = None
+    files: dict[str, tuple[str, bytes] | list[tuple[str, bytes]]],
+    fields: dict[str, str] | None = None,
 ) -> tuple[str, bytes]:
-    """Content-Type and body of a multipart/form-data request: JPEG files and text fields."""
+    """Content-Type and body of a multipart/form-data request: JPEG files (a list: the field
+    repeated, as a batch route takes them) and text fields."""
     boundary = uuid.uuid4().hex
     parts = []
     for name, value in (fields or {}).items():
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
         parts.append(head.encode() + value.encode() + b"\r\n")
-    for name, (filename, data) in files.items():
+    repeated = [
+        (name, file)
+        for name, value in files.items()
+        for file in (value if isinstance(value, list) else [value])
+    ]
+    for name, (filename, data) in repeated:
         disposition = f'form-data; name="{name}"; filename="{filename}"'
         head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
         head += "Content-Type: image/jpeg\r\n\r\n"
@@ -35,8 +42,12 @@ def multipart_body(
     return f"multipart/form-data; boundary={boundary}", body
 
 
-def multipart_request(host: str, path: str, field: str, filename: str, data: bytes) -> bytes:
-    content_type, body = multipart_body({field: (filename, data)})
+def multipart_request(
+    host: str, path: str, field: str, filename: str, data: bytes | list[bytes]
+) -> bytes:
+    """A POST of one file, or of several in one repeated field (a list)."""
+    files = [(filename, d) for d in data] if isinstance(data, list) else (filename, data)
+    content_type, body = multipart_body({field: files})
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
         f"Content-Type: {content_type}\r\n"

@@ -65,11 +65,15 @@ async def drive(
     repeat: bool,
     tag: str,
     back_off: bool = False,
+    early_retry_s: float = 0.0,
+    files: int = 0,
 ) -> Samples:
     """Closed-loop load from this process; `repeat` sends one image again and again (cache
     hits), else unique ones (`tag` keeps them unique across processes). With `back_off` a
     client told 429 waits its Retry-After plus up to half of it again (jitter), as a
-    well-behaved client does."""
+    well-behaved client does; with `early_retry_s` it comes back that soon whatever
+    Retry-After said, as a retry loop that ignores it does. `files`: that many images per
+    request in the repeated field `files` (a batch route), else one in `file`."""
     images = itertools.repeat(base_jpegs()[0]) if repeat else unique_jpegs(tag=tag)
     samples = Samples()
     # perf_counter for latencies; the shared window is in wall-clock time.
@@ -80,7 +84,13 @@ async def drive(
         connection = Connection(url)
         try:
             while (sent := time.perf_counter()) < stop_at:
-                request = multipart_request(connection.host, path, "file", "x.jpg", next(images))
+                if files:
+                    batch = [next(images) for _ in range(files)]
+                    request = multipart_request(connection.host, path, "files", "x.jpg", batch)
+                else:
+                    request = multipart_request(
+                        connection.host, path, "file", "x.jpg", next(images)
+                    )
                 retry_after_s = 0.0
                 try:
                     reply = await connection.send(request)
@@ -91,6 +101,8 @@ async def drive(
                         # at the door. Well-behaved clients add jitter.
                         retry_after_s = float(reply.headers.get("retry-after", "1"))
                         retry_after_s *= random.uniform(1.0, 1.5)
+                    elif reply.status == 429 and early_retry_s:
+                        retry_after_s = early_retry_s
                 except (OSError, asyncio.IncompleteReadError) as exc:
                     status = type(exc).__name__
                 if sent >= measure_from:  # only requests started inside the window count
@@ -109,9 +121,77 @@ async def drive(
 
 
 def _drive_in_process(
-    url: str, path: str, clients: int, window: Window, repeat: bool, tag: str, back_off: bool
+    url: str,
+    path: str,
+    clients: int,
+    window: Window,
+    repeat: bool,
+    tag: str,
+    back_off: bool,
+    early_retry_s: float = 0.0,
+    files: int = 0,
 ) -> Samples:
-    return asyncio.run(drive(url, path, clients, window, repeat, tag, back_off))
+    return asyncio.run(
+        drive(url, path, clients, window, repeat, tag, back_off, early_retry_s, files)
+    )
+
+
+def drive_groups(
+    url: str, groups: "list[Group]", seconds: float, warmup_s: float
+) -> "list[Samples]":
+    """Several groups of clients, each in load processes of its own, measured over one
+    window: what each group saw."""
+    start = time.time() + _START_DELAY_S
+    window = Window(start + warmup_s, start + warmup_s + seconds)
+    run = f"{os.getpid()}-{time.time_ns()}"
+    jobs = [
+        (g, i, share)
+        for g, group in enumerate(groups)
+        for i, share in enumerate(_shares(group.clients, group.processes))
+        if share
+    ]
+    with ProcessPoolExecutor(len(jobs), mp_context=get_context("spawn")) as pool:
+        futures = [
+            (
+                g,
+                pool.submit(
+                    _drive_in_process,
+                    url,
+                    groups[g].path,
+                    share,
+                    window,
+                    False,
+                    f"{run}-{g}-{i}",
+                    groups[g].back_off,
+                    groups[g].early_retry_s,
+                    groups[g].files,
+                ),
+            )
+            for g, i, share in jobs
+        ]
+        seen = [Samples() for _ in groups]
+        for g, future in futures:
+            part = future.result()
+            seen[g].latencies += part.latencies
+            seen[g].refusals += part.refusals
+            seen[g].statuses += part.statuses
+    return seen
+
+
+@dataclass(frozen=True)
+class Group:
+    """Clients that behave alike: how many, where they send, what they do with a 429."""
+
+    clients: int
+    path: str = "/v1/classify"
+    back_off: bool = True
+    early_retry_s: float = 0.0
+    files: int = 0
+    processes: int = 1
+
+
+def _shares(clients: int, processes: int) -> list[int]:
+    return [clients // processes + (i < clients % processes) for i in range(processes)]
 
 
 def measure_load(
@@ -135,9 +215,7 @@ def measure_load(
     if processes == 1:
         parts = [_drive_in_process(url, path, concurrency, window, repeat, run, back_off)]
     else:
-        shares = [
-            concurrency // processes + (i < concurrency % processes) for i in range(processes)
-        ]
+        shares = _shares(concurrency, processes)
         # spawn: a fresh interpreter, whatever the caller's threads or event loop
         with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
             futures = [
@@ -149,7 +227,7 @@ def measure_load(
     latencies = [latency for part in parts for latency in part.latencies]
     statuses: Counter[str] = sum((part.statuses for part in parts), Counter())
     ok = len(latencies)
-    quantiles = _percentiles(latencies)
+    quantiles = percentiles(latencies)
     refusals = [refusal for part in parts for refusal in part.refusals]
     return LoadResult(
         concurrency,
@@ -157,12 +235,12 @@ def measure_load(
         1000 * quantiles[49],
         1000 * quantiles[98],
         dict(statuses),
-        refused_p99_ms=1000 * _percentiles(refusals)[98],
+        refused_p99_ms=1000 * percentiles(refusals)[98],
         refused_max_ms=1000 * max(refusals, default=float("nan")),
     )
 
 
-def _percentiles(seconds: list[float]) -> list[float]:
+def percentiles(seconds: list[float]) -> list[float]:
     return statistics.quantiles(seconds, n=100) if len(seconds) > 1 else [float("nan")] * 99
 
 
