@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         ge=0,
         le=100_000,
         description=(
-            "most requests for the model one client (its API key, else its connection) may "
+            "most requests for the model one client address may "
             "have in flight in each HTTP worker; more are refused with 429 (a fair share). "
             "0: no per-client limit"
         ),

@@ -23,6 +23,8 @@ import argparse
 import os
 from typing import Any
 
+import psutil
+
 from loadtest.common.load import Group, Samples, drive_groups, percentiles
 from loadtest.common.processes import free_port, start_service, stop
 from loadtest.common.scrape import scrape, step_metrics
@@ -55,12 +57,21 @@ def served(samples: Samples) -> int:
     return samples.statuses.get("200", 0)
 
 
+def event_loop_cpu_s(pid: int) -> float:
+    """CPU seconds of the service's main thread: its event loop, which parses, admits and
+    refuses requests (decoding and the model run on threads of their own)."""
+    main = next(t for t in psutil.Process(pid).threads() if t.id == pid)
+    return float(main.user_time + main.system_time)
+
+
 def run_round(
-    url: str, name: str, groups: list[Group], args: argparse.Namespace
+    url: str, pid: int, name: str, groups: list[Group], args: argparse.Namespace
 ) -> tuple[list[Samples], Any]:
-    before = scrape(url)
+    before, loop_before = scrape(url), event_loop_cpu_s(pid)
     seen = drive_groups(url, groups, args.seconds, args.warmup)
+    loop_s = event_loop_cpu_s(pid) - loop_before
     step = step_metrics(before, scrape(url), args.seconds + args.warmup)
+    answered = sum(sum(samples.statuses.values()) for samples in seen)
     for group, samples in zip(groups, seen, strict=True):
         behaviour = (
             f"retry {EARLY_RETRY_S * 1000:.0f} ms after 429"
@@ -76,18 +87,20 @@ def run_round(
     print(
         f"{name} at the server: mean batch {step.mean_batch_size:.2f}, "
         f"{step.server_cpu_cores:.2f} cores, {step.rejected} refused by the model's queue, "
-        f"{step.server_errors} 5xx",
+        f"{step.server_errors} 5xx; event loop {loop_s:.1f} CPU s, about "
+        f"{1000 * loop_s / max(1, answered):.2f} ms per request answered in the window",
         flush=True,
     )
     return seen, step
 
 
 def batch_time_s(url: str) -> float:
-    """Mean run time of the batches so far (batch 8 under load), from /metrics."""
+    """A batch of 8's time under load: the measured time per image of the batches so far
+    (from /metrics), times 8."""
     samples = scrape(url)
-    total = sum(v for (n, _), v in samples.items() if n == "batcher_run_seconds_sum")
-    count = sum(v for (n, _), v in samples.items() if n == "batcher_run_seconds_count")
-    return total / count
+    run_s = sum(v for (n, _), v in samples.items() if n == "batcher_run_seconds_sum")
+    images = sum(v for (n, _), v in samples.items() if n == "batcher_batch_size_sum")
+    return 8 * run_s / images
 
 
 def main() -> None:
@@ -104,16 +117,18 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     service = start_service(service_env(args, args.target_ms), port)
     try:
-        (polite,), _ = run_round(url, "polite", [Group(72, processes=2)], args)
+        (polite,), _ = run_round(url, service.pid, "polite", [Group(72, processes=2)], args)
         batch_s = batch_time_s(url)
         storm, storm_step = run_round(
             url,
+            service.pid,
             "storm",
             [Group(8), Group(64, back_off=False, early_retry_s=EARLY_RETRY_S, processes=2)],
             args,
         )
         bulk, bulk_step = run_round(
             url,
+            service.pid,
             "bulk",
             [
                 Group(8),
@@ -129,7 +144,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     service = start_service(service_env(args, low_target_ms), port)
     try:
-        (low,), low_step = run_round(url, "low target", [Group(16)], args)
+        (low,), low_step = run_round(url, service.pid, "low target", [Group(16)], args)
         limit = scrape(url).get(("batcher_batch_size_limit", ()), float("nan"))
         print(f"low target: batch limit {limit:.0f}", flush=True)
     finally:
@@ -157,9 +172,12 @@ def main() -> None:
             p99_ms(accepted) <= args.target_ms,
         ),
         (
-            f"a polite client's refusal p99 {p99_ms(storm[0].refusals):.1f} ms <= "
-            f"{REFUSAL_BOUND_MS:.0f} ms",
-            not storm[0].refusals or p99_ms(storm[0].refusals) <= REFUSAL_BOUND_MS,
+            f"polite clients' refusal p99: {p99_ms(polite.refusals):.1f} ms in the polite round, "
+            f"{len(storm[0].refusals)} refusals in the storm (p99 {p99_ms(storm[0].refusals):.1f} "
+            f"ms); <= {REFUSAL_BOUND_MS:.0f} ms",
+            all(
+                not r or p99_ms(r) <= REFUSAL_BOUND_MS for r in (polite.refusals, storm[0].refusals)
+            ),
         ),
         (
             f"bulk round: interactive p99 {p99_ms(interactive.latencies):.0f} ms <= "

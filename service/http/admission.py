@@ -37,7 +37,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from batching import Priority, QueueFull
 from service.admission import Door, current_priority, current_ticket
 from service.errors import InvalidInput, NotReady, error_response
-from service.http.client_discipline import LONGEST_HOLD_S, InFlight, RetryBook, client_of
+from service.http.client_discipline import (
+    LONGEST_HOLD_S,
+    InFlight,
+    RetryBook,
+    address_of,
+    connection_of,
+)
 
 USES_MODEL: dict[str, Any] = {"x-admission": "model"}
 BULK_WORK: dict[str, Any] = {"x-priority": "bulk"}
@@ -59,10 +65,16 @@ def route_priority(route: APIRoute) -> Priority:
 
 
 def request_priority(route_class: Priority, scope: Scope) -> Priority:
-    """The class a request is served in: its route's, or a lower one it asks for. Raises
-    InvalidInput for a class that does not exist."""
+    """The class a request is served in: its route's, or a lower one it asks for
+    (`?priority=` or `X-Priority`)."""
     asked = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("priority")
     value = asked[-1] if asked else dict(scope["headers"]).get(b"x-priority", b"").decode()
+    return lowered(route_class, value)
+
+
+def lowered(route_class: Priority, value: str) -> Priority:
+    """`route_class`, or the lower class `value` names (empty: none asked for). Raises
+    InvalidInput for a class that does not exist."""
     if not value:
         return route_class
     try:
@@ -100,23 +112,30 @@ class AdmitAtTheDoor:
         if door is None:  # starting, or a version that cannot serve: the route says why
             await self.app(scope, receive, send)
             return
-        # Retry-After is about the queue of the version that refused: kept per version.
-        serving = scope.get("state", {}).get("serving")
-        client = f"{client_of(scope)}@{getattr(serving, 'name', '')}"
         try:
             priority = request_priority(route_class, scope)
+        except InvalidInput as invalid:
+            await error_response(invalid, scope["path"])(scope, receive, send)
+            return
+        # Retry-After is about the queue that refused, the version's, for the request's class:
+        # a client refused bulk work may still send interactive work, and the reverse.
+        serving = scope.get("state", {}).get("serving")
+        client = f"{connection_of(scope)}@{getattr(serving, 'name', '')}#{priority.name}"
+        address = address_of(scope)
+        try:
             await self._hold_if_early(client)
-            self._check_share(client)
+            self._check_share(address)
             ticket = door.admit(priority)
-        except (InvalidInput, QueueFull) as refused:
-            await self._refuse(refused, client, scope, receive, send)
+        except QueueFull as refused:
+            self._retries.refused(client, max(1, math.ceil(refused.retry_after_s)))
+            await error_response(refused, scope["path"])(scope, receive, send)
             return
         tokens = current_ticket.set(ticket), current_priority.set(priority)
-        self._in_flight.enter(client)
+        self._in_flight.enter(address)
         try:
             await self.app(scope, receive, self._noting(client, priority, send))
         finally:
-            self._in_flight.leave(client)
+            self._in_flight.leave(address)
             current_ticket.reset(tokens[0])
             current_priority.reset(tokens[1])
             ticket.close()
@@ -136,21 +155,15 @@ class AdmitAtTheDoor:
             "honour Retry-After",
         )
 
-    def _check_share(self, client: str) -> None:
-        if self._most_in_flight and self._in_flight.count(client) >= self._most_in_flight:
+    def _check_share(self, address: str) -> None:
+        count = self._in_flight.count(address)
+        if self._most_in_flight and count >= self._most_in_flight:
             raise QueueFull(
-                self._in_flight.count(client),
+                count,
                 1.0,
-                f"this client has {self._in_flight.count(client)} requests in flight, the "
-                f"most one client may (CLIENT_MAX_IN_FLIGHT={self._most_in_flight})",
+                f"{address} has {count} requests in flight here, the most one client may "
+                f"(CLIENT_MAX_IN_FLIGHT={self._most_in_flight})",
             )
-
-    async def _refuse(
-        self, refused: Exception, client: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        if isinstance(refused, QueueFull):
-            self._retries.refused(client, max(1, math.ceil(refused.retry_after_s)))
-        await error_response(refused, scope["path"])(scope, receive, send)
 
     def _noting(self, client: str, priority: Priority, send: Send) -> Send:
         """`send`, saying the class served in, and noting a 429 the route gave (the model

@@ -1,5 +1,5 @@
-"""What the door remembers of each client: when it was told to come back (Retry-After), and
-how many of its requests for the model are in flight.
+"""What the door remembers of each client: when a connection was told to come back
+(Retry-After), and how many requests for the model each client address has in flight.
 
 A client that comes back before its Retry-After is held for the rest of that time, then
 refused: the refusal costs the server a timer (no worker, no thread, no decoding) and costs
@@ -8,11 +8,15 @@ one that honours it. A polite client is never held: its refusals stay immediate.
 turn overloads into outages because every refusal invites an immediate retry; this takes
 the invitation away.
 
-A client is its connection (peer address and port): the service's one API key is shared by
-every client, so it tells none apart, and behind a proxy the address alone would make every
-client one. A client that reconnects to escape pays a connection set-up each time. The
-memory is bounded (the least recently refused are forgotten first), and per HTTP worker
-process: a connection lives on one worker.
+For Retry-After a client is its connection (peer address and port): the service's one API
+key is shared by every client, so it tells none apart, and behind a proxy the address alone
+would make every client one. A client that reconnects to escape pays a connection set-up
+each time. The memory is bounded (the least recently refused are forgotten first), and per
+HTTP worker process: a connection lives on one worker.
+
+For the fair share a client is its address (an HTTP/1.1 connection has one request in flight
+at a time): behind a proxy, run uvicorn with `--forwarded-allow-ips` set to the proxy so the
+address is the client's from X-Forwarded-For.
 """
 
 import time
@@ -24,10 +28,14 @@ _REMEMBERED = 100_000  # clients whose Retry-After is kept at once
 LONGEST_HOLD_S = 10.0  # a held refusal never keeps a connection longer
 
 
-def client_of(scope: Scope) -> str:
-    """The client a request counts against: its connection."""
+def connection_of(scope: Scope) -> str:
     host, port = scope.get("client") or ("?", 0)
     return f"{host}:{port}"
+
+
+def address_of(scope: Scope) -> str:
+    host, _ = scope.get("client") or ("?", 0)
+    return str(host)
 
 
 class RetryBook:
@@ -56,7 +64,7 @@ class RetryBook:
 
 
 class InFlight:
-    """Each client's requests for the model in flight in this process."""
+    """Each client address's requests for the model in flight in this process."""
 
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()

@@ -24,10 +24,11 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from batching import DeadlineExceeded, QueueFull
-from service.admission import current_ticket
+from batching import DeadlineExceeded, Priority, QueueFull
+from service.admission import current_priority, current_ticket
 from service.errors import InvalidInput, Unauthorized, describe_error
 from service.http.access import presented_key, requires_key
+from service.http.admission import lowered
 from service.http.limits import limit_bytes
 from service.oip.front import InferenceFront
 from service.oip.model_face import InferRequest, RequestedOutput
@@ -119,8 +120,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             infer_request = _infer_request(request)
             serving = self._front.serving(request.model_name, request.model_version)
-            ticket = serving.pipeline.admit()  # the door: refused before any work is done
+            metadata = dict(context.invocation_metadata())
+            priority = lowered(Priority.INTERACTIVE, str(metadata.get("x-priority", "")))
+            ticket = serving.pipeline.admit(priority)  # the door: refused before any work
             token = current_ticket.set(ticket)
+            lowered_to = current_priority.set(priority)
             try:
                 remaining = context.time_remaining()
                 answering = self._front.infer(serving, infer_request)
@@ -130,6 +134,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                     version, answer = await _within(answering, remaining)
             finally:
                 current_ticket.reset(token)
+                current_priority.reset(lowered_to)
                 ticket.close()
         except Exception as exc:
             await _abort(context, exc)

@@ -342,3 +342,14 @@ def test_grpc_refuses_garbage_with_a_status_not_a_crash(server: Server) -> None:
     assert failed.value.code() is grpc.StatusCode.UNKNOWN
     assert "Error parsing message" in str(failed.value.details())
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_grpc_calls_may_ask_for_the_bulk_class_and_nothing_else(
+    rpc: grpc_client.InferenceServerClient,
+) -> None:
+    bulk = rpc.infer(MODEL, rpc_inputs(images("rocket")), headers=auth() | {"x-priority": "bulk"})
+    assert bulk.as_numpy("EMBEDDING").shape == (1, 1280)
+    with pytest.raises(InferenceServerException) as refused:
+        rpc.infer(MODEL, rpc_inputs(images("rocket")), headers=auth() | {"x-priority": "urgent"})
+    assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "'interactive' or 'bulk'" in str(refused.value)

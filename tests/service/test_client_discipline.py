@@ -67,7 +67,7 @@ def make_app(queue: Queue, client_max_in_flight: int = 0) -> FastAPI:
     return app
 
 
-Clients = Callable[[int], httpx.AsyncClient]
+Clients = Callable[..., httpx.AsyncClient]
 
 
 @pytest.fixture
@@ -76,8 +76,8 @@ async def clients() -> AsyncIterator[Callable[[FastAPI], Clients]]:
     made: list[httpx.AsyncClient] = []
 
     def for_app(app: FastAPI) -> Clients:
-        def client(port: int) -> httpx.AsyncClient:
-            transport = httpx.ASGITransport(app=app, client=("127.0.0.1", port))
+        def client(port: int, host: str = "127.0.0.1") -> httpx.AsyncClient:
+            transport = httpx.ASGITransport(app=app, client=(host, port))
             made.append(httpx.AsyncClient(transport=transport, base_url="http://door"))
             return made[-1]
 
@@ -118,11 +118,12 @@ async def test_a_client_over_its_share_is_refused_while_another_is_served(
 ) -> None:
     queue = Queue()
     client = clients(make_app(queue, client_max_in_flight=2))
-    greedy, other = client(2001), client(2002)
+    greedy = [client(port) for port in (2001, 2002, 2003)]  # one address, three connections
+    other = client(2001, host="127.0.0.2")
     queue.release.clear()
-    in_flight = [asyncio.create_task(greedy.post("/classify")) for _ in range(2)]
+    in_flight = [asyncio.create_task(connection.post("/classify")) for connection in greedy[:2]]
     await queue.admitted(2)  # both admitted and waiting in the route
-    over = await greedy.post("/classify")
+    over = await greedy[2].post("/classify")
     assert over.status_code == 429 and "CLIENT_MAX_IN_FLIGHT=2" in over.text
     served = asyncio.create_task(other.post("/classify"))
     await queue.admitted(3)
