@@ -121,6 +121,8 @@ def test_health_and_readiness(client: TestClient) -> None:
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["embedding_dim"] == 1280
     assert ready["device"] == "cpu" and len(ready["fingerprint"]) == 16
+    # The default target is loose: batches run at the configured size.
+    assert ready["batch_limit"] == ready["max_batch_size"]
 
 
 def test_metrics_expose_batches_and_requests(client: TestClient) -> None:
