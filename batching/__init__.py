@@ -1,7 +1,13 @@
 """Generic asyncio dynamic batcher (no torch, no FastAPI)."""
 
 from batching.batcher import Batcher
-from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason, Priority
+from batching.batcher_types import (
+    BatchActivity,
+    BatchOutcome,
+    BatchTracing,
+    CloseReason,
+    Priority,
+)
 from batching.errors import BatcherError, BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 from batching.metrics import BatchObserver, PrometheusBatchObserver
 
@@ -10,6 +16,7 @@ __all__ = [
     "BatchFailed",
     "BatchObserver",
     "BatchOutcome",
+    "BatchTracing",
     "Batcher",
     "BatcherError",
     "BatcherStopped",

@@ -3,10 +3,13 @@
 An accepted item can wait for the batch running when it arrives and then run in its own: two
 batch times. When the target is below that at the configured batch size (a slow device, a
 big model, a tight target), no admission rule can meet it; only smaller batches can. So the
-limit follows measured batch times: it shrinks in proportion when a full batch takes more
-than half the target, and grows back one at a time while a batch one larger would still take
-under 80% of that half (the margin keeps it from flapping). It never goes below 1 or above
-the configured maximum, and with no target it is the maximum.
+limit follows measured batch times, and only what batches actually took (a small batch's
+time is not scaled up: its fixed costs would make a large one look slower than it is): when
+a batch takes more than half the target, the limit shrinks in proportion to its size, at
+most by half at a time (one stalled batch does not collapse it); it grows back one at a time
+while a full batch one larger would still take under 80% of that half (the margin keeps it
+from flapping). It never goes below 1 or above the configured maximum, and with no target it
+is the maximum.
 """
 
 import math
@@ -35,10 +38,9 @@ class BatchLimit:
         if self.target_s is None or size < 1:
             return
         budget = self.target_s / 2  # the running batch, then the item's own
-        at_limit = run_s * self.size / size  # this batch's time, scaled to a full one
-        if at_limit > budget and self.size > 1:
-            shrunk = math.floor(self.size * budget / at_limit)
-            self.size = max(1, min(self.size - 1, shrunk))
+        if run_s > budget and min(size, self.size) > 1:
+            fits = math.floor(size * budget / run_s)
+            self.size = max(1, self.size // 2, min(size - 1, self.size - 1, fits))
         elif (
             size == self.size
             and self.size < self.maximum

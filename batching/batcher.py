@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from batching.batch_limit import BatchLimit
-from batching.batcher_types import BatchActivity, BatchOutcome, CloseReason, Priority
+from batching.batcher_types import (
+    BatchActivity,
+    BatchOutcome,
+    BatchTracing,
+    CloseReason,
+    Priority,
+)
 from batching.errors import BatcherStopped, BatchFailed, DeadlineExceeded, QueueFull
 from batching.metrics import BatchObserver
 
@@ -37,6 +43,7 @@ class _Pending(Generic[T, R]):
     enqueued_at: float
     deadline: float | None = field(default=None)
     priority: Priority = Priority.INTERACTIVE
+    traced: object = None  # what BatchTracing.capture returned at submit
 
 
 class Batcher(Generic[T, R]):
@@ -59,6 +66,7 @@ class Batcher(Generic[T, R]):
             priority, say).
         observer: receives metrics; optional.
         activity: told when the batcher turns busy and idle (on the event loop's thread).
+        tracing: traces each batch, linked to the items it carried; optional.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class Batcher(Generic[T, R]):
         owner_setup: Callable[[], None] | None = None,
         observer: BatchObserver | None = None,
         activity: BatchActivity | None = None,
+        tracing: BatchTracing | None = None,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_s < 0:
@@ -86,6 +95,7 @@ class Batcher(Generic[T, R]):
         self._owner_setup = owner_setup
         self._observer = observer
         self._activity = activity
+        self._tracing = tracing
         self._name = name
         self._pending: deque[_Pending[T, R]] = deque()  # interactive items, then bulk ones
         self._interactive = 0  # how many of the pending items are interactive
@@ -237,7 +247,8 @@ class Batcher(Generic[T, R]):
         now = time.monotonic()
         future: asyncio.Future[BatchOutcome[R]] = asyncio.get_running_loop().create_future()
         deadline = None if timeout_s is None else now + timeout_s
-        pending = _Pending(item, future, now, deadline, priority)
+        traced = self._tracing.capture() if self._tracing is not None else None
+        pending = _Pending(item, future, now, deadline, priority, traced)
         if priority is Priority.INTERACTIVE:
             self._pending.insert(self._interactive, pending)
             self._interactive += 1
@@ -367,10 +378,16 @@ class Batcher(Generic[T, R]):
         if self._observer:
             for pending in batch:
                 self._observer.item_started(started - pending.enqueued_at)
+        traced = (
+            self._tracing.batch([pending.traced for pending in batch])
+            if self._tracing is not None
+            else contextlib.nullcontext()
+        )
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._owner, self._run_batch, [pending.item for pending in batch]
-            )
+            with traced:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._owner, self._run_batch, [pending.item for pending in batch]
+                )
             if len(results) != len(batch):
                 raise BatchFailed(f"{len(results)} results for a batch of {len(batch)} items")
         except Exception as exc:  # any batch error fails its own items only; the loop goes on

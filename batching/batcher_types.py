@@ -1,5 +1,6 @@
 """Small value types shared by the batcher and its observers."""
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Generic, Protocol, TypeVar
@@ -30,6 +31,15 @@ class BatchOutcome(Generic[R]):
     queued_s: float
     run_s: float
     batch_size: int
+
+
+class BatchTracing(Protocol):
+    """Traces batches: `capture` runs when an item is submitted (in its caller's context)
+    and what it returns goes to `batch`, whose context manager spans the batch's run."""
+
+    def capture(self) -> object: ...
+
+    def batch(self, captured: list[object]) -> AbstractContextManager[None]: ...
 
 
 class BatchActivity(Protocol):

@@ -60,6 +60,8 @@ class PrometheusBatchObserver:
             ["reason"],
             registry=registry,
         )
+        for reason in ("queue_full", "latency_target", "bulk_shed"):
+            self._rejected.labels(reason=reason)  # 0 from the start: dashboards see every one
         self._hung = Gauge(
             "batcher_hung",
             "1 while a batch has run past the watchdog bound",

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry, ProcessCollector
 from starlette.routing import BaseRoute
 
-from service import extras
+from service import extras, tracing
 from service.errors import Unavailable, install_error_handlers
 from service.explain.inspection import ModelInspector
 from service.hosting.client import ModelClient
@@ -22,6 +22,7 @@ from service.http.admission import AdmitAtTheDoor, model_routes
 from service.http.http_metrics import HttpMetrics
 from service.http.limits import BodyLimit
 from service.http.request_id import RequestId
+from service.items.index_metrics import IndexMetrics
 from service.items.search_index import ItemIndex, SearchIndex, open_collection_for
 from service.oip import rest
 from service.oip.front import InferenceFront
@@ -96,6 +97,7 @@ def create_app(
     """The app; metrics are created on `registry` and /metrics serves `exposition` (the same
     registry unless worker processes aggregate theirs). `versions=None`: only the default
     model version is served (Ray)."""
+    tracing.configure("http")
     if registry is None:
         registry = CollectorRegistry()
         # Process CPU, memory and file descriptors, as the default registry would have them.
@@ -141,12 +143,21 @@ def create_app(
                 if hosted is not None:
                     await hosted.close()
                 await pipeline.stop()
+                tracing.shutdown()  # what is buffered goes out before the process ends
 
     app = FastAPI(
         title="resnet-serve",
         version="0.1.0",
         description="Image classification, embeddings and similarity search, dynamically batched.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry server span, the root of a request's trace when tracing
+        # is on (service.tracing configures the provider); metrics stay Prometheus's.
+        telemetry={
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "exclude": tracing.untraced,
+        },
         docs_url=None,  # served from shipped files below, not a CDN
         redoc_url=None,
     )
@@ -154,6 +165,7 @@ def create_app(
     app.state.registry = registry
     app.state.exposition = exposition or registry
     app.state.oip = InferenceFront(app.state, settings)
+    app.state.index_metrics = IndexMetrics(registry)
     routes = api_routes()
     install_error_handlers(app, routes)
     for router in ROUTERS:
@@ -177,7 +189,10 @@ def create_app(
             allow_origins=settings.cors_origin_list,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "X-Request-ID", "Content-Type"],
-            expose_headers=["X-Request-ID", "X-Cache", "X-Model-Version", "Retry-After"],
+            expose_headers=[
+                *("X-Request-ID", "X-Cache", "X-Model-Version", "Retry-After", "X-Priority"),
+                *("X-Queue-Time", "X-Inference-Time", "X-Total-Time"),
+            ],
         )
     app.add_middleware(HttpMetrics, registry=registry)
     app.add_middleware(RequestId)

@@ -22,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from service import tracing
 from service.model.model_io import ModelOutputs
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,9 @@ class RedisCache:
             return None
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout_s):
-                result = await command()
+            with tracing.span(f"redis {op}"):
+                async with asyncio.timeout(self._timeout_s):
+                    result = await command()
         except (RedisError, OSError, TimeoutError) as exc:
             self._metrics.errors.labels(op=op).inc()
             self._failed(exc)

@@ -9,7 +9,9 @@ ImportError.
 from importlib.util import find_spec
 from typing import Literal
 
-Extra = Literal["openvino", "explain", "ui", "gpu", "grpc", "milvus", "ray", "parquet", "finetune"]
+Extra = Literal[
+    "openvino", "explain", "ui", "gpu", "grpc", "milvus", "ray", "parquet", "finetune", "otel"
+]
 
 # The top-level modules each extra brings; all of them must import for the feature to run.
 MODULES: dict[Extra, tuple[str, ...]] = {
@@ -22,6 +24,7 @@ MODULES: dict[Extra, tuple[str, ...]] = {
     "ray": ("ray",),
     "parquet": ("pyarrow",),
     "finetune": ("matplotlib",),
+    "otel": ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"),
 }
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from batching import Priority
-from service import resources
+from service import resources, tracing
 from service.admission import OnTheWay, Ticket, current_priority, reached_model
 from service.cache import (
     CacheMetrics,
@@ -163,7 +163,8 @@ class Pipeline:
     ) -> Inference:
         started = time.perf_counter()
         key = await self._key(view.namespace, data)
-        record = await self.cache.get(key)
+        with tracing.span("cache lookup", cache=self.cache.name):
+            record = await self.cache.get(key)
         cached = decode_record(record, *view.shape) if record is not None else None
         if cached is not None:
             self._cache_metrics.hits.inc()
@@ -229,12 +230,14 @@ class Pipeline:
         self, prepare: Callable[[], ModelInput], key: str, started: float
     ) -> Inference:
         loop = asyncio.get_running_loop()
-        item = await loop.run_in_executor(self._decode_pool, prepare)
+        with tracing.span("decode"):
+            item = await loop.run_in_executor(self._decode_pool, prepare)
         decoded = time.perf_counter()
         reached_model()
         remaining = self._timeout_s - (decoded - started)
         priority = current_priority.get()
-        outcome, shared = await self.model.infer(item, max(remaining, 0.001), key, priority)
+        with tracing.span("model", priority=priority.name.lower()):
+            outcome, shared = await self.model.infer(item, max(remaining, 0.001), key, priority)
         finished = time.perf_counter()
         self._write_behind(key, encode_record(outcome.value))
         return Inference(

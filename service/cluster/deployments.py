@@ -29,6 +29,7 @@ from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
+from service import tracing
 from service.app import create_app
 from service.cluster.components import on_ray
 from service.cluster.grpc_ingress import InferenceProtocolMethods
@@ -36,6 +37,7 @@ from service.hosting.client import HUNG_MESSAGE
 from service.hosting.host import ModelHost
 from service.hosting.hosted import HostedModel
 from service.items.search_index import SearchIndex, open_collection_for
+from service.logs import current_request_id
 from service.settings import Settings
 from service.transport.operations import (
     HostedModelOperations,
@@ -68,12 +70,16 @@ def replica_settings() -> Settings:
 
 
 class _Dispatch:
-    """One `call(name, *args)` method for every operation a deployment implements."""
+    """One `call(name, context, *args)` method for every operation a deployment implements;
+    `context`: the caller's request id and trace context (service.transport.ray_link)."""
 
     _methods: dict[str, Method]
 
-    async def call(self, name: str, *args: Any) -> Any:
-        return await self._methods[name](*args)
+    async def call(self, name: str, context: tuple[str, tracing.Carrier | None], *args: Any) -> Any:
+        request_id, carrier = context
+        current_request_id.set(request_id)  # this call's own task: its log lines
+        with tracing.continued(f"ray {name}", carrier, request_id=request_id):
+            return await self._methods[name](*args)
 
 
 @serve.deployment(
@@ -85,6 +91,7 @@ class _Dispatch:
 )
 class Model(_Dispatch):
     async def __init__(self) -> None:  # type: ignore[misc]  # Ray actors may construct async
+        tracing.configure("ray-model")
         settings = replica_settings()
         self._drain_s = settings.request_timeout_s
         self._host = ModelHost(settings, CollectorRegistry())
@@ -111,6 +118,7 @@ class Model(_Dispatch):
 )
 class Index(_Dispatch):
     async def __init__(self, model: DeploymentHandle[Any]) -> None:  # type: ignore[misc]
+        tracing.configure("ray-index")
         settings = replica_settings()
         # The index opens only for the vectors the model produces (ModelMismatch otherwise).
         status = await HostedModelOperations.describe.call(RayLink(model, "Model"))

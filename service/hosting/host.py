@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from batching import BatchActivity, Batcher, BatchOutcome, Priority, PrometheusBatchObserver
 from batching.thread_priority import lower_this_threads_priority
+from service import tracing
 from service.errors import NotReady
 from service.explain.explainer import Explainer
 from service.explain.inspector import InProcessInspector
@@ -342,6 +343,7 @@ def model_batcher(
         ),
         observer=PrometheusBatchObserver(registry, max(largest, runtime.batch_size)),
         activity=activity,
+        tracing=tracing.BatchSpans() if tracing.on() else None,
         name="model",
     )
 
@@ -379,6 +381,7 @@ class InProcessModel:
     ) -> tuple[BatchOutcome[ModelOutputs], bool]:
         # One process: the pipeline's own single-flight has already joined identical images.
         outcome = await self.host.batcher.submit(item, timeout_s=timeout_s, priority=priority)
+        tracing.record_batch_timings(outcome.queued_s, outcome.run_s, outcome.batch_size)
         return outputs_or_raise(outcome), False
 
     async def start(self) -> None:

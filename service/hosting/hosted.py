@@ -3,6 +3,7 @@
 this one class, so both behave the same to their callers."""
 
 from batching import BatchOutcome, Priority
+from service import tracing
 from service.errors import NotReady
 from service.hosting.client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
 from service.hosting.host import ModelHost
@@ -36,8 +37,8 @@ class HostedModel:
             raise ValueError("this model host decodes no JPEGs")  # a client bug: 500
 
         async def run() -> BatchOutcome[ModelOutputs]:
-            return outputs_or_raise(
-                await batcher.submit(item, timeout_s=timeout_s, priority=priority)
-            )
+            outcome = await batcher.submit(item, timeout_s=timeout_s, priority=priority)
+            tracing.record_batch_timings(outcome.queued_s, outcome.run_s, outcome.batch_size)
+            return outputs_or_raise(outcome)
 
         return await self._flights.run(key, run)

@@ -35,6 +35,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batching import Priority, QueueFull
+from service import tracing
 from service.admission import Door, current_priority, current_ticket
 from service.errors import InvalidInput, NotReady, error_response
 from service.http.client_discipline import (
@@ -125,7 +126,8 @@ class AdmitAtTheDoor:
         try:
             await self._hold_if_early(client)
             self._check_share(address)
-            ticket = door.admit(priority)
+            with tracing.span("admission", priority=priority.name.lower()):
+                ticket = door.admit(priority)
         except QueueFull as refused:
             self._retries.refused(client, max(1, math.ceil(refused.retry_after_s)))
             await error_response(refused, scope["path"])(scope, receive, send)

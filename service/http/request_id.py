@@ -9,6 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.logs import current_request_id
 
 HEADER = b"x-request-id"
@@ -30,6 +31,7 @@ class RequestId:
             return
         request_id = request_id_for(dict(scope["headers"]))
         token = current_request_id.set(request_id)
+        tracing.set_attributes(request_id=request_id)  # on the request's span, when traced
 
         async def tagged_send(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from service import tracing
 from service.errors import BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from service.settings import Settings
 
@@ -42,6 +43,13 @@ async def read_images(
     request: Request, settings: Settings, fields: tuple[ImageField, ...] = SINGLE_IMAGE
 ) -> ImageForm:
     """The images named by `fields` (all required) and an optional `metadata` field."""
+    with tracing.span("read body"):
+        return await _read_images(request, settings, fields)
+
+
+async def _read_images(
+    request: Request, settings: Settings, fields: tuple[ImageField, ...]
+) -> ImageForm:
     if _body_kind(request) == "json":
         body = await _json_object(request)
         images = [

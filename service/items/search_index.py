@@ -11,6 +11,7 @@ from index.collection import Collection, CollectionStats, SearchHit
 from index.filters import Filter
 from index.milvus_collection import MilvusCollection
 from index.store import StoredItem
+from service import tracing
 from service.model.spec import ModelSpec
 from service.settings import Settings
 
@@ -137,10 +138,12 @@ class SearchIndex:
         self._readers = ThreadPoolExecutor(search_threads, thread_name_prefix="index-search")
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+        with tracing.span(f"index {fn.__name__}"):
+            return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
+        with tracing.span(f"index {fn.__name__}"):
+            return await asyncio.get_running_loop().run_in_executor(self._readers, fn, *args)
 
     async def put(
         self, item_id: str, vector: np.ndarray, metadata: dict[str, Any], image: bytes | None

@@ -25,6 +25,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from batching import DeadlineExceeded, Priority, QueueFull
+from service import tracing
 from service.admission import current_priority, current_ticket
 from service.errors import InvalidInput, Unauthorized, describe_error
 from service.http.access import presented_key, requires_key
@@ -116,11 +117,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
     async def ModelInfer(self, request: Any, context: CallContext) -> Any:
+        metadata = {key: value for key, value in context.invocation_metadata()}
+        carrier = {
+            key: str(metadata[key]) for key in ("traceparent", "tracestate") if key in metadata
+        }
+        with tracing.server_span("grpc ModelInfer", carrier, request_id=request.id):
+            return await self._infer(request, context, metadata)
+
+    async def _infer(self, request: Any, context: CallContext, metadata: dict[str, Any]) -> Any:
         await self._guard(context, "ModelInfer")
         try:
             infer_request = _infer_request(request)
             serving = self._front.serving(request.model_name, request.model_version)
-            metadata = dict(context.invocation_metadata())
             priority = lowered(Priority.INTERACTIVE, str(metadata.get("x-priority", "")))
             ticket = serving.pipeline.admit(priority)  # the door: refused before any work
             token = current_ticket.set(ticket)

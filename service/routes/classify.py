@@ -19,6 +19,7 @@ from service.pipeline import Inference, Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
+    answer_headers,
     get_settings,
     model_info,
     pinned_pipeline,
@@ -46,7 +47,7 @@ async def classify(
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     spec = pipeline.status().spec
-    response.headers["X-Cache"] = inference.cache
+    answer_headers(response, inference)
     return ClassifyResponse(
         **model_info(spec),
         predictions=top_predictions(inference.outputs.probabilities, spec, top_k),

@@ -6,7 +6,7 @@ which cost a quarter of a cache hit's CPU time in profiles.
 
 from typing import Annotated, Any, TypedDict
 
-from fastapi import Query, Request
+from fastapi import Query, Request, Response
 
 from index.filters import Filter, InvalidFilter, parse_filter
 from service.errors import InvalidInput, NotReady
@@ -15,7 +15,7 @@ from service.http.limits import body_limit
 from service.http.schemas import ErrorResponse
 from service.items.search_index import ItemIndex
 from service.model.spec import ModelSpec
-from service.pipeline import Pipeline
+from service.pipeline import Inference, Pipeline
 from service.settings import Settings
 from service.versions.serving import Serving, Versions
 
@@ -170,3 +170,19 @@ SINGLE_IMAGE_BODY = request_body(
         "application/json": {"image": {"type": "string", "description": "base64 bytes"}},
     }
 ) | body_limit("image")
+
+
+def answer_headers(response: Response, inference: Inference) -> None:
+    """How this request's answer came about, as headers (as Text Embeddings Inference sends
+    them): `X-Cache`, and the milliseconds of its queue wait, forward pass and whole time in
+    the service (`X-Queue-Time`, `X-Inference-Time`, `X-Total-Time`; a cache hit has no
+    queue or inference time)."""
+    response.headers["X-Cache"] = inference.cache
+    timings = inference.timings_ms
+    for header, part in (
+        ("X-Queue-Time", "queue"),
+        ("X-Inference-Time", "inference"),
+        ("X-Total-Time", "total"),
+    ):
+        if part in timings:
+            response.headers[header] = f"{timings[part]:.2f}"

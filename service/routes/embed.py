@@ -12,6 +12,7 @@ from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
+    answer_headers,
     get_settings,
     model_info,
     pinned_pipeline,
@@ -37,7 +38,7 @@ async def embed(
     (data,) = (await read_images(request, settings)).images
     inference = await unless_disconnected(request, pipeline.run(data))
     spec = pipeline.status().spec
-    response.headers["X-Cache"] = inference.cache
+    answer_headers(response, inference)
     return EmbedResponse(
         **model_info(spec),
         dim=spec.embedding_dim,

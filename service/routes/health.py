@@ -1,11 +1,14 @@
 """GET /healthz, /readyz and /metrics."""
 
+import contextlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from index.milvus_collection import MilvusUnavailable
 from service import resources
+from service.errors import NotReady
 from service.http.schemas import DetectedResources, ReadyResponse
 from service.items.search_index import ItemIndex
 from service.pipeline import Pipeline
@@ -49,5 +52,10 @@ async def readyz(
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    registry: CollectorRegistry = request.app.state.exposition
+    state = request.app.state
+    serving = getattr(state, "serving", None)
+    if serving is not None:
+        with contextlib.suppress(NotReady, MilvusUnavailable):  # the gauge keeps its last
+            state.index_metrics.items(serving.name, await serving.index.count())
+    registry: CollectorRegistry = state.exposition
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

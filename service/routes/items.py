@@ -46,6 +46,7 @@ K = Annotated[int, Query(ge=1, le=1000, description="how many results")]
     operation_id="similar_items",
 )
 async def similar_items(
+    request: Request,
     item_id: ItemId,
     index: Annotated[ItemIndex, Depends(pinned_index)],
     pipeline: Annotated[Pipeline, Depends(pinned_pipeline)],
@@ -56,6 +57,9 @@ async def similar_items(
     whose metadata match `filter`, when given)."""
     started = time.perf_counter()
     hits = await index.similar(validate_item_id(item_id), k, where)
+    request.app.state.index_metrics.searched(
+        request.state, "similar", time.perf_counter() - started
+    )
     if hits is None:
         raise NotFound(f"no item {item_id!r}")
     return SearchResponse(

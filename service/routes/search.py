@@ -17,6 +17,7 @@ from service.pipeline import Pipeline
 from service.routes.deps import (
     ERROR_RESPONSES,
     SINGLE_IMAGE_BODY,
+    answer_headers,
     get_settings,
     metadata_filter,
     model_info,
@@ -51,7 +52,8 @@ async def search(
     inference = await unless_disconnected(request, pipeline.run(data))
     started = time.perf_counter()
     hits = await index.search(inference.outputs.embedding, k, where)
-    response.headers["X-Cache"] = inference.cache
+    request.app.state.index_metrics.searched(request.state, "search", time.perf_counter() - started)
+    answer_headers(response, inference)
     return SearchResponse(
         **model_info(pipeline.status().spec),
         results=search_results(hits),

@@ -16,6 +16,8 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from service import tracing
+from service.logs import current_request_id
 from service.transport.rpc import WorkerUnavailable
 
 # The cluster's part in a failure (a replica or node gone, a deployment not up yet): 503s,
@@ -52,7 +54,9 @@ class RayLink:
         return None
 
     async def call(self, method: str, *args: Any, cancellable: bool = True) -> Any:
-        response = cast("DeploymentResponse[Any]", self._handle.call.remote(method, *args))
+        # The request's id and trace context travel with the call, as over the Unix socket.
+        context = (current_request_id.get(), tracing.carrier())
+        response = cast("DeploymentResponse[Any]", self._handle.call.remote(method, context, *args))
         if not cancellable:  # a write, once sent, finishes whoever waits for it
             return await asyncio.shield(asyncio.ensure_future(self._result(response)))
         try:

@@ -5,7 +5,8 @@ supervisor; the socket lives in a directory only the service user can enter). Ca
 multiplexed on one connection and can be cancelled. A call's reply future settles exactly
 once: with the reply, or with WorkerUnavailable when the connection goes away, so whatever a
 caller holds for a call (a shared-memory slot) is released in both cases. A call carries the
-caller's request id, so what the worker logs while serving it names the request.
+caller's request id, so what the worker logs while serving it names the request, and its
+trace context (service.tracing), so the worker's spans join the request's trace.
 """
 
 import asyncio
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from service import tracing
 from service.errors import NotReady
 from service.logs import current_request_id
 
@@ -110,9 +112,9 @@ class RpcServer:
             while True:
                 message = await _read(reader)
                 if message[0] == "call":
-                    _, call_id, method, args, request_id = message
+                    _, call_id, method, args, request_id, carrier = message
                     task = asyncio.create_task(
-                        self._run(peer, writer, call_id, method, args, request_id)
+                        self._run(peer, writer, call_id, method, args, request_id, carrier)
                     )
                     calls[call_id] = task
                     task.add_done_callback(_settle(calls, call_id, writer))
@@ -138,10 +140,12 @@ class RpcServer:
         method: str,
         args: tuple[Any],
         request_id: str,
+        carrier: tracing.Carrier | None,
     ) -> None:
         current_request_id.set(request_id)  # this task's own context: the call's log lines
         try:
-            value = await self._handlers[method](peer, *args)
+            with tracing.continued(f"rpc {method}", carrier, request_id=request_id):
+                value = await self._handlers[method](peer, *args)
             reply: tuple[Any, ...] = ("ok", call_id, value)
         except asyncio.CancelledError:
             reply = ("error", call_id, CallCancelled(method))
@@ -231,7 +235,8 @@ class RpcClient:
             raise WorkerUnavailable(f"the {self.name} worker is not reachable")
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writer.write(_encode(("call", call_id, method, args, current_request_id.get())))
+        message = ("call", call_id, method, args, current_request_id.get(), tracing.carrier())
+        self._writer.write(_encode(message))
         self._pending[call_id] = future
         future.add_done_callback(_retrieve)  # a cancelled caller never reads the outcome
         return call_id, future

@@ -12,6 +12,7 @@ from typing import Any
 
 from index.collection import IndexInUse
 from index.store import ModelMismatch
+from service import tracing
 from service.logs import configure_logging
 from service.model.load_error import ModelLoadError
 from service.on_disk import BrokenFile
@@ -55,6 +56,8 @@ def main() -> None:
     die_with_parent()
     settings = Settings.model_validate_json(args.settings)
     configure_logging(settings.log_level, settings.log_format, args.name)
+    if args.role != "http":  # an HTTP worker's app configures it
+        tracing.configure(f"{args.role}-worker")
     try:
         if args.role == "model":
             from service.workers.model_worker import serve_model
@@ -72,6 +75,8 @@ def main() -> None:
     except (ModelLoadError, ModelMismatch, IndexInUse, BrokenFile) as exc:
         log.error("%s", exc)
         sys.exit(EXIT_CONFIG_ERROR)
+    finally:
+        tracing.shutdown()
 
 
 if __name__ == "__main__":

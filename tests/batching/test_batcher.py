@@ -335,16 +335,16 @@ async def test_until_a_full_batch_waits_anything_is_admitted(
     make_batcher: BatcherFactory,
 ) -> None:
     batcher = await make_batcher(slow_model(0.3), max_batch_size=2, max_wait_s=0, max_latency_s=0.1)
-    await batcher.submit(0)  # 0.3 s per item: over the target on its own (batches of 1 now)
+    await batcher.submit(0)  # 0.3 s per item: over the target on its own
     assert (await batcher.submit(1)).value == 1  # idle: refusing would not answer it sooner
     # The model must not run dry: one running and a full batch behind it are taken whatever
     # they cost.
     running = [asyncio.create_task(batcher.submit(2))]
     await asyncio.sleep(0.05)
-    running += [asyncio.create_task(batcher.submit(3))]
+    running += [asyncio.create_task(batcher.submit(i)) for i in (3, 4)]
     await asyncio.sleep(0)
     with pytest.raises(QueueFull):
-        await batcher.submit(4)  # a full batch waits: now the target counts
+        await batcher.submit(5)  # a full batch waits: now the target counts
     await asyncio.gather(*running)
 
 

@@ -8,6 +8,7 @@ import pytest
 from ray.exceptions import ActorDiedError, RayTaskError
 
 from batching import QueueFull
+from service.logs import current_request_id
 from service.transport.ray_link import RayLink
 from service.transport.rpc import WorkerUnavailable
 
@@ -25,7 +26,7 @@ class FakeResponse:
 
 
 class FakeHandle:
-    """What RayLink uses of a DeploymentHandle: `handle.call.remote(name, *args)`."""
+    """What RayLink uses of a DeploymentHandle: `handle.call.remote(name, context, *args)`."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
@@ -42,12 +43,15 @@ class FakeHandle:
 async def test_a_cancelled_caller_cancels_its_call_in_the_deployment() -> None:
     handle = FakeHandle()
     link = RayLink(handle, "Model")  # type: ignore[arg-type]
+    token = current_request_id.set("req-7")
     call = asyncio.create_task(link.call("infer", "pixels", 5.0, "key"))
+    current_request_id.reset(token)
     await asyncio.sleep(0)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    assert handle.sent == [("infer", "pixels", 5.0, "key")]
+    # The request's id (and trace context: none, tracing is off) travel with the call.
+    assert handle.sent == [("infer", ("req-7", None), "pixels", 5.0, "key")]
     assert handle.responses[0].cancelled
 
 

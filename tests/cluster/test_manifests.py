@@ -145,3 +145,18 @@ def test_the_milvus_variant_keeps_no_files_and_scales_the_index_out() -> None:
     assert not index.ray_actor_options.resources  # no pinning to a volume's node
     groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     assert all("volumes" not in group["template"]["spec"] for group in groups)
+
+
+def test_the_podmonitor_matches_its_schema_and_scrapes_ports_the_ray_pods_name() -> None:
+    (monitor,) = yaml.safe_load_all((KUBERAY / "podmonitor.yaml").read_text())
+    jsonschema.validate(monitor, json.loads((KUBERAY / "podmonitor.schema.json").read_text()))
+    scraped = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
+    for name in MANIFESTS:
+        spec = ray_service(name)["spec"]["rayClusterConfig"]
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for group in groups:
+            (container,) = group["template"]["spec"]["containers"]
+            assert scraped <= {port.get("name") for port in container["ports"]}, group
+    broken = monitor | {"spec": monitor["spec"] | {"podMetricEndpoints": []}}
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail: a misspelt field
+        jsonschema.validate(broken, json.loads((KUBERAY / "podmonitor.schema.json").read_text()))

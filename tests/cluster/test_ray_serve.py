@@ -18,6 +18,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 from tritonclient.utils import InferenceServerException
 
+from loadtest.common.otlp_receiver import OtlpReceiver, ReceivedSpan
 from loadtest.common.processes import LITE0_ENV, free_port
 from service.cluster import grpc_ingress
 from service.cluster.deployments import INDEX, INGRESS, MODEL, application
@@ -35,7 +36,15 @@ HEAD = "head_node"  # a custom resource only the head has: Ingress and Index liv
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def receiver() -> Iterator[OtlpReceiver]:
+    """Every replica's spans (tracing is on for the module's cluster)."""
+    receiving = OtlpReceiver()
+    yield receiving
+    receiving.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver) -> Iterator[Cluster]:
     data = tmp_path_factory.mktemp("ray-data")
     cluster = Cluster(
         initialize_head=True,
@@ -48,6 +57,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "RESNET_SERVE_THREADS": "1",
         "RESNET_SERVE_DECODE_THREADS": "1",
         "RESNET_SERVE_INDEX_SNAPSHOT_EVERY": "20",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
     ray.init(address=cluster.address, runtime_env={"env_vars": env}, log_to_driver=False)
     serve.start(
@@ -197,6 +208,32 @@ def test_the_api_and_the_web_page_through_the_ray_ingress(cluster: Cluster) -> N
         assert bad.status_code == 415 or bad.status_code == 422, bad.text
     # Two Model replicas, one on each node; Ingress and Index on the head.
     assert len(set(replicas("Model").values())) == 2
+
+
+def test_a_request_through_ray_is_one_trace_across_the_replicas(
+    cluster: Cluster, receiver: OtlpReceiver
+) -> None:
+    files = {"file": ("cup.jpg", images(1)[0] + b"traced", "image/jpeg")}
+    headers = {"x-request-id": "traced-on-ray"}
+    with httpx.Client(base_url=url(), timeout=60) as http:
+        assert http.post("/v1/classify", files=files, headers=headers).status_code == 200
+        assert http.post("/v1/search", files=files, headers=headers).status_code == 200
+
+    def of_the_request(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        roots = {s.trace_id for s in spans if s.attributes.get("request_id") == "traced-on-ray"}
+        return [s for s in spans if s.trace_id in roots]
+
+    def across(spans: list[ReceivedSpan]) -> bool:
+        roles = {s.resource.get("resnet_serve.role") for s in of_the_request(spans)}
+        return {"http", "ray-model", "ray-index"} <= roles
+
+    receiver.wait_for(across, allowance(60))
+    spans = of_the_request(receiver.spans)
+    by_id = {s.span_id: s for s in spans}
+    infer = next(s for s in spans if s.name == "ray infer")
+    assert by_id[infer.parent_span_id].name == "model"  # the Ingress's span, through Ray
+    assert {s.name for s in spans if s.parent_span_id == infer.span_id} >= {"queue wait", "forward"}
+    assert any(s.name == "ray search" for s in spans)
 
 
 def test_the_inference_protocol_over_grpc_through_rays_proxy(cluster: Cluster) -> None:

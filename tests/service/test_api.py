@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from loadtest.common.scrape import parse_metrics
 from service.app import create_app
 from tests.conftest import lite0_settings
 from tests.photos import encode, jpeg, photo, resized_jpeg
@@ -123,6 +124,24 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert ready["device"] == "cpu" and len(ready["fingerprint"]) == 16
     # The default target is loose: batches run at the configured size.
     assert ready["batch_limit"] == ready["max_batch_size"]
+
+
+def test_the_answer_says_its_queue_inference_and_total_time(client: TestClient) -> None:
+    def run_seconds() -> float:
+        metrics = parse_metrics(client.get("/metrics").text)
+        return sum(v for (name, _), v in metrics.items() if name == "batcher_run_seconds_sum")
+
+    before = run_seconds()
+    answer = classify(client, jpeg("coffee") + uuid.uuid4().bytes)  # unique: the model runs
+    queue, inference, total = (
+        float(answer.headers[name]) for name in ("x-queue-time", "x-inference-time", "x-total-time")
+    )
+    assert queue >= 0 and inference > 0 and queue + inference <= total
+    # The same forward pass the batcher's histogram measured (this request's batch alone).
+    assert inference == pytest.approx(1000 * (run_seconds() - before), abs=0.01)
+    classify(client, jpeg("coffee"))
+    hit = classify(client, jpeg("coffee"))  # the same bytes again: from the cache
+    assert hit.headers["x-cache"] == "hit" and "x-inference-time" not in hit.headers
 
 
 def test_metrics_expose_batches_and_requests(client: TestClient) -> None:
