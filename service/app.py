@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from service import extras, tracing
 from service.errors import Unavailable, install_error_handlers
 from service.explain.inspection import ModelInspector
+from service.heads.attached import AttachedHeads
 from service.hosting.client import ModelClient
 from service.http.access import ApiKeyGuard
 from service.http.admission import AdmitAtTheDoor, model_routes
@@ -27,7 +28,17 @@ from service.items.search_index import ItemIndex, SearchIndex, open_collection_f
 from service.oip import rest
 from service.oip.front import InferenceFront
 from service.pipeline import Pipeline
-from service.routes import classify, embed, explain, health, items, items_batch, models, search
+from service.routes import (
+    classify,
+    embed,
+    explain,
+    heads,
+    health,
+    items,
+    items_batch,
+    models,
+    search,
+)
 from service.routes.docs import serve_docs
 from service.settings import Settings
 from service.versions.manager import ModelVersions
@@ -78,7 +89,9 @@ async def in_process(
 
 ROUTERS = tuple(
     module.router
-    for module in (classify, embed, search, items, items_batch, explain, models, health, rest)
+    for module in (
+        *(classify, embed, search, items, items_batch, explain, models, heads, health, rest),
+    )
 )
 
 
@@ -166,6 +179,7 @@ def create_app(
     app.state.exposition = exposition or registry
     app.state.oip = InferenceFront(app.state, settings)
     app.state.index_metrics = IndexMetrics(registry)
+    app.state.heads = AttachedHeads(settings.data_dir, settings.head_sources)
     routes = api_routes()
     install_error_handlers(app, routes)
     for router in ROUTERS:

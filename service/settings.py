@@ -89,6 +89,13 @@ class Settings(BaseSettings):
             "a safety net well inside the request timeout; set your own SLO"
         ),
     )
+    heads: str = Field(
+        "",
+        description=(
+            "task heads attached at start-up: name=MODEL_DIR,name2=MODEL_DIR2 (directories "
+            "`finetune --mode head` wrote); more through PUT /v1/heads/NAME"
+        ),
+    )
     client_max_in_flight: int = Field(
         0,
         ge=0,
@@ -261,6 +268,21 @@ class Settings(BaseSettings):
         "",
         description="comma-separated origins allowed to call the API from a browser; empty: none",
     )
+
+    @property
+    def head_sources(self) -> dict[str, str]:
+        """RESNET_SERVE_HEADS as name -> directory."""
+        pairs = [part.strip() for part in self.heads.split(",") if part.strip()]
+        return dict(pair.split("=", 1) for pair in pairs)
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_are_pairs(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",") if p.strip()):
+            name, _, directory = part.partition("=")
+            if not name.strip() or not directory.strip():
+                raise ValueError(f"{part!r}: give each head as name=MODEL_DIR")
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -25,7 +25,7 @@ def requires_key(method: str, path: str, scope: KeyScope) -> bool:
         return False
     if scope == "all" or path.startswith("/v1/models"):  # management: even its listing
         return True
-    return path.startswith("/v1/items") and method not in _READ_METHODS
+    return path.startswith(("/v1/items", "/v1/heads")) and method not in _READ_METHODS
 
 
 def _is_model_probe(path: str) -> bool:

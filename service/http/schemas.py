@@ -33,8 +33,19 @@ class Prediction(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
+class HeadAnswer(BaseModel):
+    predictions: list[Prediction]
+
+
+HEADS_FIELD: Any = Field(
+    default_factory=dict,
+    description="each attached head's top-k (`?heads=` chooses them), from the same forward",
+)
+
+
 class ClassifyResponse(ModelInfo):
     predictions: list[Prediction]
+    heads: dict[str, HeadAnswer] = HEADS_FIELD
     cache: CacheStatus = CACHE_FIELD
     batch_size: int = Field(description="images in the model call that served this one")
     timings_ms: dict[str, float]
@@ -44,6 +55,7 @@ class BatchItem(BaseModel):
     index: int
     filename: str
     predictions: list[Prediction] | None = None
+    heads: dict[str, HeadAnswer] = HEADS_FIELD
     cache: CacheStatus | None = None
     error: ErrorDetail | None = None
 

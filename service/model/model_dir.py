@@ -15,31 +15,28 @@ each fail with a message that says which file and what to do.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from service.on_disk import wrong_fields
-
-FORMAT = 1
-CONFIG, WEIGHTS, LABELS, METRICS, CONFUSION = (
-    "config.json",
-    "model.safetensors",
-    "labels.json",
-    "metrics.json",
-    "confusion.png",
+from service.model.dir_files import (
+    CONFIG,
+    CONFUSION,
+    FORMAT,
+    LABELS,
+    METRICS,
+    WEIGHTS,
+    DirConfig,
+    Head,
+    ModelDirError,
+    read_config,
+    read_labels,
 )
-# head mode trains on the serving embeddings, which are L2-normalised pooled features; the
-# served model normalises before its new linear layer the same way.
-Head = Literal["linear", "normalized-linear"]
 
-
-class ModelDirError(ValueError):
-    """A model directory that cannot be served as it is; the message says why and what to do."""
+__all__ = ["CONFIG", "CONFUSION", "LABELS", "METRICS", "WEIGHTS", "DirConfig", "ModelDirError"]
 
 
 class L2Normalize(torch.nn.Module):
@@ -83,31 +80,9 @@ def save(
     (out / CONFIG).write_text(json.dumps({"format": FORMAT, **config}, indent=2))
 
 
-class DirConfig(BaseModel):
-    """config.json as `resnet-serve finetune` writes it; read strictly, so a missing,
-    mistyped or unknown field is named rather than failing later."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    format: int
-    base_model: str
-    base_weights: str
-    data_config: dict[str, Any]
-    classes: list[str] = Field(min_length=1)
-    mode: Literal["head", "full"]
-    head: Head
-    train_stages: int | None
-    base_fingerprint: str
-    command: list[str]
-    versions: dict[str, str]
-
-
-_Labels = TypeAdapter(list[str])
-
-
 def load(path: Path) -> LoadedDir:
-    config = _config(path)
-    labels = _labels(path)
+    config = read_config(path)
+    labels = read_labels(path)
     if labels != config.classes:
         raise ModelDirError(f"{path / LABELS} does not match the classes in {path / CONFIG}")
     weights = path / WEIGHTS
@@ -127,40 +102,3 @@ def load(path: Path) -> LoadedDir:
             f"(was the directory edited by hand?): {exc}"
         ) from exc
     return LoadedDir(module.eval(), base, tuple(labels), weights)
-
-
-def _config(path: Path) -> DirConfig:
-    raw = _json(path, CONFIG, "run `resnet-serve finetune DATA_DIR --out MODEL_DIR` to make one")
-    if isinstance(raw, dict) and raw.get("format") != FORMAT:
-        raise ModelDirError(
-            f"{path / CONFIG} is format {raw.get('format')!r}; this service reads format "
-            f"{FORMAT}: fine-tune again with this version"
-        )
-    try:
-        return DirConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ModelDirError(
-            f"{path / CONFIG} is not what `resnet-serve finetune` writes ({wrong_fields(exc)}): "
-            "fine-tune again"
-        ) from None
-
-
-def _labels(path: Path) -> list[str]:
-    raw = _json(path, LABELS, "it lists the class names; fine-tune again to write it")
-    try:
-        labels = _Labels.validate_python(raw, strict=True)
-    except ValidationError:
-        raise ModelDirError(f"{path / LABELS} must be a non-empty list of class names") from None
-    if not labels:
-        raise ModelDirError(f"{path / LABELS} must be a non-empty list of class names")
-    return labels
-
-
-def _json(path: Path, name: str, remedy: str) -> Any:
-    file = path / name
-    try:
-        return json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ModelDirError(f"{file} is missing: {remedy}") from None
-    except (OSError, ValueError) as exc:
-        raise ModelDirError(f"{file} is unreadable ({exc}): {remedy}") from exc

@@ -234,3 +234,83 @@ def test_ctrl_c_keeps_the_best_epoch_so_far(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["interrupted"] is True and metrics["best_epoch"] >= 1
     assert load_model("ignored", str(out)).labels == tuple(str(d) for d in range(10))
+
+
+def test_a_head_attached_to_the_live_model_answers_as_its_directory_served_alone(
+    head_model: tuple[Path, Path], tmp_path: Path, unseen: list[tuple[Path, str]]
+) -> None:
+    out, _ = head_model
+    shown = unseen[::4]
+    alone = {}
+    with TestClient(create_app(lite0_settings(tmp_path / "alone", weights=str(out)))) as http:
+        for path, _digit in shown:
+            files = {"file": (path.name, path.read_bytes(), "image/png")}
+            alone[path] = http.post("/v1/classify", files=files).json()["predictions"][0]["label"]
+    with TestClient(create_app(lite0_settings(tmp_path / "live"))) as http:
+        assert http.put("/v1/heads/digits", json={"source": str(out)}).status_code == 201
+        assert http.put("/v1/heads/digits", json={"source": str(out)}).status_code == 200
+        (listed,) = http.get("/v1/heads").json()["heads"]
+        assert listed["attached"] and listed["classes"] == [str(d) for d in range(10)]
+        assert listed["validation_top1"] is not None
+        forwards = batch_images(http)
+        for path, _digit in shown:
+            files = {"file": (path.name, path.read_bytes(), "image/png")}
+            answer = http.post("/v1/classify", files=files, params={"top_k": 3}).json()
+            assert answer["heads"]["digits"]["predictions"][0]["label"] == alone[path]
+            assert len(answer["heads"]["digits"]["predictions"]) == 3
+            plain = http.post("/v1/classify", files=files, params={"top_k": 3, "heads": ""})
+            assert plain.json()["heads"] == {}  # the cached answer: no head, same ImageNet
+            assert plain.json()["predictions"] == answer["predictions"]
+        # One forward pass per image: the head ran on the embedding the model computed anyway.
+        assert batch_images(http) - forwards == len(shown)
+        unknown = http.post("/v1/classify", files=files, params={"heads": "nope"})
+        assert unknown.status_code == 422 and "GET /v1/heads" in unknown.text
+    # A restart keeps the heads attached through the API.
+    with TestClient(create_app(lite0_settings(tmp_path / "live"))) as http:
+        answer = http.post("/v1/classify", files=files).json()
+        assert answer["heads"]["digits"]["predictions"][0]["label"] == alone[shown[-1][0]]
+        assert http.delete("/v1/heads/digits").status_code == 204
+        assert http.post("/v1/classify", files=files).json()["heads"] == {}
+        assert http.delete("/v1/heads/digits").status_code == 404
+
+
+def batch_images(http: TestClient) -> float:
+    """Images the model has run, from /metrics."""
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("batcher_batch_size_sum"):
+            return float(line.split()[-1])
+    raise AssertionError("no batcher_batch_size_sum on /metrics")
+
+
+def test_heads_that_cannot_answer_here_are_refused_naming_why(
+    head_model: tuple[Path, Path], tmp_path: Path
+) -> None:
+    out, _ = head_model
+
+    def edited(name: str, change: dict[str, object]) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(out, copy)
+        config = json.loads((copy / model_dir.CONFIG).read_text()) | change
+        (copy / model_dir.CONFIG).write_text(json.dumps(config))
+        return copy
+
+    other_base = edited("other-base", {"base_fingerprint": "0123456789abcdef"})
+    full = edited("full", {"mode": "full", "head": "linear"})
+    corrupt = edited("corrupt", {})
+    (corrupt / model_dir.WEIGHTS).write_bytes(b"\x00" * 64)
+    with TestClient(create_app(lite0_settings(tmp_path / "data"))) as http:
+
+        def attach(source: Path) -> tuple[int, str]:
+            answer = http.put("/v1/heads/h", json={"source": str(source)})
+            return answer.status_code, answer.json()["error"]["message"]
+
+        status, message = attach(other_base)
+        assert status == 409 and "0123456789abcdef" in message
+        status, message = attach(full)
+        assert status == 409 and "model version" in message
+        status, message = attach(corrupt)
+        assert status == 422 and str(corrupt / model_dir.WEIGHTS) in message
+        status, message = attach(tmp_path / "absent")
+        assert status == 422 and "absent" in message
+        assert http.put("/v1/heads/bad name", json={"source": str(out)}).status_code == 422
+        assert http.get("/v1/heads").json()["heads"] == []
