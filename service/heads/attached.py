@@ -39,7 +39,9 @@ class AttachedHeads:
         """`configured`: RESNET_SERVE_HEADS, attached at every start (a DELETE removes one
         until the next start)."""
         self._file = data_dir / "heads.json"
-        self._seen: object = _NEVER  # the file's mtime_ns when last read (None: no file)
+        # The file as last read: (inode, mtime, size); each write replaces it (a new inode),
+        # so a change shows even within one tick of the file system's clock. None: no file.
+        self._seen: object = _NEVER
         self._heads: dict[str, Head] = {}
         self._broken: dict[str, str] = {}  # name -> why it does not load
         if configured:
@@ -66,7 +68,8 @@ class AttachedHeads:
     def current(self, spec: ModelSpec) -> dict[str, Head]:
         """Every head that loads, read again if heads.json changed since (a stat per call)."""
         try:
-            changed: int | None = self._file.stat().st_mtime_ns
+            stat = self._file.stat()
+            changed: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         except FileNotFoundError:
             changed = None
         if changed != self._seen:

@@ -8,6 +8,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 from service.errors import InvalidInput, NotFound
+from service.model.spec import ModelSpec
 from service.oip import model_face
 from service.oip.model_face import Answer, InferRequest
 from service.oip.statistics import ModelStatistics
@@ -60,11 +61,16 @@ class InferenceFront:
         serving = self.serving(model, version)
         spec = (await checked(serving.pipeline)).status().spec
         names = [serving.name] if version else await self.versions()
-        return model_face.metadata(self.name, spec, names)
+        return model_face.metadata(self.name, spec, names, self._heads(spec))
 
     async def config(self, model: str, version: str | None) -> dict[str, Any]:
         spec = (await checked(self.serving(model, version).pipeline)).status().spec
-        return model_face.config(self.name, spec, self.max_batch_size)
+        return model_face.config(self.name, spec, self.max_batch_size, self._heads(spec))
+
+    def _heads(self, spec: ModelSpec) -> model_face.Heads:
+        """The task heads that answer for the live model (none for another version's)."""
+        heads: model_face.Heads = self._state.heads.answering(spec)
+        return heads
 
     async def statistics_of(self, model: str, version: str | None) -> dict[str, Any]:
         if model and model != self.name:
@@ -79,7 +85,8 @@ class InferenceFront:
         try:
             pipeline = await checked(serving.pipeline)
             spec = pipeline.status().spec
-            answer = await model_face.infer(pipeline, spec, request, self.max_batch_size)
+            heads = self._heads(spec)
+            answer = await model_face.infer(pipeline, spec, request, self.max_batch_size, heads)
         except BaseException:
             self.statistics.failed(serving.name, 1000 * (time.perf_counter() - started))
             raise

@@ -6,20 +6,23 @@ and preprocessed exactly as /v1 does; or PIXELS, FP32 [-1, 3, H, W] preprocessed
 client (the model's resize, crop and mean/std normalisation; it is taken back to the 8-bit
 pixels the model is fed, which is exact for tensors made from 8-bit images). Outputs:
 PROBABILITIES FP32 [-1, classes] (Triton's classification extension answers
-"score:index:label" strings instead) and EMBEDDING FP32 [-1, dim], L2-normalised.
+"score:index:label" strings instead), EMBEDDING FP32 [-1, dim], L2-normalised, and for each
+task head attached to the live model (service.heads) head_NAME FP32 [-1, its classes], from
+the same forward pass's embedding (the classification extension applies to it too).
 
 Each image enters the dynamic batcher on its own, so a request's images share batches with
 everyone else's; a bad image fails the request with a message naming its index.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from service.errors import InvalidInput, ServiceError, describe_error
+from service.heads.head import Head
 from service.model.spec import ModelSpec
 from service.oip.tensors import BYTES, Tensor
 from service.pipeline import Inference, Pipeline
@@ -27,6 +30,14 @@ from service.pipeline import Inference, Pipeline
 IMAGE, PIXELS = "IMAGE", "PIXELS"
 PROBABILITIES, EMBEDDING = "PROBABILITIES", "EMBEDDING"
 OUTPUTS = (PROBABILITIES, EMBEDDING)
+HEAD_PREFIX = "head_"  # an attached task head's output: head_NAME, FP32 [-1, its classes]
+Heads = Mapping[str, Head]
+
+
+def _head_outputs(heads: Heads) -> list[tuple[str, int]]:
+    return [(HEAD_PREFIX + name, len(head.classes)) for name, head in sorted(heads.items())]
+
+
 PLATFORM = "resnet-serve"
 
 
@@ -62,7 +73,7 @@ def input_size(spec: ModelSpec) -> tuple[int, int, int]:
     return int(channels), int(height), int(width)
 
 
-def metadata(name: str, spec: ModelSpec, versions: Sequence[str]) -> dict[str, Any]:
+def metadata(name: str, spec: ModelSpec, versions: Sequence[str], heads: Heads) -> dict[str, Any]:
     """The model metadata document (the same fields over REST and gRPC)."""
     return {
         "name": name,
@@ -75,11 +86,15 @@ def metadata(name: str, spec: ModelSpec, versions: Sequence[str]) -> dict[str, A
         "outputs": [
             {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, spec.num_classes]},
             {"name": EMBEDDING, "datatype": "FP32", "shape": [-1, spec.embedding_dim]},
+            *(
+                {"name": output, "datatype": "FP32", "shape": [-1, classes]}
+                for output, classes in _head_outputs(heads)
+            ),
         ],
     }
 
 
-def config(name: str, spec: ModelSpec, max_batch_size: int) -> dict[str, Any]:
+def config(name: str, spec: ModelSpec, max_batch_size: int, heads: Heads) -> dict[str, Any]:
     """Triton's model configuration, the fields its clients and perf_analyzer read."""
     return {
         "name": name,
@@ -98,6 +113,10 @@ def config(name: str, spec: ModelSpec, max_batch_size: int) -> dict[str, Any]:
         "output": [
             {"name": PROBABILITIES, "data_type": "TYPE_FP32", "dims": [spec.num_classes]},
             {"name": EMBEDDING, "data_type": "TYPE_FP32", "dims": [spec.embedding_dim]},
+            *(
+                {"name": output, "data_type": "TYPE_FP32", "dims": [classes]}
+                for output, classes in _head_outputs(heads)
+            ),
         ],
         "dynamic_batching": {},
         "parameters": {"timm_model": {"string_value": spec.model_id}},
@@ -105,17 +124,18 @@ def config(name: str, spec: ModelSpec, max_batch_size: int) -> dict[str, Any]:
 
 
 async def infer(
-    pipeline: Pipeline, spec: ModelSpec, request: InferRequest, max_batch_size: int
+    pipeline: Pipeline, spec: ModelSpec, request: InferRequest, max_batch_size: int, heads: Heads
 ) -> Answer:
-    """Answer one request: each image through the pipeline, then the outputs asked for."""
-    wanted = _requested(request.outputs, spec)
+    """Answer one request: each image through the pipeline, then the outputs asked for (the
+    heads' from the same forward pass's embeddings)."""
+    wanted = _requested(request.outputs, spec, heads)
     runs = _runs(pipeline, spec, request.inputs, max_batch_size)
     outcomes = await asyncio.gather(*runs, return_exceptions=True)
     for index, outcome in enumerate(outcomes):
         if isinstance(outcome, BaseException):
             raise _named(outcome, index)
     inferences = [outcome for outcome in outcomes if isinstance(outcome, Inference)]
-    answer = Answer([_output(w, inferences, spec) for w in wanted], images=len(inferences))
+    answer = Answer([_output(w, inferences, spec, heads) for w in wanted], images=len(inferences))
     for inference in inferences:
         timings = inference.timings_ms
         answer.queue_ms += timings.get("queue", 0.0)
@@ -167,34 +187,50 @@ def _to_pixels(normalised: np.ndarray, spec: ModelSpec) -> list[np.ndarray]:
     return [np.ascontiguousarray(image) for image in pixels]
 
 
-def _requested(outputs: Sequence[RequestedOutput], spec: ModelSpec) -> list[RequestedOutput]:
+def _requested(
+    outputs: Sequence[RequestedOutput], spec: ModelSpec, heads: Heads
+) -> list[RequestedOutput]:
+    classes = {PROBABILITIES: spec.num_classes} | dict(_head_outputs(heads))
     if not outputs:
-        return [RequestedOutput(name) for name in OUTPUTS]
+        return [RequestedOutput(name) for name in (*OUTPUTS, *dict(_head_outputs(heads)))]
     for output in outputs:
-        if output.name not in OUTPUTS:
-            raise InvalidInput(f"unknown output {output.name!r}; outputs: {', '.join(OUTPUTS)}")
-        if output.classification and output.name != PROBABILITIES:
-            raise InvalidInput(f"classification applies to {PROBABILITIES}, not {output.name}")
-        if output.classification > spec.num_classes:
+        if output.name not in (*OUTPUTS, *classes):
+            known = ", ".join((*OUTPUTS, *classes))
+            raise InvalidInput(f"unknown output {output.name!r}; outputs: {known}")
+        if output.classification and output.name not in classes:
             raise InvalidInput(
-                f"classification {output.classification}: the model has {spec.num_classes} classes"
+                f"classification applies to {PROBABILITIES} and the heads, not {output.name}"
+            )
+        if output.classification > classes.get(output.name, 0):
+            raise InvalidInput(
+                f"classification {output.classification}: {output.name} has "
+                f"{classes.get(output.name)} classes"
             )
     return list(outputs)
 
 
-def _output(wanted: RequestedOutput, inferences: list[Inference], spec: ModelSpec) -> Tensor:
+def _output(
+    wanted: RequestedOutput, inferences: list[Inference], spec: ModelSpec, heads: Heads
+) -> Tensor:
+    embeddings = np.stack([inference.outputs.embedding for inference in inferences])
     if wanted.name == EMBEDDING:
-        rows = np.stack([inference.outputs.embedding for inference in inferences])
-        return Tensor(EMBEDDING, "FP32", rows.shape, rows.astype(np.float32, copy=False))
-    rows = np.stack([inference.outputs.probabilities for inference in inferences])
+        return Tensor(
+            EMBEDDING, "FP32", embeddings.shape, embeddings.astype(np.float32, copy=False)
+        )
+    if wanted.name == PROBABILITIES:
+        rows = np.stack([inference.outputs.probabilities for inference in inferences])
+        labels: Sequence[str] = spec.labels
+    else:
+        head = heads[wanted.name.removeprefix(HEAD_PREFIX)]
+        rows, labels = head.probabilities(embeddings), head.classes
     if not wanted.classification:
-        return Tensor(PROBABILITIES, "FP32", rows.shape, rows.astype(np.float32, copy=False))
+        return Tensor(wanted.name, "FP32", rows.shape, rows.astype(np.float32, copy=False))
     k = wanted.classification
-    labels: list[bytes] = []
+    strings: list[bytes] = []
     for probabilities in rows:
         best = np.argsort(probabilities)[::-1][:k]
-        labels += [f"{probabilities[i]:.6f}:{i}:{spec.labels[i]}".encode() for i in best]
-    return Tensor(PROBABILITIES, BYTES, (len(rows), k), labels)
+        strings += [f"{probabilities[i]:.6f}:{i}:{labels[i]}".encode() for i in best]
+    return Tensor(wanted.name, BYTES, (len(rows), k), strings)
 
 
 def _named(outcome: BaseException, index: int) -> BaseException:

@@ -5,6 +5,7 @@ import asyncio
 import base64
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -16,6 +17,7 @@ import tritonclient.http as http_client
 from tritonclient.utils import InferenceServerException
 
 from loadtest.common.processes import free_port
+from loadtest.common.synthetic_head import write_head
 from service.images import Preprocessor
 from tests.e2e.server import Server, start_server
 from tests.photos import jpeg, resized_jpeg
@@ -353,3 +355,40 @@ def test_grpc_calls_may_ask_for_the_bulk_class_and_nothing_else(
         rpc.infer(MODEL, rpc_inputs(images("rocket")), headers=auth() | {"x-priority": "urgent"})
     assert refused.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "'interactive' or 'bulk'" in str(refused.value)
+
+
+def test_an_attached_head_is_an_output_of_its_own(
+    server: Server, rpc: grpc_client.InferenceServerClient, tmp_path: Path
+) -> None:
+    fingerprint = httpx.get(f"{server.url}/readyz").json()["fingerprint"]
+    head = write_head(tmp_path / "head", classes=7, dim=1280, base_fingerprint=fingerprint)
+    attached = httpx.put(f"{server.url}/v1/heads/seven", json={"source": str(head)}, headers=auth())
+    assert attached.status_code == 201, attached.text
+    try:
+        outputs = rpc.get_model_metadata(MODEL, headers=auth(), as_json=True)["outputs"]
+        assert {"name": "head_seven", "datatype": "FP32", "shape": ["-1", "7"]} in outputs
+        wanted = [
+            grpc_client.InferRequestedOutput("head_seven"),
+            grpc_client.InferRequestedOutput("EMBEDDING"),
+        ]
+        result = rpc.infer(MODEL, rpc_inputs(images("coffee")), outputs=wanted, headers=auth())
+        probabilities = result.as_numpy("head_seven")
+        assert probabilities.shape == (1, 7) and abs(float(probabilities.sum()) - 1) < 1e-4
+        embedding = result.as_numpy("EMBEDDING")[0]
+        # The head applied to the embedding this very answer carries.
+        weight, bias = head_layer(head)
+        logits = weight @ embedding + bias
+        assert int(np.argmax(logits)) == int(np.argmax(probabilities[0]))
+        top = [grpc_client.InferRequestedOutput("head_seven", class_count=2)]
+        labels = rpc.infer(MODEL, rpc_inputs(images("coffee")), outputs=top, headers=auth())
+        best = labels.as_numpy("head_seven")[0][0].decode()
+        assert best.endswith(f":class-{int(np.argmax(logits))}")
+    finally:
+        httpx.delete(f"{server.url}/v1/heads/seven", headers=auth())
+
+
+def head_layer(head: Path) -> tuple[np.ndarray, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(head / "model.safetensors"))
+    return tensors["classifier.1.weight"], tensors["classifier.1.bias"]

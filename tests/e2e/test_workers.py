@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.common.images import unique_jpegs
 from loadtest.common.processes import free_port
+from loadtest.common.synthetic_head import write_head
 from tests.e2e.server import Server, start_server
 from tests.machine_speed import seconds_for_one_new_image
 from tests.photos import PHOTO_NAMES, encode, jpeg, photo
@@ -576,3 +577,19 @@ def test_redis_is_one_cache_for_every_worker(tmp_path: Path, redis_server: Redis
         assert len(keys) == 1
     finally:
         server.stop()
+
+
+def test_a_head_attached_through_one_http_worker_answers_in_both(
+    split: Server, tmp_path: Path
+) -> None:
+    wait_ready(split.url)
+    fingerprint = httpx.get(f"{split.url}/readyz", timeout=30).json()["fingerprint"]
+    head = write_head(tmp_path / "head", classes=6, dim=1280, base_fingerprint=fingerprint)
+    attached = httpx.put(f"{split.url}/v1/heads/six", json={"source": str(head)}, timeout=30)
+    assert attached.status_code == 201, attached.text
+    # A new connection each: the kernel hands them to either HTTP worker.
+    for n in range(8):
+        files = {"file": ("cup.jpg", jpeg("coffee") + bytes([n]), "image/jpeg")}
+        answer = httpx.post(f"{split.url}/v1/classify", files=files, timeout=60).json()
+        assert len(answer["heads"]["six"]["predictions"]) == 5
+    assert httpx.delete(f"{split.url}/v1/heads/six", timeout=30).status_code == 204
