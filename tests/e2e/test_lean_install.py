@@ -99,4 +99,4 @@ def test_the_core_dependencies_hold_no_extra() -> None:
         held = {Requirement(line).name for line in optional[extra]}
         assert held and not held & core, extra
     (full,) = (Requirement(line) for line in optional["full"])
-    assert full.extras == {"openvino", "explain", "ui", "gpu", "grpc", "finetune"}
+    assert full.extras == {"openvino", "explain", "ui", "gpu", "grpc", "finetune", "otel"}

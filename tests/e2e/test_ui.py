@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from loadtest.common.synthetic_head import write_head
 from service.app import create_app
 from tests.conftest import lite0_settings
 from tests.e2e.server import UI_ON, Server, start_server
@@ -114,10 +115,14 @@ def test_every_tab_works_offline(
     expect(page.locator("#versions")).to_contain_text("default (live)")
     screenshot(page, "model", tmp_path)
 
-    # Classify: drop the coffee photo, see espresso and its Grad-CAM.
+    # Classify: drop the coffee photo, see espresso and its Grad-CAM, and an attached head.
+    fingerprint = httpx.get(f"{server.url}/readyz").json()["fingerprint"]
+    head = write_head(tmp_path / "head", classes=3, dim=1280, base_fingerprint=fingerprint)
+    assert httpx.put(f"{server.url}/v1/heads/shape", json={"source": str(head)}).status_code == 201
     open_tab(page, "Classify")
     page.locator("#classify-image input[type=file]").set_input_files(photos["coffee"])
     expect(page.locator("#classify-labels")).to_contain_text("espresso")
+    expect(page.locator("#classify-heads")).to_contain_text("shape: class-")
     expect(page.locator("#cam-image img")).to_be_visible()
     expect(page.locator("#classify-timings")).to_contain_text("inference")
     screenshot(page, "classify", tmp_path)

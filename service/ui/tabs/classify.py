@@ -1,4 +1,5 @@
-"""The Classify tab: top k classes of an image, and Grad-CAM for the class picked."""
+"""The Classify tab: top k classes of an image (and each attached task head's), and Grad-CAM
+for the class picked."""
 
 import io
 from pathlib import Path
@@ -23,13 +24,14 @@ def build(api: ServiceApi) -> None:
             classify_button = gr.Button("Classify", variant="primary")
         with gr.Column():
             labels = gr.Label(label="Classes", elem_id="classify-labels")
+            heads = gr.Markdown(elem_id="classify-heads")
             timings = gr.Markdown(elem_id="classify-timings")
         with gr.Column():
             explain_class = gr.Dropdown(label="Grad-CAM for class", choices=[])
             cam_image = gr.Image(label="Grad-CAM", interactive=False, elem_id="cam-image")
 
     @shown
-    async def classify(image: str | None, count: float) -> tuple[dict[str, float], Any, str]:
+    async def classify(image: str | None, count: float) -> tuple[dict[str, float], Any, str, str]:
         answer = (await api.post_image("/v1/classify", need(image), top_k=int(count))).json()
         scores = {p["label"]: p["score"] for p in answer["predictions"]}
         choices = [
@@ -37,7 +39,7 @@ def build(api: ServiceApi) -> None:
         ]
         spent = ", ".join(f"{name} {ms:.0f} ms" for name, ms in answer["timings_ms"].items())
         note = f"cache {answer['cache']}; {spent}"
-        return scores, gr.update(choices=choices, value=choices[0][1]), note
+        return scores, gr.update(choices=choices, value=choices[0][1]), heads_text(answer), note
 
     @shown
     async def explain(image: str | None, class_id: int | None) -> Image.Image | None:
@@ -46,7 +48,7 @@ def build(api: ServiceApi) -> None:
         png = await api.post_image("/v1/explain", Path(image), class_id=class_id)
         return Image.open(io.BytesIO(png.content))
 
-    classified = [labels, explain_class, timings]
+    classified = [labels, explain_class, heads, timings]
     picked = [classify_image, explain_class]
     classify_image.upload(classify, [classify_image, top_k], classified).then(
         explain, picked, cam_image
@@ -55,3 +57,11 @@ def build(api: ServiceApi) -> None:
         explain, picked, cam_image
     )
     explain_class.input(explain, picked, cam_image)
+
+
+def heads_text(answer: dict[str, Any]) -> str:
+    """Each attached head's top k, one line a head (Markdown); empty without heads."""
+    return "\n\n".join(
+        f"**{name}**: " + ", ".join(f"{p['label']} {p['score']:.1%}" for p in head["predictions"])
+        for name, head in sorted(answer.get("heads", {}).items())
+    )
