@@ -6,13 +6,16 @@ serving embedding (service.model.model_io.ModelOutputs.embedding): so a head is 
 matrix and a bias applied to the embedding the live model computed anyway.
 """
 
+import functools
 import json
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
+from threadpoolctl import ThreadpoolController
 
 from service.model.dir_files import METRICS, WEIGHTS, ModelDirError, read_config, read_labels
 
@@ -38,10 +41,24 @@ class Head:
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Softmax of the head's logits for (n, d) embeddings (or one (d,) embedding)."""
-        logits = embeddings @ self.weight.T + self.bias
+        with one_blas_thread():
+            logits = embeddings @ self.weight.T + self.bias
         logits = logits - logits.max(axis=-1, keepdims=True)
         exp = np.exp(logits)
         return np.asarray(exp / exp.sum(axis=-1, keepdims=True), np.float32)
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def one_blas_thread() -> AbstractContextManager[object]:
+    """numpy's BLAS on this thread alone while a head runs: OpenBLAS's own threads would
+    wait for cores the model's threads hold (spinning after each batch), and a head of 1,000
+    classes took 100 ms instead of 1 (issue 39's benchmark)."""
+    limited: AbstractContextManager[object] = _blas().limit(limits=1, user_api="blas")
+    return limited
 
 
 def load_head(name: str, source: Path, embedding_dim: int) -> Head:
