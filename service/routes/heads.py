@@ -8,13 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.heads.attached import AttachedHeads
 from service.http.schemas import ErrorResponse
+from service.model.spec import ModelSpec
 from service.pipeline import Pipeline
-from service.routes.deps import ERROR_RESPONSES, get_pipeline
+from service.routes.deps import ERROR_RESPONSES, checked, serving_of
 
 router = APIRouter(prefix="/v1/heads", tags=["heads"])
 
 HEAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: ERROR_RESPONSES[status] for status in (401, 422, 503)
+    status: ERROR_RESPONSES[status] for status in (400, 401, 422, 503)
 }
 HEAD_ERRORS |= {
     404: {"model": ErrorResponse, "description": "no such head"},
@@ -52,13 +53,20 @@ def get_heads(request: Request) -> AttachedHeads:
     return heads
 
 
+async def live_spec(request: Request) -> ModelSpec:
+    """The live model's spec: what a head must have been trained on. (Not the pipeline as a
+    dependency: these routes send nothing to the model, and are not admitted at its door.)"""
+    pipeline: Pipeline = await checked(serving_of(request.app.state, None).pipeline)
+    return pipeline.status().spec
+
+
 @router.get("", response_model=HeadsResponse, responses=HEAD_ERRORS)
 async def list_heads(
     heads: Annotated[AttachedHeads, Depends(get_heads)],
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    spec: Annotated[ModelSpec, Depends(live_spec)],
 ) -> dict[str, Any]:
     """Every head: its classes, source, base, validation top-1, and whether it answers."""
-    return {"heads": heads.describe(pipeline.status().spec)}
+    return {"heads": heads.describe(spec)}
 
 
 @router.put(
@@ -72,11 +80,10 @@ async def attach_head(
     body: NewHead,
     response: Response,
     heads: Annotated[AttachedHeads, Depends(get_heads)],
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    spec: Annotated[ModelSpec, Depends(live_spec)],
 ) -> dict[str, Any]:
     """Attach a head (201), or replace one of that name (200); it answers from the next
     request on, in every HTTP worker."""
-    spec = pipeline.status().spec
     _, created = heads.attach(name, body.source, spec)
     response.status_code = 201 if created else 200
     return next(head for head in heads.describe(spec) if head["name"] == name)
@@ -86,7 +93,7 @@ async def attach_head(
 async def remove_head(
     name: str,
     heads: Annotated[AttachedHeads, Depends(get_heads)],
-    pipeline: Annotated[Pipeline, Depends(get_pipeline)],
+    spec: Annotated[ModelSpec, Depends(live_spec)],
 ) -> Response:
-    heads.remove(name, pipeline.status().spec)
+    heads.remove(name, spec)
     return Response(status_code=204)

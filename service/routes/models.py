@@ -14,7 +14,7 @@ from service.versions.serving import Versions
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 MANAGEMENT_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: ERROR_RESPONSES[status] for status in (401, 422, 503)
+    status: ERROR_RESPONSES[status] for status in (400, 401, 422, 503)
 }
 MANAGEMENT_ERRORS |= {
     404: {"model": ErrorResponse, "description": "no such version"},

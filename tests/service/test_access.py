@@ -63,6 +63,14 @@ def test_index_writes_need_the_key_and_refusals_write_nothing(guarded: TestClien
     assert deleted.status_code == 204
 
 
+def test_attaching_a_head_needs_the_key(guarded: TestClient) -> None:
+    assert_error(guarded.put("/v1/heads/h", json={"source": "/nowhere"}), 401, "unauthorized")
+    assert_error(guarded.delete("/v1/heads/h"), 401, "unauthorized")
+    assert guarded.get("/v1/heads").status_code == 200  # the listing is a read
+    keyed = guarded.put("/v1/heads/h", json={"source": "/nowhere"}, headers={"X-API-Key": KEY})
+    assert_error(keyed, 422, "invalid_input")  # past the key: the directory is checked
+
+
 def test_reads_and_inference_stay_open_under_the_writes_scope(guarded: TestClient) -> None:
     assert classify(guarded, jpeg("coffee"), top_k=1).status_code == 200
     assert guarded.get("/v1/index").status_code == 200
@@ -83,6 +91,10 @@ def test_everything_but_the_probes_needs_the_key_under_the_all_scope(locked: Tes
 
 def test_where_the_key_is_needed() -> None:
     assert requires_key("PUT", "/v1/items/a", "writes")
+    assert requires_key("PUT", "/v1/heads/a", "writes") and requires_key(
+        "DELETE", "/v1/heads/a", "writes"
+    )
+    assert not requires_key("GET", "/v1/heads", "writes")
     assert requires_key("DELETE", "/v1/items/a", "writes")
     assert not requires_key("GET", "/v1/items/a", "writes")
     assert not requires_key("POST", "/v1/search", "writes")

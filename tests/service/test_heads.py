@@ -42,6 +42,9 @@ def test_attach_replace_and_remove_while_requests_are_served(tmp_path: Path) -> 
             assert http.put("/v1/heads/h", json={"source": str(large)}).status_code == 200
             replaced = classify(http)
             assert len(replaced["heads"]["h"]["predictions"]) == 5  # top_k of 700 classes
+            files = [("files", ("a.jpg", jpeg("rocket"), "image/jpeg"))] * 2
+            batch = http.post("/v1/classify/batch", files=files, params={"top_k": 2}).json()
+            assert [len(r["heads"]["h"]["predictions"]) for r in batch["results"]] == [2, 2]
             assert http.delete("/v1/heads/h").status_code == 204
             removed_at = len(answers)
             after = [classify(http) for _ in range(3)]
