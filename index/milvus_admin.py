@@ -78,14 +78,6 @@ def point_live_aliases(client: Any, root: str, prefix: str) -> None:
     log.info("Milvus aliases %s_live_* name %s_*", root, prefix)
 
 
-def live_collection(client: Any, root: str) -> str | None:
-    """The items collection `{root}_live_items` names, or None when there is no alias."""
-    alias = live_alias_names(root)[0]
-    if alias not in _aliases(client):
-        return None
-    return str(client.describe_alias(alias)["collection_name"])
-
-
 def recorded_identity(client: Any, prefix: str) -> dict[str, Any] | None:
     """The model an index's items collection records (index.milvus_collection.identity), or
     None when there is no such collection."""
