@@ -67,6 +67,9 @@ async def oversize(
         except ConnectionError:
             break
         sent += len(piece)
+        # drain() returns without yielding while the server reads as fast as this writes:
+        # yield once, so an answer that has arrived is seen before the next piece goes out.
+        await asyncio.sleep(0)
     try:
         status = (await asyncio.wait_for(answer, 60)).decode().strip()
     except (TimeoutError, ConnectionError) as exc:

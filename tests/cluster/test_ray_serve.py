@@ -224,8 +224,14 @@ def test_a_request_through_ray_is_one_trace_across_the_replicas(
         return [s for s in spans if s.trace_id in roots]
 
     def across(spans: list[ReceivedSpan]) -> bool:
-        roles = {s.resource.get("resnet_serve.role") for s in of_the_request(spans)}
-        return {"http", "ray-model", "ray-index"} <= roles
+        """Every process's spans are in, the Ingress's too (each process exports on its own
+        schedule): the model replica's call and the span it is a child of."""
+        received = of_the_request(spans)
+        roles = {s.resource.get("resnet_serve.role") for s in received}
+        ids = {s.span_id for s in received}
+        calls = [s for s in received if s.name == "ray infer"]
+        parented = bool(calls) and all(s.parent_span_id in ids for s in calls)
+        return {"http", "ray-model", "ray-index"} <= roles and parented
 
     receiver.wait_for(across, allowance(60))
     spans = of_the_request(receiver.spans)
