@@ -11,7 +11,6 @@ one-client p50 within +1 ms.
 """
 
 import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from loadtest.common.load import measure_load
-from loadtest.common.processes import free_port, start_service, stop
+from loadtest.common.processes import fp32_batch8_env, free_port, start_service, stop
 from loadtest.common.synthetic_head import write_head
 
 SIZES = (10, 100, 500, 1000)
@@ -45,15 +44,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    env = os.environ | {
-        "RESNET_SERVE_BACKEND": "torch",
-        "RESNET_SERVE_PRECISION": "fp32",
-        "RESNET_SERVE_MAX_BATCH_SIZE": "8",
-        "RESNET_SERVE_CACHE_MEMORY_BYTES": "0",
-        "RESNET_SERVE_UI": "false",
-    }
-    if args.weights:
-        env["RESNET_SERVE_WEIGHTS"] = args.weights
+    env = fp32_batch8_env(args.weights)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     figures: dict[str, list[tuple[float, float]]] = {"none": [], "4 heads": []}

@@ -20,13 +20,12 @@ request ends in a status (counted), and no 5xx.
 """
 
 import argparse
-import os
 from typing import Any
 
 import psutil
 
 from loadtest.common.load import Group, Samples, drive_groups, percentiles
-from loadtest.common.processes import free_port, start_service, stop
+from loadtest.common.processes import fp32_batch8_env, free_port, start_service, stop
 from loadtest.common.scrape import scrape, step_metrics
 
 EARLY_RETRY_S = 0.05
@@ -34,19 +33,12 @@ REFUSAL_BOUND_MS = 10.0
 
 
 def service_env(args: argparse.Namespace, target_ms: float) -> dict[str, str]:
-    env = os.environ | {
-        "RESNET_SERVE_BACKEND": "torch",
-        "RESNET_SERVE_PRECISION": "fp32",
-        "RESNET_SERVE_MAX_BATCH_SIZE": "8",
-        "RESNET_SERVE_WORKERS": "1",
-        "RESNET_SERVE_TARGET_LATENCY_MS": str(target_ms),
-        "RESNET_SERVE_CACHE_MEMORY_BYTES": "0",
-        "RESNET_SERVE_UI": "false",
-        "RESNET_SERVE_MAX_BATCH_FILES": "8",
-    }
-    if args.weights:
-        env["RESNET_SERVE_WEIGHTS"] = args.weights
-    return env
+    return fp32_batch8_env(
+        args.weights,
+        RESNET_SERVE_WORKERS="1",
+        RESNET_SERVE_TARGET_LATENCY_MS=str(target_ms),
+        RESNET_SERVE_MAX_BATCH_FILES="8",
+    )
 
 
 def p99_ms(seconds: list[float]) -> float:

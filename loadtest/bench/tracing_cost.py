@@ -13,13 +13,12 @@ Targets: tracing on costs <= 3% of throughput; for the median request the spans 
 """
 
 import argparse
-import os
 import statistics
 from collections import defaultdict
 
 from loadtest.common.load import measure_load
 from loadtest.common.otlp_receiver import OtlpReceiver, ReceivedSpan
-from loadtest.common.processes import free_port, start_service, stop
+from loadtest.common.processes import fp32_batch8_env, free_port, start_service, stop
 
 _PARTS = ("admission", "read body", "cache lookup", "decode", "model")
 
@@ -64,15 +63,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    base = os.environ | {
-        "RESNET_SERVE_BACKEND": "torch",
-        "RESNET_SERVE_PRECISION": "fp32",
-        "RESNET_SERVE_MAX_BATCH_SIZE": "8",
-        "RESNET_SERVE_CACHE_MEMORY_BYTES": "0",
-        "RESNET_SERVE_UI": "false",
-    }
-    if args.weights:
-        base["RESNET_SERVE_WEIGHTS"] = args.weights
+    base = fp32_batch8_env(args.weights)
     receiver = OtlpReceiver()
     traced = base | {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
     off, on = [], []

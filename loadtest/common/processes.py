@@ -171,3 +171,18 @@ def service_at(url: str | None, env: dict[str, str]) -> Iterator[tuple[str, int 
         yield f"http://127.0.0.1:{port}", service.pid
     finally:
         stop(service)
+
+
+def fp32_batch8_env(weights: str | None, **extra: str) -> dict[str, str]:
+    """The benchmarks' service: this environment, torch fp32, batch 8, no result cache (every
+    image reaches the model), no web page; `weights` as RESNET_SERVE_WEIGHTS when given."""
+    env = os.environ | {
+        "RESNET_SERVE_BACKEND": "torch",
+        "RESNET_SERVE_PRECISION": "fp32",
+        "RESNET_SERVE_MAX_BATCH_SIZE": "8",
+        "RESNET_SERVE_CACHE_MEMORY_BYTES": "0",
+        "RESNET_SERVE_UI": "false",
+    }
+    if weights:
+        env["RESNET_SERVE_WEIGHTS"] = weights
+    return env | extra
