@@ -9,10 +9,14 @@ Batch tab uploads many images at once. The declared Content-Length is checked at
 (413 before a byte is read); a chunked body is counted as it arrives and refused as soon as
 it passes the limit.
 
-JSON bodies are held in memory whole until parsed (multipart parts go to spooled files), so
-beyond its first MiB every JSON body draws on one budget for the process
-(LARGE_JSON_BUDGET_BYTES): many large JSON bodies arriving at once get 429 with Retry-After
-instead of holding gigabytes; small ones, such as a typical image in base64, never wait.
+Past its first MiB a body is large, and large bodies are bounded for the process as a whole,
+so a flood of them costs neither memory nor the CPU the model needs (small ones, such as a
+typical image, never wait): JSON bodies are held in memory whole until parsed (multipart
+parts go to spooled files), so their bytes past the first MiB draw on one budget
+(LARGE_JSON_BUDGET_BYTES); and only a few large bodies of any kind are read at once (two a
+core): each one read is CPU (parsing, spooling) taken from the model, and 64 streams each
+sent up to a route's limit are gigabytes. Past either bound a body gets 429 with
+Retry-After, as soon as it passes its first MiB.
 """
 
 import math
@@ -24,15 +28,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batching import QueueFull
 from service.errors import PayloadTooLarge, error_response
-from service.settings import Settings
+from service.settings import Settings, available_cores
 
 BodyKind = Literal["image", "two_images", "batch", "json"]
 _KEY = "x-body-limit"
 _FIELDS_BYTES = 64 * 1024  # metadata, a filter, top_k, the multipart framing of a few parts
 _PART_FRAMING_BYTES = 1024  # a multipart part's boundary and headers
 JSON_BODY_BYTES = 1024 * 1024  # a route that declares nothing: a JSON document, no images
-FREE_JSON_BYTES = 1024 * 1024  # what any JSON body holds without drawing on the budget
+FREE_BODY_BYTES = 1024 * 1024  # a body up to this is small: never bounded, never waits
 LARGE_JSON_BUDGET_BYTES = 64 * 1024 * 1024  # JSON bytes past the free MiB, all bodies at once
+LARGE_BODIES_PER_CORE = 2  # large bodies read at once, of any kind
 _BUSY_RETRY_S = 1.0
 
 
@@ -72,6 +77,8 @@ class BodyLimit:
         self._settings = settings
         self._by_route: dict[int, tuple[int, str]] = {}  # id(route) -> (bytes, description)
         self._large_json_held = 0  # bytes of JSON bodies past their free MiB, all requests
+        self._large_bodies = 0  # bodies past their free MiB being read now
+        self._large_bodies_at_once = LARGE_BODIES_PER_CORE * available_cores()
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
         """The limit of the route the request goes to; a path under a mounted app (the web
@@ -105,23 +112,34 @@ class BodyLimit:
             return
         seen = 0
         held = 0  # this body's bytes drawn on the large-JSON budget
+        large = False  # whether this body counts among the large ones being read
         is_json = headers.get(b"content-type", b"").startswith(b"application/json")
 
         async def counting_receive() -> Message:
-            nonlocal seen, held
+            nonlocal seen, held, large
             received = await receive()
             if received["type"] == "http.request":
                 seen += len(received.get("body", b""))
                 if seen > max_bytes:  # chunked bodies have no content-length to check
                     raise PayloadTooLarge(message)
+                if seen > FREE_BODY_BYTES and not large:
+                    large = self._start_large_body()
                 if is_json:
-                    held += self._draw(max(0, seen - FREE_JSON_BYTES) - held)
+                    held += self._draw(max(0, seen - FREE_BODY_BYTES) - held)
             return received
 
         try:
             await self.app(scope, counting_receive, send)
         finally:
             self._large_json_held -= held
+            self._large_bodies -= large
+
+    def _start_large_body(self) -> bool:
+        """Count one more large body being read (one event loop: no lock needed)."""
+        if self._large_bodies >= self._large_bodies_at_once:
+            raise QueueFull(0, _BUSY_RETRY_S, "too many large bodies are arriving at once")
+        self._large_bodies += 1
+        return True
 
     def _draw(self, more: int) -> int:
         """Take `more` bytes of the large-JSON budget (one event loop: no lock needed)."""

@@ -120,7 +120,7 @@ def test_large_json_bodies_at_once_draw_on_one_budget(
     and what a finished request drew is given back."""
     from service.http import limits
 
-    monkeypatch.setattr(limits, "FREE_JSON_BYTES", 0)
+    monkeypatch.setattr(limits, "FREE_BODY_BYTES", 0)
     monkeypatch.setattr(limits, "LARGE_JSON_BUDGET_BYTES", 1000)
     body = json_of_size(100_000)
     for chunked in (False, True):
@@ -138,3 +138,52 @@ def test_large_json_bodies_at_once_draw_on_one_budget(
     assert post(client, "/v1/classify", multipart, content_type, chunked=False) != 429
     small = json_of_size(900)  # the budget came back: a small one fits
     assert post(client, "/v1/classify", small, "application/json", chunked=False) != 429
+
+
+async def test_only_a_few_large_bodies_are_read_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its free first MiB (ten bytes here) a body of any kind counts as large, and only
+    a few are read at once (one here): another is refused as it passes its first MiB, with
+    the retry hint; a small one is never held up; a finished one gives its place back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from batching import QueueFull
+    from service.http import limits
+    from service.settings import Settings
+
+    monkeypatch.setattr(limits, "FREE_BODY_BYTES", 10)
+    monkeypatch.setattr(limits, "LARGE_BODIES_PER_CORE", 1)
+    monkeypatch.setattr(limits, "available_cores", lambda: 1)
+    first_piece_read = asyncio.Event()
+    finish_first = asyncio.Event()
+
+    async def reads_the_body(scope: dict, receive: object, send: object) -> None:
+        while (await receive())["more_body"]:  # type: ignore[operator]
+            first_piece_read.set()
+
+    door = limits.BodyLimit(reads_the_body, [], Settings())
+    scope = {
+        "type": "http",
+        "path": "/x",
+        "headers": [],
+        "app": SimpleNamespace(router=SimpleNamespace(routes=[])),
+    }
+
+    def body(pieces: list[bytes], wait: asyncio.Event | None = None) -> object:
+        async def receive() -> dict:
+            piece = pieces.pop(0)
+            if not pieces and wait is not None:
+                await wait.wait()
+            return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+
+        return receive
+
+    first = asyncio.create_task(door(scope, body([b"x" * 20, b"y" * 20, b""], finish_first), None))
+    await first_piece_read.wait()
+    with pytest.raises(QueueFull) as refused:
+        await door(scope, body([b"x" * 20, b""]), None)
+    assert "large bodies" in str(refused.value) and refused.value.retry_after_s >= 1
+    await door(scope, body([b"x" * 5, b""]), None)  # a small body is read meanwhile
+    finish_first.set()
+    await first
+    await door(scope, body([b"x" * 20, b""]), None)  # the place came back
