@@ -5,6 +5,11 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from batching.batcher_types import CloseReason
+from batching.metric_families import family
+
+# Batch sizes up to a GPU's largest; one set for every host, so versions share the metric.
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_REJECTED_REASONS = ("queue_full", "latency_target", "bulk_shed")
 
 
 class BatchObserver(Protocol):
@@ -18,81 +23,105 @@ class BatchObserver(Protocol):
 
 
 class PrometheusBatchObserver:
-    """Batch sizes, close reasons, queue depth and wait, run time; on a caller's registry."""
+    """Batch sizes, close reasons, queue depth and wait, run time, on a caller's registry,
+    labelled with the model version whose batcher this is (every version's host in a
+    process reports on the same metrics)."""
 
-    def __init__(self, registry: CollectorRegistry, max_batch_size: int) -> None:
-        size_buckets = sorted({1, 2, 4, 8, 16, 32, 64, max_batch_size})
-        self._size = Histogram(
+    def __init__(self, registry: CollectorRegistry, max_batch_size: int, version: str) -> None:
+        self._version = version
+        self._size = family(
+            registry,
+            Histogram,
             "batcher_batch_size",
             "Items per batch run",
-            buckets=[b for b in size_buckets if b <= max_batch_size],
-            registry=registry,
-        )
-        self._closed = Counter(
+            ["version"],
+            buckets=_SIZE_BUCKETS,
+        ).labels(version)
+        self._closed = family(
+            registry,
+            Counter,
             "batcher_batches",
             "Batches run, by why they closed and outcome",
-            ["reason", "outcome"],
-            registry=registry,
+            ["version", "reason", "outcome"],
         )
-        self._run = Histogram(
+        self._run = family(
+            registry,
+            Histogram,
             "batcher_run_seconds",
             "Time the batch function took",
-            registry=registry,
+            ["version"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        self._wait = Histogram(
+        ).labels(version)
+        self._wait = family(
+            registry,
+            Histogram,
             "batcher_queue_wait_seconds",
             "Time from submit to batch start",
-            registry=registry,
+            ["version"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-        )
+        ).labels(version)
         # In multi-process mode a dead worker's value goes with it (live*), never stays behind.
-        self._depth = Gauge(
+        self._depth = family(
+            registry,
+            Gauge,
             "batcher_queue_depth",
             "Items waiting for a batch",
-            registry=registry,
+            ["version"],
             multiprocess_mode="livesum",
-        )
-        self._rejected = Counter(
+        ).labels(version)
+        self._rejected = family(
+            registry,
+            Counter,
             "batcher_rejected",
             "Items refused: queue_full, latency_target (would finish too late), or bulk_shed "
             "(bulk work refused first, while interactive work is still taken)",
-            ["reason"],
-            registry=registry,
+            ["version", "reason"],
         )
-        for reason in ("queue_full", "latency_target", "bulk_shed"):
-            self._rejected.labels(reason=reason)  # 0 from the start: dashboards see every one
-        self._hung = Gauge(
+        for reason in _REJECTED_REASONS:
+            self._rejected.labels(version, reason)  # 0 from the start: dashboards see each
+        self._hung = family(
+            registry,
+            Gauge,
             "batcher_hung",
             "1 while a batch has run past the watchdog bound",
-            registry=registry,
+            ["version"],
             multiprocess_mode="livemax",
-        )
-        self._hangs = Counter(
-            "batcher_hangs", "Batches that ran past the watchdog bound", registry=registry
-        )
-        self._expired = Counter(
-            "batcher_expired", "Items dropped because their deadline passed", registry=registry
-        )
-        self._limit = Gauge(
+        ).labels(version)
+        self._hangs = family(
+            registry,
+            Counter,
+            "batcher_hangs",
+            "Batches that ran past the watchdog bound",
+            ["version"],
+        ).labels(version)
+        self._expired = family(
+            registry,
+            Counter,
+            "batcher_expired",
+            "Items dropped because their deadline passed",
+            ["version"],
+        ).labels(version)
+        self._limit = family(
+            registry,
+            Gauge,
             "batcher_batch_size_limit",
             "The largest batch run now: below the configured maximum while a latency target "
             "below two batch times needs smaller batches",
-            registry=registry,
+            ["version"],
             multiprocess_mode="livemin",
-        )
+        ).labels(version)
         self._limit.set(max_batch_size)
 
     def batch_ran(self, size: int, reason: CloseReason, run_s: float, ok: bool) -> None:
         self._size.observe(size)
-        self._closed.labels(reason=reason.value, outcome="ok" if ok else "error").inc()
+        self._closed.labels(self._version, reason.value, "ok" if ok else "error").inc()
         self._run.observe(run_s)
 
     def item_started(self, queued_s: float) -> None:
         self._wait.observe(queued_s)
 
     def item_rejected(self, reason: str) -> None:
-        self._rejected.labels(reason=reason).inc()
+        self._rejected.labels(self._version, reason).inc()
 
     def item_expired(self) -> None:
         self._expired.inc()

@@ -75,7 +75,7 @@ async def in_process(
     # torch is imported where the model runs: HTTP workers import this module without it.
     from service.hosting.host import InProcessModel, ModelHost
 
-    host = ModelHost(settings, registry)
+    host = ModelHost(settings, registry, name)
     # Loading fails fast (ModelLoadError) so a misconfigured server never starts serving.
     await host.load()
     # A model change refuses to open an index of other vectors (ModelMismatch): fail fast.
@@ -141,7 +141,7 @@ def create_app(
             # Everything loaded so far lives as long as the process: out of the collector's
             # sight, a full collection no longer walks it and stalls every request in flight.
             gc.freeze()
-            first = Serving(live, pipeline, parts.index, parts.inspector)
+            first = Serving(live, pipeline, parts.index, parts.inspector, metrics=metrics_registry)
             switch(first)
             hosted = None if versions is None else versions(settings, first, components, switch)
             app.state.versions = hosted

@@ -13,13 +13,14 @@ from batching import BatchOutcome
 from service.cluster.deployments import replica_settings
 from service.hosting.host import ModelHost
 from service.model.model_io import ModelInput, ModelResult
+from service.versions.registry import DEFAULT
 
 
 @serve.deployment(name="Model", max_ongoing_requests=256)
 class RayBatchedModel:
     async def __init__(self) -> None:  # type: ignore[misc]
         settings = replica_settings()
-        self._host = ModelHost(settings, CollectorRegistry())
+        self._host = ModelHost(settings, CollectorRegistry(), DEFAULT)
         await self._host.load()  # its own batcher is never started: @serve.batch batches
         batched: Any = self._infer  # @serve.batch's setters are not in its type
         batched.set_max_batch_size(self._host.runtime.batch_size)

@@ -137,7 +137,8 @@ def main() -> None:
     service = start_service(service_env(args, low_target_ms), port)
     try:
         (low,), low_step = run_round(url, service.pid, "low target", [Group(16)], args)
-        limit = scrape(url).get(("batcher_batch_size_limit", ()), float("nan"))
+        limits = [v for (n, _), v in scrape(url).items() if n == "batcher_batch_size_limit"]
+        limit = min(limits, default=float("nan"))
         print(f"low target: batch limit {limit:.0f}", flush=True)
     finally:
         stop(service)

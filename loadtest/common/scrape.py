@@ -69,12 +69,14 @@ def step_metrics(before: Samples, after: Samples, wall_s: float) -> StepMetrics:
 
 
 def _bucket_counts(before: Samples, after: Samples) -> dict[str, int]:
-    """Batches per batch-size range, from the cumulative histogram buckets."""
-    cumulative = sorted(
-        (float(dict(pairs)["le"]), value - before.get((name, pairs), 0.0))
-        for (name, pairs), value in after.items()
-        if name == "batcher_batch_size_bucket"
-    )
+    """Batches per batch-size range, from the cumulative histogram buckets (of every model
+    version: summed by bound)."""
+    by_bound: dict[float, float] = {}
+    for (name, pairs), value in after.items():
+        if name == "batcher_batch_size_bucket":
+            bound = float(dict(pairs)["le"])
+            by_bound[bound] = by_bound.get(bound, 0.0) + value - before.get((name, pairs), 0.0)
+    cumulative = sorted(by_bound.items())
     counts: dict[str, int] = {}
     lower, below = 0.0, 0.0
     for upper, count in cumulative:

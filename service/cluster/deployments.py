@@ -47,6 +47,7 @@ from service.transport.operations import (
     implemented,
 )
 from service.transport.ray_link import RayLink
+from service.versions.registry import DEFAULT
 
 # Defaults that fit one 2-core machine (Model 1 CPU, Ingress and Index half each); the
 # deployment config (deploy/ray/serve.yaml, deploy/kuberay) sizes them for a cluster.
@@ -94,7 +95,7 @@ class Model(_Dispatch):
         tracing.configure("ray-model")
         settings = replica_settings()
         self._drain_s = settings.request_timeout_s
-        self._host = ModelHost(settings, CollectorRegistry())
+        self._host = ModelHost(settings, CollectorRegistry(), DEFAULT)
         await self._host.load()
         await self._host.start()
         self._methods = implemented(HostedModelOperations.ALL, HostedModel(self._host)) | (

@@ -18,6 +18,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from batching import QueueFull
+from batching.metric_families import family
 from service.errors import ServiceError, Unavailable
 from service.explain.explainer import Explainer
 from service.explain.inspection import CamResult, FeatureMaps, ModelCard
@@ -28,26 +29,40 @@ T = TypeVar("T")
 
 
 class InspectorMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
+    """A model version's inspections (every version's inspector in a process reports on
+    the same metrics, by its `version` label)."""
+
+    def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        self._version = version
+        self._requests = family(
+            registry,
+            Counter,
             "explain_requests",
             "Inspection requests by kind and outcome",
-            ["kind", "outcome"],
-            registry=registry,
+            ["version", "kind", "outcome"],
         )
-        self.seconds = Histogram(
+        self._seconds = family(
+            registry,
+            Histogram,
             "explain_seconds",
             "Time an inspection took to compute",
-            ["kind"],
-            registry=registry,
+            ["version", "kind"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.in_flight = Gauge(
+        self.in_flight = family(
+            registry,
+            Gauge,
             "explain_in_flight",
             "Inspections running or waiting",
-            registry=registry,
+            ["version"],
             multiprocess_mode="livesum",
-        )
+        ).labels(version)
+
+    def requests(self, kind: str, outcome: str) -> None:
+        self._requests.labels(self._version, kind, outcome).inc()
+
+    def seconds(self, kind: str, elapsed: float) -> None:
+        self._seconds.labels(self._version, kind).observe(elapsed)
 
 
 class InProcessInspector:
@@ -61,6 +76,7 @@ class InProcessInspector:
         concurrency: int,
         queue: int,
         registry: CollectorRegistry,
+        version: str,
     ) -> None:
         self._explainer = explainer
         self._serving = serving  # backend, precision, device: what serves now
@@ -71,7 +87,7 @@ class InProcessInspector:
         # Each explanation in its own passing thread (see passing_thread): a pool of idle
         # explain threads would slow every forward of the serving model on the CPU.
         self._running = asyncio.Semaphore(concurrency)
-        self._metrics = InspectorMetrics(registry)
+        self._metrics = InspectorMetrics(registry, version)
         self._card: tuple[tuple[str, str, str], ModelCard] | None = None
 
     async def cam(
@@ -100,7 +116,7 @@ class InProcessInspector:
 
     async def _run(self, kind: str, work: Callable[[], T]) -> T:
         if self._admitted >= self._limit:
-            self._metrics.requests.labels(kind, "rejected").inc()
+            self._metrics.requests(kind, "rejected")
             waiting_rounds = math.ceil((self._admitted + 1) / self._concurrency)
             raise QueueFull(self._admitted, max(1.0, waiting_rounds * self._seconds_each))
         self._admitted += 1
@@ -113,18 +129,18 @@ class InProcessInspector:
             if not is_out_of_memory(exc):
                 raise
             release_cached_memory()
-            self._metrics.requests.labels(kind, "out_of_memory").inc()
+            self._metrics.requests(kind, "out_of_memory")
             raise Unavailable(
                 "the device ran out of memory for this explanation; try again later"
             ) from exc
         except ServiceError:
-            self._metrics.requests.labels(kind, "invalid").inc()
+            self._metrics.requests(kind, "invalid")
             raise
         finally:
             self._admitted -= 1
             self._metrics.in_flight.dec()
         elapsed = time.perf_counter() - started
         self._seconds_each = 0.8 * self._seconds_each + 0.2 * elapsed
-        self._metrics.seconds.labels(kind).observe(elapsed)
-        self._metrics.requests.labels(kind, "ok").inc()
+        self._metrics.seconds(kind, elapsed)
+        self._metrics.requests(kind, "ok")
         return result

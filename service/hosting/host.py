@@ -23,6 +23,7 @@ from dataclasses import replace as replaced
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from batching import BatchActivity, Batcher, BatchOutcome, Priority, PrometheusBatchObserver
+from batching.metric_families import family
 from batching.thread_priority import lower_this_threads_priority
 from service import tracing
 from service.errors import NotReady
@@ -57,9 +58,12 @@ _SEARCH_STOP_S = 30.0
 class ModelHost:
     """The live runtime, its batcher and inspector, and the background backend search."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry, version: str) -> None:
+        """`version`: the model version this host serves, the label of its metrics (every
+        version's host in a process reports on the same metrics of `registry`)."""
         self._settings = settings
         self._registry = registry
+        self._version = version
         self._live: ModelRuntime | None = None
         self._parts: ModelParts | None = None  # kept while a search is due
         self._batcher: ModelBatcher | None = None
@@ -72,16 +76,21 @@ class ModelHost:
         self._activity: ServingActivity | None = None
         # Set once no search is due or running any more (its winner, if any, serving).
         self.searched = threading.Event()
-        self._backend = Gauge(
+        self._backend = family(
+            registry,
+            Gauge,
             "model_backend",
             "1 for the backend that serves now (0 for those it replaced)",
-            ["backend", "batch_size"],
-            registry=registry,
+            ["version", "backend", "batch_size"],
             multiprocess_mode="livemax",
         )
-        self._swaps = Counter(
-            "model_backend_swaps", "Times what serves was replaced while serving", registry=registry
-        )
+        self._swaps = family(
+            registry,
+            Counter,
+            "model_backend_swaps",
+            "Times what serves was replaced while serving",
+            ["version"],
+        ).labels(version)
 
     async def load(self) -> None:
         """Load the model and make it ready on one warm backend (raises ModelLoadError)."""
@@ -98,14 +107,15 @@ class ModelHost:
             runtime,
             self._settings,
             self._registry,
+            self._version,
             largest=max(BATCH_SIZES[runtime.device.split(":")[0]]),
             activity=self._activity,
         )
-        self._backend.labels(runtime.backend.name, str(runtime.batch_size)).set(1)
+        self._backend.labels(self._version, runtime.backend.name, str(runtime.batch_size)).set(1)
         hand_the_gil_over_quickly()  # the event loop shares this process with the model
         for warning in runtime.spec.warnings:
             log.warning(warning)
-        self._inspector = await inspector_for(self, self._settings, self._registry)
+        self._inspector = await inspector_for(self, self._settings, self._registry, self._version)
         log.info(
             "ready in %.1f s: %s on %s, %s at batch %d",
             time.perf_counter() - started,
@@ -195,8 +205,8 @@ class ModelHost:
             max_queue=max(self._settings.queue_size, 2 * runtime.batch_size),
             seconds_per_item=1 / speed if speed > 0 else None,
         )
-        self._backend.labels(old.backend.name, str(old.batch_size)).set(0)
-        self._backend.labels(runtime.backend.name, str(runtime.batch_size)).set(1)
+        self._backend.labels(self._version, old.backend.name, str(old.batch_size)).set(0)
+        self._backend.labels(self._version, runtime.backend.name, str(runtime.batch_size)).set(1)
         if runtime.backend is not old.backend or runtime.batch_size != old.batch_size:
             self._swaps.inc()  # the same backend, newly measured, is no swap
         log.info(
@@ -260,7 +270,7 @@ class ModelHost:
 
 
 async def inspector_for(
-    host: ModelHost, settings: Settings, registry: CollectorRegistry
+    host: ModelHost, settings: Settings, registry: CollectorRegistry, version: str
 ) -> InProcessInspector:
     """The fp32 inspection path beside the served model, with its own admission limit."""
     runtime = host.runtime
@@ -285,6 +295,7 @@ async def inspector_for(
         concurrency=settings.explain_concurrency,
         queue=settings.explain_queue,
         registry=registry,
+        version=version,
     )
 
 
@@ -316,11 +327,13 @@ def model_batcher(
     runtime: "ModelRuntime",
     settings: Settings,
     registry: CollectorRegistry,
+    version: str,
     largest: int,
     activity: BatchActivity | None = None,
 ) -> ModelBatcher:
     """The batcher in front of a runtime (`run_batch` runs whichever is live), with its
-    metrics on `registry`; `largest`: the biggest batch size a replacement may bring.
+    metrics on `registry` as model version `version`'s; `largest`: the biggest batch size a
+    replacement may bring.
 
     The queue holds at least two batches: a shorter one would refuse work the model could
     take (a GPU's batch of 256 against the default queue of 64). The latency target leaves a
@@ -328,7 +341,7 @@ def model_batcher(
     On a CPU the model's threads run `MODEL_NICE` steps nicer than those answering requests.
     The runtime's fallback counts are exported on the same registry.
     """
-    runtime.fallbacks.bind(registry)
+    runtime.fallbacks.bind(registry, version)
     return Batcher(
         run_batch,
         max_batch_size=runtime.batch_size,
@@ -341,7 +354,7 @@ def model_batcher(
             if runtime.device == "cpu"
             else None
         ),
-        observer=PrometheusBatchObserver(registry, max(largest, runtime.batch_size)),
+        observer=PrometheusBatchObserver(registry, max(largest, runtime.batch_size), version),
         activity=activity,
         tracing=tracing.BatchSpans() if tracing.on() else None,
         name="model",

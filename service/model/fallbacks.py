@@ -3,7 +3,7 @@
 A device that cannot do what was asked of it (decode JPEGs, pin memory, hold the largest
 batch, build a candidate backend) must not take requests down with it: the host falls back
 to something that works and says so, once in the log, in /readyz's `warnings` for as long as
-it lasts, and as a count in /metrics (`model_fallbacks_total{kind}`).
+it lasts, and as a count in /metrics (`model_fallbacks_total{version,kind}`).
 """
 
 import logging
@@ -11,6 +11,8 @@ import threading
 from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter
+
+from batching.metric_families import family
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class Fallbacks:
         self._warnings: dict[str, str] = {}
         self._counts: Tally[str] = Tally()
         self._counter: Counter | None = None
+        self._version = ""  # the model version whose counts these are, once bound
         self._lock = threading.Lock()
 
     def warn(self, topic: str, message: str) -> None:
@@ -39,20 +42,23 @@ class Fallbacks:
         with self._lock:
             self._counts[kind] += amount
             if self._counter is not None:
-                self._counter.labels(kind).inc(amount)
+                self._counter.labels(self._version, kind).inc(amount)
 
-    def bind(self, registry: CollectorRegistry) -> None:
-        """Export the counts on `registry` from now on (those so far included)."""
+    def bind(self, registry: CollectorRegistry, version: str) -> None:
+        """Export the counts on `registry`, as model version `version`'s, from now on
+        (those so far included)."""
         with self._lock:
-            self._counter = Counter(
+            self._counter = family(
+                registry,
+                Counter,
                 "model_fallbacks",
                 "Work the model host did another way than configured because the device "
                 "could not (kind: jpeg_host_decode, oom_split, pageable_copy)",
-                ["kind"],
-                registry=registry,
+                ["version", "kind"],
             )
+            self._version = version
             for kind, amount in self._counts.items():
-                self._counter.labels(kind).inc(amount)
+                self._counter.labels(version, kind).inc(amount)
 
     @property
     def warnings(self) -> list[str]:

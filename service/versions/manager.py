@@ -74,6 +74,7 @@ class ModelVersions:
     ) -> None:
         self._settings = settings
         self._parts = parts
+        self._metrics = first.metrics  # every version's model metrics beside the first's
         self._on_switch = on_switch
         self._file = RegistryFile(settings.data_dir, default_record(settings))
         registry = self._file.load()
@@ -228,7 +229,7 @@ class ModelVersions:
         name = version.record.name
         try:
             settings = version_settings(self._settings, version.record)
-            version.serving = await open_serving(name, settings, self._parts)
+            version.serving = await open_serving(name, settings, self._parts, self._metrics)
             version.state = "re-embedding"
             live = self._live_serving()
             version.synced_to = read_watermark(settings, live.name)

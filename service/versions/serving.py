@@ -23,6 +23,9 @@ class Serving:
     index: ItemIndex
     inspector: ModelInspector
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    # Where its parts' metrics are exported, labelled with its name; a manager opens every
+    # other version's parts on the same registry (None: a registry of its own).
+    metrics: CollectorRegistry | None = None
 
 
 # A version's parts (service.app.ServiceParts), by its name and settings: where they live.
@@ -33,8 +36,8 @@ async def open_serving(
     name: str, settings: Settings, parts: Parts, exported: CollectorRegistry | None = None
 ) -> Serving:
     """Load a version: its model host (raises ModelLoadError) and its index. Its parts'
-    metrics go to `exported` (a worker's first version) or, like its pipeline's, to a
-    registry of its own: a second host's metrics would collide with the first one's."""
+    metrics go to `exported`, where every version's model host reports on the same metrics
+    told apart by a `version` label (None: a registry of its own, as its pipeline's)."""
     stack = AsyncExitStack()
     try:
         registry = CollectorRegistry()
@@ -45,7 +48,7 @@ async def open_serving(
     except BaseException:
         await stack.aclose()
         raise
-    return Serving(name, pipeline, loaded.index, loaded.inspector, stack)
+    return Serving(name, pipeline, loaded.index, loaded.inspector, stack, exported)
 
 
 class Versions(Protocol):

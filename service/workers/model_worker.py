@@ -140,7 +140,7 @@ def version_components(sockets: Path, indexes: IndexesThere) -> Components:
     async def components(
         name: str, settings: Settings, registry: CollectorRegistry
     ) -> AsyncIterator[ServiceParts]:
-        host = ModelHost(settings, registry)
+        host = ModelHost(settings, registry, name)
         await host.load()
         index = await indexes.open(name, settings.data_dir, host.runtime.spec)
         try:
@@ -156,7 +156,7 @@ def version_components(sockets: Path, indexes: IndexesThere) -> Components:
 async def serve_model(settings: Settings, sockets: Path, device: int) -> None:
     live, live_settings = ModelVersions.live_settings(settings)
     if device > 0:
-        await _serve_one(live_settings, model_socket(sockets, device, live))
+        await _serve_one(live_settings, model_socket(sockets, device, live), live)
         return
     indexes = IndexesThere(sockets)
     await indexes.start()
@@ -181,8 +181,8 @@ def _nothing_to_do(_: Serving) -> None:
     """The HTTP workers see the switch in the registry file the manager replaces."""
 
 
-async def _serve_one(settings: Settings, socket_path: Path) -> None:
-    host = ModelHost(settings, worker_registry())
+async def _serve_one(settings: Settings, socket_path: Path, version: str) -> None:
+    host = ModelHost(settings, worker_registry(), version)
     await host.load()
     model = PublishedModel(host, socket_path)
     await model.start()

@@ -19,6 +19,8 @@ from batching import (
     QueueFull,
 )
 
+VERSION = "v7"  # the model version whose batcher a test observes (the metrics' label)
+
 
 class RecordingModel:
     """Doubles its inputs; records every batch; can be held mid-batch with `gate`."""
@@ -74,7 +76,7 @@ async def observed(
     """A batcher reporting to its own registry."""
     registry = CollectorRegistry()
     size = int(options.get("max_batch_size", 8))  # type: ignore[call-overload]
-    observer = PrometheusBatchObserver(registry, size)
+    observer = PrometheusBatchObserver(registry, size, VERSION)
     return await make_batcher(observer=observer, **options), registry
 
 
@@ -124,7 +126,8 @@ async def test_with_no_max_wait_an_idle_model_starts_at_once(
     model.gate.set()
     assert (await task).batch_size == 1
     batches = registry.get_sample_value(
-        "batcher_batches_total", {"reason": CloseReason.IDLE.value, "outcome": "ok"}
+        "batcher_batches_total",
+        {"version": VERSION, "reason": CloseReason.IDLE.value, "outcome": "ok"},
     )
     assert batches == 1
 
@@ -253,7 +256,7 @@ async def test_metrics_record_sizes_and_close_reasons(model: RecordingModel) -> 
         max_batch_size=4,
         max_wait_s=0.05,
         max_queue=16,
-        observer=PrometheusBatchObserver(registry, max_batch_size=4),
+        observer=PrometheusBatchObserver(registry, max_batch_size=4, version=VERSION),
     )
     await batcher.start()
     await asyncio.gather(*(batcher.submit(i) for i in range(4)))
@@ -261,7 +264,7 @@ async def test_metrics_record_sizes_and_close_reasons(model: RecordingModel) -> 
     await batcher.stop()
 
     def sample(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(name, labels)
+        return registry.get_sample_value(name, {"version": VERSION} | labels)
 
     assert sample("batcher_batch_size_count") == 2
     assert sample("batcher_batch_size_sum") == 5
@@ -295,7 +298,8 @@ async def test_an_item_that_would_finish_past_the_latency_target_is_refused_at_o
     # Truthful: the backlog needs a few tenths of a second more before a new item fits.
     assert 0 < refused.value.retry_after_s <= 1.0
     assert [o.value for o in await asyncio.gather(*admitted)] == [0, 1, 2, 3, 4, 5]
-    assert registry.get_sample_value("batcher_rejected_total", {"reason": "latency_target"}) == 1
+    refusals = {"version": VERSION, "reason": "latency_target"}
+    assert registry.get_sample_value("batcher_rejected_total", refusals) == 1
     await batcher.submit(5)  # drained: admitted again
 
 
@@ -316,12 +320,12 @@ async def test_a_batch_past_the_watchdog_bound_marks_the_batcher_hung_until_it_e
     await wait_entered(model)
     await asyncio.sleep(0.15)
     assert batcher.hung
-    assert registry.get_sample_value("batcher_hung") == 1
-    assert registry.get_sample_value("batcher_hangs_total") == 1
+    assert registry.get_sample_value("batcher_hung", {"version": VERSION}) == 1
+    assert registry.get_sample_value("batcher_hangs_total", {"version": VERSION}) == 1
     assert "looks hung" in caplog.text
     model.gate.set()
     assert (await stuck).value == 2
-    assert not batcher.hung and registry.get_sample_value("batcher_hung") == 0
+    assert not batcher.hung and registry.get_sample_value("batcher_hung", {"version": VERSION}) == 0
 
 
 async def test_a_batch_within_the_watchdog_bound_is_not_hung(make_batcher: BatcherFactory) -> None:
@@ -451,7 +455,8 @@ async def test_bulk_items_are_refused_first_while_interactive_ones_are_taken(
     with pytest.raises(QueueFull):  # half the queue holds bulk work: no more of it
         batcher.admit(priority=Priority.BULK)
     batcher.admit()  # an interactive image still finds room
-    assert registry.get_sample_value("batcher_rejected_total", {"reason": "bulk_shed"}) == 1
+    shed = {"version": VERSION, "reason": "bulk_shed"}
+    assert registry.get_sample_value("batcher_rejected_total", shed) == 1
     model.gate.set()
     await asyncio.gather(*queued)
 
@@ -470,7 +475,8 @@ async def test_batches_shrink_to_meet_a_target_below_two_batch_times_and_grow_ba
         )
         sizes += [o.batch_size for o in outcomes if not isinstance(o, BaseException)]
     assert batcher.batch_limit <= 3  # a batch of 3 takes 0.15 s: half the target
-    assert sizes[-1] <= 3 and registry.get_sample_value("batcher_batch_size_limit") <= 3
+    limit = registry.get_sample_value("batcher_batch_size_limit", {"version": VERSION})
+    assert sizes[-1] <= 3 and limit is not None and limit <= 3
     batcher.retarget(None)  # no target: the configured size again
     assert batcher.batch_limit == 8
     outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(8)))

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -396,3 +397,27 @@ def test_index_replicas_on_milvus_share_the_items_and_losing_one_loses_nothing(
     finally:
         serve.delete("milvus-index")
         milvus.kill()
+
+
+def test_a_broken_model_directory_fails_the_deployment_naming_the_field(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A configuration error on Ray is what it is with workers: the deployment fails after
+    Ray Serve's bounded constructor retries, with the file and what to do, not a loop."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"format": 1, "num_classes": 3}')
+    (broken / "labels.json").write_text('["a", "b", "c"]')
+    model = MODEL.options(
+        num_replicas=1,
+        ray_actor_options={
+            "num_cpus": 0,
+            "runtime_env": {"env_vars": {"RESNET_SERVE_WEIGHTS": str(broken)}},
+        },
+    )
+    try:
+        with pytest.raises(RuntimeError) as failed:
+            serve.run(model.bind(), name="broken-model", route_prefix=None)
+        assert "config.json" in str(failed.value) and "base_model" in str(failed.value)
+    finally:
+        serve.delete("broken-model")

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 import loadtest.common.processes
 from loadtest.common.processes import free_port, start_service
 
@@ -51,3 +53,15 @@ def start_server(
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}:\n{log_path.read_text(errors='replace')}") from None
     return Server(process, f"http://127.0.0.1:{port}", log_path)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`."""
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+    assert values, f"{name} {labels} not in /metrics"
+    return sum(values)

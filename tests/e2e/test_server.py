@@ -2,7 +2,6 @@
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import psutil
 import pytest
 
 from loadtest.chaos.oversize_bodies import oversize
-from tests.e2e.server import UI_ON, Server, start_server
+from tests.e2e.server import UI_ON, Server, metric, start_server
 from tests.photos import jpeg
 
 pytestmark = pytest.mark.e2e
@@ -24,12 +23,6 @@ pytestmark = pytest.mark.e2e
 def unique_jpegs(count: int) -> list[bytes]:
     # Trailing bytes after the JPEG end marker make each upload unique without changing pixels.
     return [jpeg("coffee") + f"#{i}".encode() for i in range(count)]
-
-
-def metric(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
-    assert found, f"{name} not in /metrics"
-    return float(found.group(1))
 
 
 async def post_all(url: str, images: list[bytes], timeout_s: float = 60) -> list[httpx.Response]:
@@ -92,7 +85,7 @@ def test_concurrent_clients_are_batched(shared: Server) -> None:
     batches = metric(text, "batcher_batch_size_count")
     assert metric(text, "batcher_batch_size_sum") == 32  # warm-up bypasses the batcher
     assert batches < 32  # some batches held more than one image
-    assert metric(text, 'batcher_batch_size_bucket{le="1.0"}') < batches
+    assert metric(text, "batcher_batch_size_bucket", le="1.0") < batches
 
 
 def test_sigterm_finishes_in_flight_requests_then_exits(server: Server) -> None:

@@ -16,12 +16,11 @@ import psutil
 import pytest
 import redis
 import tritonclient.grpc as grpc_client
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.common.images import unique_jpegs
 from loadtest.common.processes import free_port
 from loadtest.common.synthetic_head import write_head
-from tests.e2e.server import Server, start_server
+from tests.e2e.server import Server, metric, start_server
 from tests.machine_speed import seconds_for_one_new_image
 from tests.photos import PHOTO_NAMES, encode, jpeg, photo
 from tests.redis_server import RedisServer
@@ -41,18 +40,6 @@ def workers(server: Server, role: str) -> list[psutil.Process]:
         except (psutil.ZombieProcess, psutil.NoSuchProcess):
             pass
     return found
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples called `name` whose labels include `labels`."""
-    values = [
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    ]
-    assert values, f"{name} {labels} not in /metrics"
-    return sum(values)
 
 
 def wait_ready(url: str, timeout_s: float = 60) -> None:

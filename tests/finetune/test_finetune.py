@@ -277,7 +277,7 @@ def test_a_head_attached_to_the_live_model_answers_as_its_directory_served_alone
 def batch_images(http: TestClient) -> float:
     """Images the model has run, from /metrics."""
     for line in http.get("/metrics").text.splitlines():
-        if line.startswith("batcher_batch_size_sum"):
+        if line.startswith("batcher_batch_size_sum{"):
             return float(line.split()[-1])
     raise AssertionError("no batcher_batch_size_sum on /metrics")
 

@@ -73,7 +73,7 @@ def test_mix_weights_parse_and_reject_mistakes() -> None:
 
 def test_step_metrics_are_deltas_of_the_service_metrics() -> None:
     registry = CollectorRegistry()
-    batches = PrometheusBatchObserver(registry, max_batch_size=8)
+    batches = PrometheusBatchObserver(registry, max_batch_size=8, version="default")
     hits = Counter("cache_hits", "", registry=registry)
     misses = Counter("cache_misses", "", registry=registry)
     cpu = Counter("process_cpu_seconds", "", registry=registry)

@@ -291,4 +291,4 @@ def test_expired_deadline_answers_504(tmp_path: Path) -> None:
     # 1 ms deadline: the request expires before its result (decoding alone takes longer).
     with TestClient(create_app(lite0_settings(tmp_path, request_timeout_s=0.001))) as hurried:
         assert_error(classify(hurried, jpeg("coffee")), 504, "deadline_exceeded")
-        assert "batcher_expired_total 1.0" in hurried.get("/metrics").text
+        assert 'batcher_expired_total{version="default"} 1.0' in hurried.get("/metrics").text

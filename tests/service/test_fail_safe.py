@@ -265,6 +265,7 @@ async def test_an_explanation_that_runs_out_of_device_memory_is_a_503(
         concurrency=1,
         queue=1,
         registry=CollectorRegistry(),
+        version="default",
     )
     with pytest.raises(Unavailable, match="ran out of memory"):
         await inspector.features(lite0.preprocessor(jpeg("coffee")), 3)

@@ -62,7 +62,10 @@ def test_an_image_past_the_latency_target_gets_429_before_any_work(
         # One held in the model and one queued behind it: until a full batch waits, the
         # model is never refused work, whatever the target says.
         held = []
-        for reached in ("batcher_queue_wait_seconds_count 2.0", "depth 1.0"):
+        for reached in (
+            'batcher_queue_wait_seconds_count{version="default"} 2.0',
+            'batcher_queue_depth{version="default"} 1.0',
+        ):
             held.append(pool.submit(classify, client, unique(jpeg("chelsea"))))
             wait_for_metric(client, reached)  # one at a time: each reaches the model first
         refused = classify(client, unique(jpeg("coffee")), top_k=1)
@@ -70,7 +73,7 @@ def test_an_image_past_the_latency_target_gets_429_before_any_work(
         assert "target" in refused.json()["error"]["message"]
         assert int(refused.headers["retry-after"]) >= 1
         metrics = client.get("/metrics").text
-        assert 'batcher_rejected_total{reason="latency_target"} 1.0' in metrics
+        assert 'batcher_rejected_total{reason="latency_target",version="default"} 1.0' in metrics
         # Refused at the door, the body unread; reads are not admission-bound.
         assert client.get("/v1/index").status_code == 200
         stuck_model.set()
@@ -115,11 +118,11 @@ def test_a_hung_batch_turns_readiness_red_until_it_ends(
         assert_error(ready, 503, "not_ready")
         assert "watchdog" in ready.json()["error"]["message"]
         assert_error(classify(client, unique(jpeg("coffee"))), 503, "not_ready")
-        assert "batcher_hung 1.0" in client.get("/metrics").text
+        assert 'batcher_hung{version="default"} 1.0' in client.get("/metrics").text
         stuck_model.set()
         assert stuck.result(timeout=30).status_code == 200
         assert client.get("/readyz").status_code == 200
-        assert "batcher_hangs_total 1.0" in client.get("/metrics").text
+        assert 'batcher_hangs_total{version="default"} 1.0' in client.get("/metrics").text
 
 
 def test_each_request_is_admitted_against_the_queue_of_the_version_that_serves_it(

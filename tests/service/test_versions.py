@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.common.images import unique_jpegs
 from service.app import create_app
@@ -121,6 +122,14 @@ def test_a_version_is_added_re_embedded_pinned_made_live_rolled_back_and_removed
     metrics = client.get("/metrics").text
     assert 'model_version_responses_total{status="200",version="v2"}' in metrics
     assert 'model_version_request_seconds_count{route="/v1/classify",version="v2"}' in metrics
+    # Each version's batcher reports on the same metrics, by its own label.
+    batches = {
+        sample.labels["version"]: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "batcher_batch_size_count"
+    }
+    assert batches.get("v2", 0) > 0 and batches.get("default", 0) > 0, batches
 
     assert client.delete("/v1/models/default").status_code == 409  # live, and the default
     assert client.delete("/v1/models/v2").status_code == 204
