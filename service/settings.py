@@ -239,6 +239,15 @@ class Settings(BaseSettings):
             "address as HTTP; 0: off. Needs the grpc extra"
         ),
     )
+    ray_metrics_every_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description=(
+            "on Ray: how often each Model replica publishes its metrics for the Ingress's "
+            "/metrics (a replica silent for three periods drops out)"
+        ),
+    )
     oip_model_name: str = Field(
         "resnet-serve",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import ray
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
@@ -33,6 +33,7 @@ from service import tracing
 from service.app import create_app
 from service.cluster.components import on_ray
 from service.cluster.grpc_ingress import InferenceProtocolMethods
+from service.cluster.replica_metrics import ReplicaMetrics, publish_forever
 from service.hosting.client import HUNG_MESSAGE
 from service.hosting.host import ModelHost
 from service.hosting.hosted import HostedModel
@@ -95,9 +96,14 @@ class Model(_Dispatch):
         tracing.configure("ray-model")
         settings = replica_settings()
         self._drain_s = settings.request_timeout_s
-        self._host = ModelHost(settings, CollectorRegistry(), DEFAULT)
+        registry = CollectorRegistry()
+        self._host = ModelHost(settings, registry, DEFAULT)
         await self._host.load()
         await self._host.start()
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._publishing = asyncio.create_task(
+            publish_forever(registry, replica, settings.ray_metrics_every_s)
+        )
         self._methods = implemented(HostedModelOperations.ALL, HostedModel(self._host)) | (
             implemented(InspectorOperations.ALL, self._host.inspector)
         )
@@ -107,6 +113,7 @@ class Model(_Dispatch):
             raise RuntimeError(HUNG_MESSAGE)
 
     async def __del__(self) -> None:
+        self._publishing.cancel()
         await self._host.stop(drain_timeout_s=self._drain_s)
 
 
@@ -149,7 +156,11 @@ class Ingress(InferenceProtocolMethods):
         self._servicer: Any = None
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        self._app = create_app(self._settings, self._parts, versions=None)
+        # /metrics serves the Model replicas' own metrics too (one scrape sees them all).
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        registry.register(ReplicaMetrics(self._settings.ray_metrics_every_s))
+        self._app = create_app(self._settings, self._parts, registry, versions=None)
         return self._app
 
     def inference_servicer(self) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import ray
 import tritonclient.grpc as grpc_client
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 from ray.cluster_utils import Cluster
 from tritonclient.utils import InferenceServerException
@@ -60,6 +61,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver) ->
         "RESNET_SERVE_INDEX_SNAPSHOT_EVERY": "20",
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "RESNET_SERVE_RAY_METRICS_EVERY_S": "0.5",
     }
     ray.init(address=cluster.address, runtime_env={"env_vars": env}, log_to_driver=False)
     serve.start(
@@ -416,8 +418,38 @@ def test_a_broken_model_directory_fails_the_deployment_naming_the_field(
         },
     )
     try:
-        with pytest.raises(RuntimeError) as failed:
+        with pytest.raises(RuntimeError, match="broken-model failed"):
             serve.run(model.bind(), name="broken-model", route_prefix=None)
-        assert "config.json" in str(failed.value) and "base_model" in str(failed.value)
+        why = serve.status().applications["broken-model"].deployments["Model"].message
+        assert "config.json" in why and "base_model" in why, why
     finally:
         serve.delete("broken-model")
+
+
+def test_the_model_replicas_metrics_are_on_the_ingresss_metrics(cluster: Cluster) -> None:
+    """One scrape of the Ingress sees every Model replica's own batcher metrics, under
+    their own names, each labelled with its replica."""
+    pixels = photo("rocket")
+    pixels[:2, :32] = np.random.default_rng().integers(0, 255, size=(2, 32, 3), dtype=np.uint8)
+    model_replicas = {name.split("#")[-1] for name in replicas("Model")}
+    with httpx.Client(base_url=url(), timeout=60) as http:
+
+        def images_run_by_replica() -> dict[str, float]:
+            return {
+                sample.labels["replica"]: sample.value
+                for family in text_string_to_metric_families(http.get("/metrics").text)
+                for sample in family.samples
+                if sample.name == "batcher_batch_size_sum" and sample.labels["version"] == "default"
+            }
+
+        before = sum(images_run_by_replica().values())
+        answer = http.post("/v1/classify", files=upload(encode(pixels)))
+        assert answer.status_code == 200 and answer.headers["x-cache"] == "miss"
+        wait_until(
+            lambda: (
+                images_run_by_replica().keys() >= model_replicas
+                and sum(images_run_by_replica().values()) > before
+            ),
+            allowance(30),
+            "every Model replica's metrics, and the new image, on the Ingress's /metrics",
+        )
