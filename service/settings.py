@@ -239,6 +239,25 @@ class Settings(BaseSettings):
             "address as HTTP; 0: off. Needs the grpc extra"
         ),
     )
+    ray_hop_window_ms: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        description=(
+            "on Ray: how long an image may wait for others to share its call to a Model "
+            "replica while a call is out (none waits while the replica is free)"
+        ),
+    )
+    ray_hop_calls: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description=(
+            "on Ray: calls to the Model replicas an Ingress replica has out at once; past "
+            "them images wait for one to return and then go together (two a Model replica "
+            "keeps each one's next batch waiting there)"
+        ),
+    )
     ray_metrics_every_s: float = Field(
         5.0,
         gt=0,

@@ -3,6 +3,7 @@
     python -m loadtest.bench.bench_ray compare            # serve vs Ray: 32 clients, 1 client
     python -m loadtest.bench.bench_ray scale              # 1 vs 2 Model replicas on 2 Ray nodes
     python -m loadtest.bench.bench_ray batching           # the service's batcher vs @serve.batch
+    python -m loadtest.bench.bench_ray hops               # CPU per image in each process
 
 compare: the same model and backend (RESNET_SERVE_* from the environment over ResNet50 with
 random weights on torch fp32, the same compute as the real weights) behind `resnet-serve
@@ -19,6 +20,13 @@ node can add what the first cannot. Rounds of 1 and 2 replicas alternate; median
 batching: the same Ray application with its Model replica batching by Ray Serve's
 @serve.batch (max_batch_size and wait as the service's settings) instead of the service's
 batcher, at 32 clients.
+
+hops: CPU milliseconds per image answered, by process group (Ray's HTTP proxy, each
+deployment's replicas, Ray's own processes), for `resnet-serve serve` and then the Ray
+application at each of --clients-list (1,16,64); what Ray's hops cost an image is the Ray
+application's total less `resnet-serve serve`'s at the same load (the same model work, with
+no hop). The Ingress's count of calls to the Model replicas tells how many images a call
+carried (model_hop_images_total / model_hop_calls_total).
 """
 
 import argparse
@@ -100,9 +108,19 @@ def ray_application(
     workers: int = 0,
     model_options: dict[str, Any] | None = None,
     model: Any = None,
+    direct_ingress: bool = False,
 ) -> Iterator[str]:
     """The application on a local Ray (`workers`=0: one node of this machine's CPUs), or on a
-    head and `workers` one-CPU worker nodes that take the Model replicas."""
+    head and `workers` one-CPU worker nodes that take the Model replicas. `direct_ingress`:
+    Ray Serve's direct ingress, the Ingress replica serving HTTP on its own port, with no
+    HTTP proxy in front of it (set before Ray starts: every Ray process reads it then)."""
+    port = free_port()
+    if direct_ingress:
+        os.environ |= {
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
+        }
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -128,8 +146,8 @@ def ray_application(
             include_dashboard=False,
             log_to_driver=False,
         )
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    proxy_port = free_port() if direct_ingress else port
+    serve.start(http_options={"host": "127.0.0.1", "port": proxy_port}, proxy_location="HeadOnly")
     on_head = {"num_cpus": 0.5, "resources": {HEAD: 0.1}} if workers else {"num_cpus": 0.5}
     try:
         serve.run(
@@ -171,7 +189,9 @@ def compare(args: argparse.Namespace) -> None:
         print(row("resnet-serve serve", served, cores), flush=True)
         single = measure_load(url, "/v1/classify", 1, args.seconds / 2, warmup_s=3.0)
         print(row("resnet-serve serve", single), flush=True)
-    with ray_application(env, model_options={"ray_actor_options": {"num_cpus": 1}}) as url:
+    with ray_application(
+        env, model_options={"ray_actor_options": {"num_cpus": 1}}, direct_ingress=args.direct
+    ) as url:
         on_ray, cores = loaded(url, args.clients, args.seconds)
         print(row("Ray Serve application", on_ray, cores), flush=True)
         single_ray = measure_load(url, "/v1/classify", 1, args.seconds / 2, warmup_s=3.0)
@@ -235,18 +255,70 @@ def batching(args: argparse.Namespace) -> None:
             print(row(name, result, cores), flush=True)
 
 
+def per_image_ms(result: LoadResult, cores: dict[str, float]) -> dict[str, float]:
+    """CPU milliseconds each group spent per image answered."""
+    return {g: 1000 * c / result.ok_rps for g, c in cores.items()} if result.ok_rps else {}
+
+
+def hop_calls(url: str) -> tuple[float, float]:
+    from loadtest.common.scrape import scrape
+
+    samples = scrape(url)
+    return samples.get(("model_hop_calls_total", ()), 0.0), samples.get(
+        ("model_hop_images_total", ()), 0.0
+    )
+
+
+def hops(args: argparse.Namespace) -> None:
+    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    clients = [int(c) for c in args.clients_list.split(",")]
+    totals: dict[tuple[str, int], float] = {}
+    print("| setup | clients | ok rps | p50 ms | CPU ms per image, by process group |")
+    print("|---|---|---|---|---|")
+
+    def report(setup: str, url: str) -> None:
+        for count in clients:
+            calls_before, images_before = hop_calls(url)
+            result, cores = loaded(url, count, args.seconds)
+            calls_after, images_after = hop_calls(url)
+            calls, images = calls_after - calls_before, images_after - images_before
+            ms = per_image_ms(result, cores)
+            totals[(setup, count)] = sum(ms.values())
+            shown = ", ".join(f"{g} {v:.1f}" for g, v in sorted(ms.items()))
+            carried = f"; {images / calls:.1f} images a call" if calls else ""
+            print(
+                f"| {setup} | {count} | {result.ok_rps:.2f} | {result.p50_ms:.1f} | "
+                f"total {totals[(setup, count)]:.1f}: {shown}{carried} |",
+                flush=True,
+            )
+
+    with service_at(None, env) as (url, _):
+        report("resnet-serve serve", url)
+    with ray_application(
+        env, model_options={"ray_actor_options": {"num_cpus": 1}}, direct_ingress=args.direct
+    ) as url:
+        report("Ray application", url)
+    for count in clients:
+        excess = totals[("Ray application", count)] - totals[("resnet-serve serve", count)]
+        print(f"{count} clients: Ray's hops cost {excess:+.1f} ms of CPU an image")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("what", choices=["compare", "scale", "batching"])
+    parser.add_argument("what", choices=["compare", "scale", "batching", "hops"])
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="scale: rounds of 1 and 2")
+    parser.add_argument("--clients-list", default="1,16,64", help="hops: the loads")
+    parser.add_argument(
+        "--direct", action="store_true", help="compare, hops: Ray Serve's direct ingress"
+    )
     args = parser.parse_args()
     if args.clients is None:
         args.clients = 16 if args.what == "scale" else 32
-    {"compare": compare, "scale": scale, "batching": batching}[args.what](args)
+    {"compare": compare, "scale": scale, "batching": batching, "hops": hops}[args.what](args)
 
 
 if __name__ == "__main__":

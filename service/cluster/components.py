@@ -22,7 +22,9 @@ def on_ray(model: DeploymentHandle[Any], index: DeploymentHandle[Any]) -> Compon
         name: str, settings: Settings, registry: CollectorRegistry
     ) -> AsyncIterator[ServiceParts]:
         yield ServiceParts(
-            RemoteModel.over_ray(model),
+            RemoteModel.over_ray(
+                model, settings.ray_hop_window_ms / 1000, settings.ray_hop_calls, registry
+            ),
             RemoteIndex(RayLink(index, "Index")),
             RemoteInspector(RayLink(model, "Model")),
         )

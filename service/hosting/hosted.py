@@ -2,11 +2,15 @@
 (service.workers.model_worker) and a Ray Serve replica (service.cluster.deployments) serve
 this one class, so both behave the same to their callers."""
 
+import asyncio
+
 from batching import BatchOutcome, Priority
 from service import tracing
 from service.errors import NotReady
 from service.hosting.client import HUNG_MESSAGE, ModelStatus, outputs_or_raise
+from service.hosting.hop_batch import HopBatch, HopItem, Outcome
 from service.hosting.host import ModelHost
+from service.logs import current_request_id
 from service.model.jpeg_upload import JpegUpload
 from service.model.model_io import ModelInput, ModelOutputs
 from service.single_flight import SingleFlight
@@ -42,3 +46,17 @@ class HostedModel:
             return outputs_or_raise(outcome)
 
         return await self._flights.run(key, run)
+
+    async def infer_many(self, batch: HopBatch) -> list[Outcome]:
+        """Each image of one call as `infer` would take it alone (its deadline, priority,
+        admission, request id and trace), all at once; per image its answer or its error."""
+
+        async def one(image: ModelInput, item: HopItem) -> tuple[BatchOutcome[ModelOutputs], bool]:
+            current_request_id.set(item.request_id)  # this image's own task: its log lines
+            with tracing.continued("ray infer", item.carrier, request_id=item.request_id):
+                return await self.infer(image, item.timeout_s, item.key, item.priority)
+
+        return await asyncio.gather(
+            *(one(image, item) for image, item in zip(batch.inputs(), batch.items, strict=True)),
+            return_exceptions=True,
+        )

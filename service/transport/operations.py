@@ -15,6 +15,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 from batching import BatchOutcome, Priority
 from service.explain.inspection import ModelInspector
 from service.hosting.client import ModelStatus
+from service.hosting.hop_batch import HopBatch, Outcome
 from service.items.search_index import ItemIndex
 from service.model.model_io import ModelInput, ModelOutputs
 from service.model.spec import ModelSpec
@@ -93,6 +94,11 @@ class HostedModelCalls(Protocol):
         whether another caller's identical image in flight was run for it."""
         ...
 
+    async def infer_many(self, batch: HopBatch) -> list[Outcome]:
+        """`infer` for each image of one call (service.transport.hop_gather): per image its
+        answer, or the error it raised, which fails that image alone."""
+        ...
+
 
 class ModelWorkerCalls(HostedModelCalls, Protocol):
     """A model worker adds shared-memory pixel slots, for HTTP workers on its machine."""
@@ -165,7 +171,8 @@ class InspectorOperations:
 class HostedModelOperations:
     describe = Operation(HostedModelCalls.describe)
     infer = Operation(HostedModelCalls.infer)
-    ALL: tuple[Operation[Any, Any], ...] = (describe, infer)
+    infer_many = Operation(HostedModelCalls.infer_many)
+    ALL: tuple[Operation[Any, Any], ...] = (describe, infer, infer_many)
 
 
 class ModelOperations(HostedModelOperations):

@@ -9,19 +9,23 @@ number over the socket), to a Ray replica as an array in the call (Ray's object 
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import prometheus_client
 from prometheus_client import CollectorRegistry, Gauge
 
 from batching import BatchOutcome, DeadlineExceeded, Priority, QueueFull
+from batching.metric_families import family
 from service.errors import NotReady
 from service.hosting.client import HUNG_MESSAGE, ModelStatus, RecentRefusal
+from service.hosting.hop_batch import HopBatch, Outcome
 from service.model.jpeg_upload import JpegUpload
 from service.model.model_io import ModelInput, ModelOutputs
+from service.transport.hop_gather import HopGather
 from service.transport.operations import Link
 from service.transport.operations import ModelOperations as MODEL
 from service.transport.rpc import RpcClient, WorkerUnavailable
@@ -88,10 +92,17 @@ class _Slots:
 class RemoteModel:
     """A ModelClient for model hosts in other processes: the least busy link is used."""
 
-    def __init__(self, links: Sequence[Link], what: str, slots: _Slots | None = None) -> None:
+    def __init__(
+        self,
+        links: Sequence[Link],
+        what: str,
+        slots: _Slots | None = None,
+        gather: HopGather | None = None,
+    ) -> None:
         self.links = list(links)
         self._what = what  # "the model worker", "the Model replica": for errors
         self._slots = slots
+        self._gather = gather  # images in batched calls (Ray), else one call an image
         self._status: dict[str, ModelStatus] = {}
         self._in_flight: Counter[str] = Counter()  # by link name: images sent, not answered
         # By class: a bulk image refused says nothing of an interactive one's chances.
@@ -110,11 +121,30 @@ class RemoteModel:
         return model
 
     @classmethod
-    def over_ray(cls, handle: Any) -> "RemoteModel":
-        """The Model deployment (a Ray Serve handle); Ray routes each call to a replica."""
+    def over_ray(
+        cls, handle: Any, window_s: float, calls_out: int, registry: CollectorRegistry
+    ) -> "RemoteModel":
+        """The Model deployment (a Ray Serve handle); Ray routes each call to a replica.
+        Images go in batched calls (service.transport.hop_gather: gathered for up to
+        `window_s` while a call is out, held while `calls_out` are); the calls and the
+        images they carried are counted on `registry`."""
         from service.transport.ray_link import RayLink  # ray: only on Ray
 
-        return cls([RayLink(handle, "Model")], "the Model replica")
+        link = RayLink(handle, "Model")
+        counter = prometheus_client.Counter
+        calls = family(registry, counter, "model_hop_calls", "Calls that carried images", [])
+        images = family(registry, counter, "model_hop_images", "Images those calls carried", [])
+
+        def send(batch: HopBatch) -> Awaitable[list[Outcome]]:
+            return MODEL.infer_many.call(link, batch)
+
+        def counted(carried: int) -> None:
+            calls.inc()
+            images.inc(carried)
+
+        # One image a call until the replica's batch size is known (start).
+        gather = HopGather(send, window_s, 1, calls_out, on_call=counted)
+        return cls([link], "the Model replica", gather=gather)
 
     @property
     def ready(self) -> bool:
@@ -143,7 +173,7 @@ class RemoteModel:
                 status = await MODEL.describe.call(link)
         except TimeoutError:
             raise NotReady(f"{self._what} did not answer in {_CHECK_TIMEOUT_S:.0f} s") from None
-        self._status[link.name] = status
+        self._remember(link, status)
         if status.hung:
             raise NotReady(HUNG_MESSAGE)
 
@@ -154,6 +184,8 @@ class RemoteModel:
         self._in_flight[link.name] += 1
         try:
             async with asyncio.timeout(timeout_s + _HUNG_MARGIN_S):
+                if self._gather is not None:
+                    return await self._gather.infer(item, timeout_s, key, priority)
                 if self._slots is not None and not isinstance(item, JpegUpload):
                     assert isinstance(link, RpcClient)
                     return await self._through_slot(link, item, timeout_s, key, priority)
@@ -178,6 +210,11 @@ class RemoteModel:
             client.cancel(call_id)  # dropped there if its batch has not started
             raise
 
+    def _remember(self, link: Link, status: ModelStatus) -> None:
+        self._status[link.name] = status
+        if self._gather is not None:  # a call carries up to one of the host's batches
+            self._gather.max_items = status.max_batch_size
+
     def _pick(self) -> Link:
         connected = [link for link in self.links if link.connected]
         if not connected:
@@ -197,7 +234,7 @@ class RemoteModel:
         # replica, as Ray Serve starts the deployments together.
         for link in self.links:
             if link.connected and link.name not in self._status:
-                self._status[link.name] = await MODEL.describe.call(link)
+                self._remember(link, await MODEL.describe.call(link))
 
     async def connected_if_listening(self) -> None:
         await asyncio.gather(*(link.connected_if_listening() for link in self.links))

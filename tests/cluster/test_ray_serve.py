@@ -453,3 +453,35 @@ def test_the_model_replicas_metrics_are_on_the_ingresss_metrics(cluster: Cluster
             allowance(30),
             "every Model replica's metrics, and the new image, on the Ingress's /metrics",
         )
+
+
+def test_a_burst_reaches_the_model_replicas_in_fewer_calls_than_images(cluster: Cluster) -> None:
+    """Images cross from the Ingress to the Model replicas in batched calls (counted by the
+    Ingress), and every image of a burst is answered."""
+    rng = np.random.default_rng()
+    burst = []
+    for _ in range(16):
+        pixels = photo("chelsea")
+        pixels[:2, :32] = rng.integers(0, 255, size=(2, 32, 3), dtype=np.uint8)
+        burst.append(encode(pixels))
+
+    def counted() -> tuple[float, float]:
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(httpx.get(f"{url()}/metrics").text)
+            for sample in family.samples
+        }
+        return samples["model_hop_calls_total"], samples["model_hop_images_total"]
+
+    async def send_all() -> list[int]:
+        async with httpx.AsyncClient(base_url=url(), timeout=120) as http:
+            answers = await asyncio.gather(
+                *(http.post("/v1/classify", files=upload(image)) for image in burst)
+            )
+        return [answer.status_code for answer in answers]
+
+    calls_before, images_before = counted()
+    assert asyncio.run(send_all()) == [200] * 16
+    calls_after, images_after = counted()
+    assert images_after - images_before == 16
+    assert calls_after - calls_before < 16

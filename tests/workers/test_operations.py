@@ -35,7 +35,9 @@ def test_every_index_method_is_declared_with_its_name() -> None:
 def test_a_worker_table_must_answer_every_declared_operation() -> None:
     async def describe(_: Peer) -> None: ...
 
-    with pytest.raises(ValueError, match="missing \\['infer', 'attach', 'infer_slot'\\]"):
+    with pytest.raises(
+        ValueError, match="missing \\['infer', 'infer_many', 'attach', 'infer_slot'\\]"
+    ):
         handler_table(ModelOperations.ALL, {ModelOperations.describe: describe})
     with pytest.raises(ValueError, match="extra \\['cam'\\]"):
         handler_table(
@@ -73,8 +75,9 @@ def test_an_implementation_missing_a_declared_method_is_refused() -> None:
 
 def test_every_host_of_the_model_answers_the_hosted_model_operations() -> None:
     # The model worker and the Ray Model replica both serve HostedModel.
-    assert set(implemented(HostedModelOperations.ALL, HostedModel)) == {"describe", "infer"}
-    assert {op.name for op in ModelOperations.ALL} == {"describe", "infer", "attach", "infer_slot"}
+    hosted = {"describe", "infer", "infer_many"}
+    assert set(implemented(HostedModelOperations.ALL, HostedModel)) == hosted
+    assert {op.name for op in ModelOperations.ALL} == hosted | {"attach", "infer_slot"}
 
 
 def test_operations_take_arguments_by_position_only() -> None:
