@@ -92,14 +92,17 @@ class MetadataPostings:
         """A bool per label (size of them): does the item match every key of the filter?"""
         result: np.ndarray | None = None
         for key, options in wanted.items():
-            mask = np.zeros(size, bool)
+            postings = []
             for option in options:
                 term = _term(key, option)
                 with self._lock:
                     posting = self._lists.get(term) if term else None
-                    labels = np.array(posting, dtype=np.int64) if posting else None
-                if labels is not None:
-                    mask[labels[labels < size]] = True
+                    if posting:
+                        postings.append(np.array(posting, dtype=np.int64))
+            mask = np.zeros(size, bool)
+            if postings:  # one scatter for every value of the key (10% of 1M: 100 lists)
+                labels = np.concatenate(postings)
+                mask[labels[labels < size]] = True
             result = mask if result is None else result & mask
         assert result is not None  # a filter has at least one key
         return result
