@@ -19,7 +19,7 @@ call that fails as a whole (the replica died) fails each of its images with that
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from batching import Priority
 from service import tracing
@@ -32,7 +32,11 @@ from service.model.model_io import ModelInput
 class _Waiting:
     image: ModelInput
     item: HopItem
+    deadline: float  # the event loop's clock: the time it waited here counts against it
     answer: "asyncio.Future[Answer]"
+
+    def sent(self, now: float) -> tuple[ModelInput, HopItem]:
+        return self.image, replace(self.item, timeout_s=max(0.0, self.deadline - now))
 
 
 class HopGather:
@@ -62,7 +66,7 @@ class HopGather:
     ) -> Answer:
         loop = asyncio.get_running_loop()
         item = HopItem(timeout_s, key, priority, current_request_id.get(), tracing.carrier())
-        waiting = _Waiting(image, item, loop.create_future())
+        waiting = _Waiting(image, item, loop.time() + timeout_s, loop.create_future())
         self._pending.append(waiting)
         if self._calls_out >= self._max_calls_out:
             pass  # it goes when a call returns
@@ -92,7 +96,8 @@ class HopGather:
 
     async def _call(self, batch: list[_Waiting]) -> None:
         try:
-            outcomes = await self._send(HopBatch.of([(w.image, w.item) for w in batch]))
+            now = asyncio.get_running_loop().time()
+            outcomes = await self._send(HopBatch.of([w.sent(now) for w in batch]))
         except Exception as failed:  # the call as a whole: each image gets its error
             for waiting in batch:
                 if not waiting.answer.done():

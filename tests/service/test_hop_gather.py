@@ -90,6 +90,20 @@ async def test_while_all_calls_are_out_images_wait_for_one_to_return() -> None:
     assert host.calls == [[0], [1, 2, 3]]
 
 
+async def test_the_time_an_image_waited_for_its_call_counts_against_its_deadline() -> None:
+    sent: list[float] = []
+
+    async def send(batch: HopBatch) -> list[Outcome]:
+        sent.extend(item.timeout_s for item in batch.items)
+        await asyncio.sleep(0.2)  # a call out: the next image waits for it
+        return [(BatchOutcome(0, 0.0, 0.0, 1), False) for _ in batch.items]
+
+    gather = HopGather(send, window_s=60, max_items=8, max_calls_out=1)
+    await asyncio.gather(infer(gather, 0), infer(gather, 1))
+    assert sent[0] == pytest.approx(10.0, abs=0.05)
+    assert 9.5 < sent[1] <= 9.85  # it waited about 0.2 s of its 10 for the first call
+
+
 async def test_a_bad_image_fails_alone() -> None:
     host = HeldHost(fail={3})
     gather = HopGather(host.send, WINDOW_S, max_items=8)
