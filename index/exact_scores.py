@@ -10,12 +10,10 @@ halves at once: the copy out of the rows file and FAISS's scoring both run witho
 so one query's 10,000 reads take about 60% of the time on two cores.
 """
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import faiss
 import numpy as np
 
+from index.halves import in_two_halves
 from index.store import ItemStore
 
 _LABELS_PER_READ = 10_000  # an exact scan reads and scores this many stored vectors at a time
@@ -23,8 +21,6 @@ _LABELS_PER_READ = 10_000  # an exact scan reads and scores this many stored vec
 # of 10,000 rows into fresh memory cost 3 us a row (page faults), five times the scoring.
 _ROWS_PER_SCORING = 1024
 _SPLIT_FROM = 2048  # labels from which a scan is done in two halves at once
-_helper: ThreadPoolExecutor | None = None
-_helper_lock = threading.Lock()
 
 
 def best_of_codes(query: np.ndarray, codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +59,10 @@ def exact_among(
     if len(labels) < _SPLIT_FROM:
         return _best_of_part(store, query, labels, k)
     half = len(labels) // 2
-    first = _helper_pool().submit(_best_of_part, store, query, labels[:half], k)
-    second = _best_of_part(store, query, labels[half:], k)
-    return _merged([first.result(), second], k)
+    halves = in_two_halves(
+        lambda part: _best_of_part(store, query, part, k), labels[:half], labels[half:]
+    )
+    return _merged(list(halves), k)
 
 
 def _best_of_part(
@@ -85,11 +82,3 @@ def _merged(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndar
     labels = np.concatenate([part[1] for part in parts])
     keep = np.argsort(-scores, kind="stable")[:k]
     return scores[keep], labels[keep]
-
-
-def _helper_pool() -> ThreadPoolExecutor:
-    global _helper
-    with _helper_lock:
-        if _helper is None:
-            _helper = ThreadPoolExecutor(1, thread_name_prefix="exact-scores")
-        return _helper

@@ -12,9 +12,14 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from index.halves import in_two_halves
 from index.live_labels import selector
 
 FLAT = "Flat"
+# Codes from which one query's scan of its inverted lists is done in two halves at once: a
+# broad filter probes every list (1M codes, 14.5 ms on one core of the 2-core machine, 7.7 ms
+# split); handing half to the helper thread costs about 0.1 ms, a scan of 4 lists far less.
+_SPLIT_FROM_CODES = 100_000
 _ID_BYTES = 8  # an int64 label
 _ID_MAP_BYTES = 8  # IDMap's position -> label array
 
@@ -107,14 +112,62 @@ class VectorIndex:
         params: faiss.SearchParameters
         if faiss.try_extract_index_ivf(self._index) is not None:
             params = faiss.SearchParametersIVF(sel=chosen, nprobe=max(1, nprobe))  # type: ignore[call-arg]
+            if len(xq) == 1 and self._worth_halving(max(1, nprobe)):
+                return _as_cosine(*self._search_lists_in_halves(xq, k, chosen, max(1, nprobe)))
         elif self._hnsw() is not None:
             params = faiss.SearchParametersHNSW(sel=chosen, efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
         else:
             params = faiss.SearchParameters(sel=chosen)  # type: ignore[call-arg]
         D, I = self._index.search(np.ascontiguousarray(xq, dtype=np.float32), k, params=params)
-        if not self.exact:
-            D = 1.0 - D / 2.0  # squared L2 between unit vectors -> cosine
-        return D, I
+        return (D, I) if self.exact else _as_cosine(D, I)
+
+    def _worth_halving(self, nprobe: int) -> bool:
+        """Whether one query's scan of `nprobe` lists is long enough to split. Only an index
+        that is itself the IVF: one behind a transform would need its query transformed."""
+        ivf = self._index
+        return isinstance(ivf, faiss.IndexIVF) and nprobe * self.ntotal >= _SPLIT_FROM_CODES * max(
+            1, int(ivf.nlist)
+        )
+
+    def _search_lists_in_halves(
+        self, xq: np.ndarray, k: int, chosen: faiss.IDSelector | None, nprobe: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One query's squared L2 distances and labels, its probed lists scanned in two
+        halves at once (alternate lists of the nearest first: halves of about equal size)."""
+        ivf = self._index
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        nprobe = min(nprobe, int(ivf.nlist))
+        if nprobe == ivf.nlist and not ivf.by_residual:
+            # Every list, and codes not relative to their list's centroid: no coarse search.
+            assign = np.arange(nprobe, dtype=np.int64)[None]
+            coarse = np.zeros((1, nprobe), np.float32)
+        else:
+            coarse, assign = ivf.quantizer.search(xq, nprobe)
+
+        def scan(lists: slice) -> tuple[np.ndarray, np.ndarray]:
+            part, part_coarse = np.ascontiguousarray(assign[:, lists]), coarse[:, lists].copy()
+            params = faiss.SearchParametersIVF(sel=chosen, nprobe=part.shape[1])  # type: ignore[call-arg]
+            D = np.empty((1, k), np.float32)
+            I = np.empty((1, k), np.int64)
+            # The C++ call itself: FAISS's Python wrapper of it refuses search parameters,
+            # and the selector (a filter, the live labels) must reach the scan.
+            ivf.search_preassigned_c(
+                1,
+                faiss.swig_ptr(xq),
+                k,
+                faiss.swig_ptr(part),
+                faiss.swig_ptr(part_coarse),
+                faiss.swig_ptr(D),
+                faiss.swig_ptr(I),
+                False,
+                params,
+            )
+            return D, I
+
+        (D1, I1), (D2, I2) = in_two_halves(scan, slice(0, None, 2), slice(1, None, 2))
+        D, I = np.concatenate([D1, D2], axis=1), np.concatenate([I1, I2], axis=1)
+        best = np.argsort(D[0], kind="stable")[:k]  # a missing result is -1 at +inf
+        return D[:, best], I[:, best]
 
     def write(self, path: Path) -> None:
         """Write the FAISS index to a file (streamed: no in-memory copy)."""
@@ -132,6 +185,11 @@ class VectorIndex:
         if isinstance(inner, faiss.IndexIDMap):
             inner = faiss.downcast_index(inner.index)
         return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def _as_cosine(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 between unit vectors, as cosine (what approximate indexes are built on)."""
+    return 1.0 - D / 2.0, I
 
 
 def _is_exact(index: faiss.Index) -> bool:

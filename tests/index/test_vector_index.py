@@ -97,3 +97,22 @@ def test_memory_per_item_follows_the_index_kind() -> None:
     assert compressed.bytes_per_item == d + 8  # a byte a dimension, and the id in its list
     fast_scan = VectorIndex.create(d, "IVF4,PQ256x4fs")
     assert fast_scan.bytes_per_item == d // 16 + 8  # 4 bits per 8 dimensions
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8x4fs", "IVF16,PQ8x4fsr"])
+def test_a_long_scan_done_in_two_halves_finds_what_one_scan_finds(
+    factory: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    xb = clustered(4000, D_TEST)
+    index = built(factory, xb)
+    odd = pack(np.arange(4000) % 2 == 1)
+    for nprobe in (16, 5):  # every list (no coarse search), then the nearest few
+        monkeypatch.setattr("index.vector_index._SPLIT_FROM_CODES", 10**12)
+        whole_D, whole_I = index.search(xb[:1], 50, live=odd, nprobe=nprobe)
+        monkeypatch.setattr("index.vector_index._SPLIT_FROM_CODES", 1)
+        split_D, split_I = index.search(xb[:1], 50, live=odd, nprobe=nprobe)
+        assert (split_I % 2 == 1).all() and (np.diff(split_D[0]) <= 1e-6).all()
+        # 4-bit codes tie often: the same scores, and the same labels above the 50th's score.
+        assert np.allclose(split_D, whole_D, atol=0.01)
+        above = split_D[0] > split_D[0, -1] + 0.01
+        assert set(split_I[0][above]) == set(whole_I[0][whole_D[0] > whole_D[0, -1] + 0.01])
