@@ -112,8 +112,9 @@ class VectorIndex:
         params: faiss.SearchParameters
         if faiss.try_extract_index_ivf(self._index) is not None:
             params = faiss.SearchParametersIVF(sel=chosen, nprobe=max(1, nprobe))  # type: ignore[call-arg]
-            if len(xq) == 1 and self._worth_halving(max(1, nprobe)):
-                return _as_cosine(*self._search_lists_in_halves(xq, k, chosen, max(1, nprobe)))
+            ivf = self._ivf_worth_halving(max(1, nprobe)) if len(xq) == 1 else None
+            if ivf is not None:
+                return _as_cosine(*_search_lists_in_halves(ivf, xq, k, chosen, max(1, nprobe)))
         elif self._hnsw() is not None:
             params = faiss.SearchParametersHNSW(sel=chosen, efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
         else:
@@ -121,53 +122,13 @@ class VectorIndex:
         D, I = self._index.search(np.ascontiguousarray(xq, dtype=np.float32), k, params=params)
         return (D, I) if self.exact else _as_cosine(D, I)
 
-    def _worth_halving(self, nprobe: int) -> bool:
-        """Whether one query's scan of `nprobe` lists is long enough to split. Only an index
-        that is itself the IVF: one behind a transform would need its query transformed."""
+    def _ivf_worth_halving(self, nprobe: int) -> faiss.IndexIVF | None:
+        """This index, if one query's scan of `nprobe` of its lists is long enough to split.
+        Only an index that is itself the IVF: one behind a transform needs its query
+        transformed first."""
         ivf = self._index
-        return isinstance(ivf, faiss.IndexIVF) and nprobe * self.ntotal >= _SPLIT_FROM_CODES * max(
-            1, int(ivf.nlist)
-        )
-
-    def _search_lists_in_halves(
-        self, xq: np.ndarray, k: int, chosen: faiss.IDSelector | None, nprobe: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One query's squared L2 distances and labels, its probed lists scanned in two
-        halves at once (alternate lists of the nearest first: halves of about equal size)."""
-        ivf = self._index
-        xq = np.ascontiguousarray(xq, dtype=np.float32)
-        nprobe = min(nprobe, int(ivf.nlist))
-        if nprobe == ivf.nlist and not ivf.by_residual:
-            # Every list, and codes not relative to their list's centroid: no coarse search.
-            assign = np.arange(nprobe, dtype=np.int64)[None]
-            coarse = np.zeros((1, nprobe), np.float32)
-        else:
-            coarse, assign = ivf.quantizer.search(xq, nprobe)
-
-        def scan(lists: slice) -> tuple[np.ndarray, np.ndarray]:
-            part, part_coarse = np.ascontiguousarray(assign[:, lists]), coarse[:, lists].copy()
-            params = faiss.SearchParametersIVF(sel=chosen, nprobe=part.shape[1])  # type: ignore[call-arg]
-            D = np.empty((1, k), np.float32)
-            I = np.empty((1, k), np.int64)
-            # The C++ call itself: FAISS's Python wrapper of it refuses search parameters,
-            # and the selector (a filter, the live labels) must reach the scan.
-            ivf.search_preassigned_c(
-                1,
-                faiss.swig_ptr(xq),
-                k,
-                faiss.swig_ptr(part),
-                faiss.swig_ptr(part_coarse),
-                faiss.swig_ptr(D),
-                faiss.swig_ptr(I),
-                False,
-                params,
-            )
-            return D, I
-
-        (D1, I1), (D2, I2) = in_two_halves(scan, slice(0, None, 2), slice(1, None, 2))
-        D, I = np.concatenate([D1, D2], axis=1), np.concatenate([I1, I2], axis=1)
-        best = np.argsort(D[0], kind="stable")[:k]  # a missing result is -1 at +inf
-        return D[:, best], I[:, best]
+        long_scan = nprobe * self.ntotal >= _SPLIT_FROM_CODES * max(1, self.nlist)
+        return ivf if isinstance(ivf, faiss.IndexIVF) and long_scan else None
 
     def write(self, path: Path) -> None:
         """Write the FAISS index to a file (streamed: no in-memory copy)."""
@@ -185,6 +146,46 @@ class VectorIndex:
         if isinstance(inner, faiss.IndexIDMap):
             inner = faiss.downcast_index(inner.index)
         return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def _search_lists_in_halves(
+    ivf: faiss.IndexIVF, xq: np.ndarray, k: int, chosen: faiss.IDSelector | None, nprobe: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One query's squared L2 distances and labels, its probed lists scanned in two halves at
+    once (alternate lists of the nearest first: halves of about equal size)."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    nprobe = min(nprobe, int(ivf.nlist))
+    if nprobe == ivf.nlist and not ivf.by_residual:
+        # Every list, and codes not relative to their list's centroid: no coarse search.
+        assign = np.arange(nprobe, dtype=np.int64)[None]
+        coarse = np.zeros((1, nprobe), np.float32)
+    else:
+        coarse, assign = ivf.quantizer.search(xq, nprobe)
+
+    def scan(lists: slice) -> tuple[np.ndarray, np.ndarray]:
+        part, part_coarse = np.ascontiguousarray(assign[:, lists]), coarse[:, lists].copy()
+        params = faiss.SearchParametersIVF(sel=chosen, nprobe=part.shape[1])  # type: ignore[call-arg]
+        D = np.empty((1, k), np.float32)
+        I = np.empty((1, k), np.int64)
+        # The C++ call itself: FAISS's Python wrapper of it refuses search parameters,
+        # and the selector (a filter, the live labels) must reach the scan.
+        ivf.search_preassigned_c(  # type: ignore[attr-defined]  # the stub knows the wrapper
+            1,
+            faiss.swig_ptr(xq),
+            k,
+            faiss.swig_ptr(part),
+            faiss.swig_ptr(part_coarse),
+            faiss.swig_ptr(D),
+            faiss.swig_ptr(I),
+            False,
+            params,
+        )
+        return D, I
+
+    (D1, I1), (D2, I2) = in_two_halves(scan, slice(0, None, 2), slice(1, None, 2))
+    D, I = np.concatenate([D1, D2], axis=1), np.concatenate([I1, I2], axis=1)
+    best = np.argsort(D[0], kind="stable")[:k]  # a missing result is -1 at +inf
+    return D[:, best], I[:, best]
 
 
 def _as_cosine(D: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

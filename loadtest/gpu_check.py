@@ -12,7 +12,10 @@ Steps (each timed; one that fails is reported and the others still run):
    chose and why, its warnings, p50 at one client, throughput at 256 clients over several
    load processes with GPU utilisation (unique 500-px JPEGs), explanations on the device,
    and any fallback it took;
-4. the front end: cache hits per second with 1 and with 8 HTTP workers.
+4. the front end: cache hits per second with 1 and with 8 HTTP workers;
+5. on Ray (where Ray is installed): the Ray Serve application (Ingress replicas as many as
+   the service's HTTP workers, one Model replica on the GPU) at one client and at 256, its
+   images/s against the service's from step 3, and the CPU each Ray process spent an image.
 Then one table with each figure beside its target (README, "On a GPU") and a pass/fail
 line; the same in `OUT/gpu_check.json`, rewritten after every step so a run cut short still
 leaves what it measured. Needs only torch, torchvision, timm, pillow, numpy and the
@@ -57,6 +60,7 @@ MIN_IMAGES_PER_S = 4_000
 MAX_P50_MS = 10.0
 MIN_FRONTEND_SCALING = 5.0
 MIN_DECODE_COSINE = 0.99
+MIN_RAY_SHARE = 0.8  # the Ray application's images/s against the service's, at 256 clients
 MAX_WALL_S = 480
 
 
@@ -144,6 +148,7 @@ class Report:
     machine: dict[str, str]
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    loaded_images_per_s: float | None = None  # the service's, under load: what Ray is held to
 
     def row(
         self, step: str, what: str, measured: str, target: str = "", passed: bool | None = None
@@ -385,6 +390,7 @@ def service(plan: Plan, report: Report, data_dir: Path) -> None:
                 plan.warmup_s,
                 processes=plan.load_processes,
             )
+        report.loaded_images_per_s = loaded.ok_rps
         report.row(
             "service",
             f"{plan.clients} clients, {plan.load_processes} load processes",
@@ -502,12 +508,67 @@ def front_end(plan: Plan, report: Report, data_dir: Path) -> None:
     )
 
 
+def on_ray(plan: Plan, report: Report, data_dir: Path) -> None:
+    """The Ray Serve application on this machine's Ray, as step 3 measured the service."""
+    try:
+        import ray  # noqa: F401  # here, so that its absence is a note, not a failed step
+
+        from loadtest.bench.bench_ray import loaded, per_image_ms, ray_application
+    except ImportError as missing:  # Ray, or psutil, which Ray and the benchmark need
+        report.note(
+            f"Ray step skipped: {missing} (pip install 'resnet-serve[ray]'; Ray's wheel is "
+            "76 MiB, more than an offline device run carries beside the core wheels)"
+        )
+        return
+
+    replica = {"num_cpus": 1, "num_gpus": 1 if plan.device == "cuda" else 0}
+    with ray_application(
+        _service_env(plan, data_dir),
+        model_options={"ray_actor_options": replica},
+        ingress_replicas=plan.http_workers,
+    ) as url:
+        readiness(url)
+        idle = measure_load(url, "/v1/classify", 1, plan.load_seconds, plan.warmup_s)
+        report.row("ray", "p50 at 1 client", f"{idle.p50_ms:.1f} ms (p99 {idle.p99_ms:.1f})")
+        result, cores = loaded(
+            url,
+            plan.clients,
+            plan.load_seconds,
+            warmup_s=plan.warmup_s,
+            processes=plan.load_processes,
+        )
+    measured = f"{result.ok_rps:,.0f} img/s (p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f})"
+    report.row("ray", f"{plan.clients} clients, {plan.load_processes} load processes", measured)
+    native = report.loaded_images_per_s
+    if native:
+        share = result.ok_rps / native
+        report.row(
+            "ray",
+            f"{plan.clients} clients, against the service's {native:,.0f} img/s",
+            f"{share:.2f}x",
+            f">= {MIN_RAY_SHARE}x",
+            share >= MIN_RAY_SHARE,
+        )
+    else:
+        report.note("Ray against the service: no figure from the service step to compare with")
+    spent = per_image_ms(result, cores)
+    report.row(
+        "ray",
+        "CPU ms an image, by process group",
+        ", ".join(f"{group} {ms:.2f}" for group, ms in sorted(spent.items())) or "none measured",
+    )
+    failed = _failures(result)
+    answered = f"{failed} of {sum(result.statuses.values())} ({result.statuses})"
+    report.row("ray", "failed requests under that load", answered, "0", failed == 0)
+
+
 Step = Callable[[Plan, Report, Path], None]
 STEPS: tuple[tuple[str, Step], ...] = (
     ("raw model", raw_model),
     ("decode", jpeg_decode),
     ("service", service),
     ("front end", front_end),
+    ("ray", on_ray),
 )
 
 

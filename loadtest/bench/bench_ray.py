@@ -91,10 +91,13 @@ def cpu_by_group() -> dict[str, float]:
     return seconds
 
 
-def loaded(url: str, clients: int, seconds: float) -> tuple[LoadResult, dict[str, float]]:
-    """A closed-loop load, and the cores each group of processes used meanwhile."""
+def loaded(
+    url: str, clients: int, seconds: float, *, warmup_s: float = 5.0, processes: int = 1
+) -> tuple[LoadResult, dict[str, float]]:
+    """A closed-loop load, and the cores each group of processes used meanwhile (the load
+    processes among "other")."""
     before, started = cpu_by_group(), time.monotonic()
-    result = measure_load(url, "/v1/classify", clients, seconds, warmup_s=5.0)
+    result = measure_load(url, "/v1/classify", clients, seconds, warmup_s, processes=processes)
     elapsed = time.monotonic() - started
     after = cpu_by_group()
     used = {g: after[g] - before.get(g, 0.0) for g in after}
@@ -109,6 +112,7 @@ def ray_application(
     model_options: dict[str, Any] | None = None,
     model: Any = None,
     direct_ingress: bool = False,
+    ingress_replicas: int = 1,
 ) -> Iterator[str]:
     """The application on a local Ray (`workers`=0: one node of this machine's CPUs), or on a
     head and `workers` one-CPU worker nodes that take the Model replicas. `direct_ingress`:
@@ -127,8 +131,8 @@ def ray_application(
 
     from service.cluster.deployments import INDEX, INGRESS, MODEL, application
 
-    data_dir = tempfile.mkdtemp(prefix="resnet-serve-ray-")
-    runtime_env = {"env_vars": env | {"RESNET_SERVE_DATA_DIR": data_dir}}
+    data_dir = tempfile.mkdtemp(prefix="resnet-serve-ray-")  # unless env names one
+    runtime_env = {"env_vars": {"RESNET_SERVE_DATA_DIR": data_dir} | env}
     cluster = None
     if workers:
         cluster = Cluster(
@@ -148,13 +152,16 @@ def ray_application(
         )
     proxy_port = free_port() if direct_ingress else port
     serve.start(http_options={"host": "127.0.0.1", "port": proxy_port}, proxy_location="HeadOnly")
-    on_head = {"num_cpus": 0.5, "resources": {HEAD: 0.1}} if workers else {"num_cpus": 0.5}
+    # Logical CPUs, for placement only: several Ingress replicas share the half that one takes.
+    on_head: dict[str, Any] = {"num_cpus": 0.5 / ingress_replicas}
+    if workers:
+        on_head["resources"] = {HEAD: 0.1}
     try:
         serve.run(
             application(
                 (model or MODEL).options(**(model_options or {})),
-                INDEX.options(ray_actor_options=on_head),
-                INGRESS.options(ray_actor_options=on_head),
+                INDEX.options(ray_actor_options=on_head | {"num_cpus": 0.5}),
+                INGRESS.options(ray_actor_options=on_head, num_replicas=ingress_replicas),
             ),
             name="resnet-serve",
             route_prefix="/",
