@@ -4,6 +4,8 @@
     python -m loadtest.bench.bench_ray scale              # 1 vs 2 Model replicas on 2 Ray nodes
     python -m loadtest.bench.bench_ray batching           # the service's batcher vs @serve.batch
     python -m loadtest.bench.bench_ray hops               # CPU per image in each process
+    python -m loadtest.bench.bench_ray latency            # where one client's time goes
+    python -m loadtest.bench.bench_ray floor              # one Serve handle call, no work
 
 compare: the same model and backend (RESNET_SERVE_* from the environment over ResNet50 with
 random weights on torch fp32, the same compute as the real weights) behind `resnet-serve
@@ -27,9 +29,20 @@ application at each of --clients-list (1,16,64); what Ray's hops cost an image i
 application's total less `resnet-serve serve`'s at the same load (the same model work, with
 no hop). The Ingress's count of calls to the Model replicas tells how many images a call
 carried (model_hop_images_total / model_hop_calls_total).
+
+latency: one client's requests one after another (unique JPEGs), `resnet-serve serve` then
+the Ray application, each answer's X-Inference-Time (the forward pass) and X-Total-Time (the
+app's whole answer) beside the client's wall time: medians of the forward, of the rest of
+the app's answer (decode, the hop to the model and back), and of HTTP in front of the app.
+
+floor: what Ray Serve itself costs a call on this machine: one deployment calling another
+that returns at once, with a payload of one image's pixels and of 1 kB; the median round
+trip. No part of this project runs in it.
 """
 
 import argparse
+import asyncio
+import itertools
 import os
 import statistics
 import tempfile
@@ -38,8 +51,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
+import numpy as np
 import psutil
 
+from loadtest.common.images import unique_jpegs
 from loadtest.common.load import LoadResult, measure_load
 from loadtest.common.processes import free_port, service_at
 
@@ -132,7 +148,10 @@ def ray_application(
     from service.cluster.deployments import INDEX, INGRESS, MODEL, application
 
     data_dir = tempfile.mkdtemp(prefix="resnet-serve-ray-")  # unless env names one
-    runtime_env = {"env_vars": {"RESNET_SERVE_DATA_DIR": data_dir} | env}
+    from service.cluster.deployments import RAY_PROCESS_ENV
+
+    # As deploy/ray/serve.yaml gives them: Ray's settings for the replicas, then the service's.
+    runtime_env = {"env_vars": RAY_PROCESS_ENV | {"RESNET_SERVE_DATA_DIR": data_dir} | env}
     cluster = None
     if workers:
         cluster = Cluster(
@@ -310,22 +329,101 @@ def hops(args: argparse.Namespace) -> None:
         print(f"{count} clients: Ray's hops cost {excess:+.1f} ms of CPU an image")
 
 
+def one_client(url: str, requests: int, tag: str) -> dict[str, float]:
+    """Medians (ms) of one client's answers: the forward, the rest of the app's answer, and
+    HTTP in front of the app (the client's wall time less the app's total)."""
+    parts: dict[str, list[float]] = {"forward": [], "rest of the app": [], "HTTP": [], "wall": []}
+    with httpx.Client(timeout=60) as client:
+        jpegs = unique_jpegs(tag=tag)
+        for number, jpeg in enumerate(itertools.islice(jpegs, requests + 5)):
+            sent = time.perf_counter()
+            answer = client.post(f"{url}/v1/classify", files={"file": ("x.jpg", jpeg)})
+            wall = 1000 * (time.perf_counter() - sent)
+            answer.raise_for_status()
+            if number < 5:
+                continue  # warm-up
+            forward = float(answer.headers["X-Inference-Time"])
+            total = float(answer.headers["X-Total-Time"])
+            for part, ms in zip(parts, (forward, total - forward, wall - total, wall), strict=True):
+                parts[part].append(ms)
+    return {part: statistics.median(values) for part, values in parts.items()}
+
+
+def latency(args: argparse.Namespace) -> None:
+    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    with service_at(None, env) as (url, _):
+        native = one_client(url, args.requests, "native")
+    with ray_application(
+        env, model_options={"ray_actor_options": {"num_cpus": 1}}, direct_ingress=args.direct
+    ) as url:
+        on_ray = one_client(url, args.requests, "ray")
+    print("| one client, medians, ms | resnet-serve serve | Ray application | added |")
+    print("|---|---|---|---|")
+    for part in native:
+        added = on_ray[part] - native[part]
+        print(f"| {part} | {native[part]:.1f} | {on_ray[part]:.1f} | {added:+.1f} |")
+
+
+def floor(args: argparse.Namespace) -> None:
+    import ray
+    from ray import serve
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5})
+    class Echo:
+        async def call(self, payload: np.ndarray) -> np.ndarray:
+            return np.zeros(3072, np.float32)  # about one image's answer
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.5})
+    class Caller:
+        def __init__(self, echo: Any) -> None:
+            self._echo = echo
+
+        async def round_trip_ms(self, calls: int, payload_bytes: int) -> float:
+            payload = np.zeros(payload_bytes, np.uint8)
+            times = []
+            for _ in range(calls + 5):
+                sent = time.perf_counter()
+                await self._echo.call.remote(payload)
+                times.append(1000 * (time.perf_counter() - sent))
+            return statistics.median(times[5:])  # the first calls connect
+
+    ray.init(num_cpus=psutil.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        handle = serve.run(Caller.bind(Echo.bind()), name="floor", route_prefix=None)  # type: ignore[attr-defined]
+
+        async def measure() -> None:
+            for name, size in (("1 kB", 1000), ("one image's pixels", 224 * 224 * 3)):
+                ms = await handle.round_trip_ms.remote(args.requests, size)
+                print(f"one Serve handle call, {name}: median {ms:.2f} ms", flush=True)
+
+        asyncio.run(measure())
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("what", choices=["compare", "scale", "batching", "hops"])
+    parser.add_argument(
+        "what", choices=["compare", "scale", "batching", "hops", "latency", "floor"]
+    )
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2, help="scale: rounds of 1 and 2")
     parser.add_argument("--clients-list", default="1,16,64", help="hops: the loads")
     parser.add_argument(
-        "--direct", action="store_true", help="compare, hops: Ray Serve's direct ingress"
+        "--direct",
+        action="store_true",
+        help="compare, hops, latency: Ray Serve's direct ingress",
     )
+    parser.add_argument("--requests", type=int, default=30, help="latency, floor: how many")
     args = parser.parse_args()
     if args.clients is None:
         args.clients = 16 if args.what == "scale" else 32
-    {"compare": compare, "scale": scale, "batching": batching, "hops": hops}[args.what](args)
+    modes = {"compare": compare, "scale": scale, "batching": batching, "hops": hops}
+    (modes | {"latency": latency, "floor": floor})[args.what](args)
 
 
 if __name__ == "__main__":

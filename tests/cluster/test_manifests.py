@@ -160,3 +160,14 @@ def test_the_podmonitor_matches_its_schema_and_scrapes_ports_the_ray_pods_name()
     broken = monitor | {"spec": monitor["spec"] | {"podMetricEndpoints": []}}
     with pytest.raises(jsonschema.ValidationError):  # the check can fail: a misspelt field
         jsonschema.validate(broken, json.loads((KUBERAY / "podmonitor.schema.json").read_text()))
+
+
+def test_every_way_to_run_the_application_gives_its_replicas_the_ray_settings() -> None:
+    """serve.yaml and both KubeRay manifests carry RAY_PROCESS_ENV (calls inline up to 1 MiB),
+    as the benchmarks run it: otherwise a deployed app is slower than the measured one."""
+    apps = [serve_config(SERVE_YAML.read_text())] + [
+        serve_config(ray_service(name)["spec"]["serveConfigV2"]) for name in MANIFESTS
+    ]
+    for app in apps:
+        env_vars = (app.runtime_env or {})["env_vars"]
+        assert deployments.RAY_PROCESS_ENV.items() <= env_vars.items()
