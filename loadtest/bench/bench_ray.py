@@ -47,7 +47,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -331,7 +331,7 @@ def hops(args: argparse.Namespace) -> None:
 
 def one_client(url: str, requests: int, tag: str) -> dict[str, float]:
     """Medians (ms) of one client's answers: the forward, the rest of the app's answer, and
-    HTTP in front of the app (the client's wall time less the app's total)."""
+    HTTP in front of the app (the client's wall time less the app's total), and the wall."""
     parts: dict[str, list[float]] = {"forward": [], "rest of the app": [], "HTTP": [], "wall": []}
     with httpx.Client(timeout=60) as client:
         jpegs = unique_jpegs(tag=tag)
@@ -349,15 +349,53 @@ def one_client(url: str, requests: int, tag: str) -> dict[str, float]:
     return {part: statistics.median(values) for part, values in parts.items()}
 
 
+def busiest_threads(pid: int) -> dict[int, tuple[int, int]]:
+    """CPU ticks and involuntary context switches so far of each thread of a process and its
+    children (the model may run in a model worker process)."""
+    threads: dict[int, tuple[int, int]] = {}
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        for tid in (thread.id for thread in process.threads()):
+            try:
+                with open(f"/proc/{process.pid}/task/{tid}/status") as status:
+                    fields = dict(line.split(":", 1) for line in status if ":" in line)
+                with open(f"/proc/{process.pid}/task/{tid}/stat") as stat:
+                    times = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended
+            ticks = int(times[11]) + int(times[12])  # utime + stime
+            threads[tid] = (ticks, int(fields["nonvoluntary_ctxt_switches"]))
+    return threads
+
+
+def preempted_per_s(pid: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """`run()`'s figures, with how often a second the two busiest threads of `pid` (the
+    forward's threads) were preempted meanwhile: each time, a parallel region of the forward
+    waits for the thread to come back."""
+    before, started = busiest_threads(pid), time.monotonic()
+    figures = run()
+    after, elapsed = busiest_threads(pid), time.monotonic() - started
+    # A thread started meanwhile counts from zero: the forward's OpenMP threads start with the
+    # batch thread's first forward, the first request's.
+    spent = sorted(
+        (ticks - before.get(tid, (0, 0))[0], preempted - before.get(tid, (0, 0))[1])
+        for tid, (ticks, preempted) in after.items()
+    )
+    switches = [preempted / elapsed for _, preempted in spent[-2:]]
+    return figures | {"forward threads preempted /s": statistics.mean(switches or [0.0])}
+
+
 def latency(args: argparse.Namespace) -> None:
     env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
-    with service_at(None, env) as (url, _):
-        native = one_client(url, args.requests, "native")
+    with service_at(None, env) as (url, pid):
+        assert pid is not None
+        native = preempted_per_s(pid, lambda: one_client(url, args.requests, "native"))
     with ray_application(
         env, model_options={"ray_actor_options": {"num_cpus": 1}}, direct_ingress=args.direct
     ) as url:
-        on_ray = one_client(url, args.requests, "ray")
-    print("| one client, medians, ms | resnet-serve serve | Ray application | added |")
+        (model,) = [p.pid for p in psutil.process_iter() if process_group(p) == "replica Model"]
+        on_ray = preempted_per_s(model, lambda: one_client(url, args.requests, "ray"))
+    print("| one client, medians | resnet-serve serve | Ray application | added |")
     print("|---|---|---|---|")
     for part in native:
         added = on_ray[part] - native[part]
