@@ -18,7 +18,7 @@ from index.live_labels import selector
 FLAT = "Flat"
 # Codes from which one query's scan of its inverted lists is done in two halves at once: a
 # broad filter probes every list (1M codes, 14.5 ms on one core of the 2-core machine, 7.7 ms
-# split); handing half to the helper thread costs about 0.1 ms, a scan of 4 lists far less.
+# split); below this a scan is too short to pay for waking the helper thread.
 _SPLIT_FROM_CODES = 100_000
 _ID_BYTES = 8  # an int64 label
 _ID_MAP_BYTES = 8  # IDMap's position -> label array
@@ -109,26 +109,25 @@ class VectorIndex:
         if k == 0:
             return np.zeros((len(xq), 0), np.float32), np.zeros((len(xq), 0), np.int64)
         chosen = None if live is None else selector(live)
+        nprobe = max(1, nprobe)
+        ivf = self._index
+        # Only an index that is itself the IVF: one behind a transform needs its query
+        # transformed first.
+        if (
+            isinstance(ivf, faiss.IndexIVF)
+            and len(xq) == 1
+            and nprobe * self.ntotal >= _SPLIT_FROM_CODES * max(1, int(ivf.nlist))
+        ):
+            return _as_cosine(*_search_lists_in_halves(ivf, xq, k, chosen, nprobe))
         params: faiss.SearchParameters
         if faiss.try_extract_index_ivf(self._index) is not None:
-            params = faiss.SearchParametersIVF(sel=chosen, nprobe=max(1, nprobe))  # type: ignore[call-arg]
-            ivf = self._ivf_worth_halving(max(1, nprobe)) if len(xq) == 1 else None
-            if ivf is not None:
-                return _as_cosine(*_search_lists_in_halves(ivf, xq, k, chosen, max(1, nprobe)))
+            params = faiss.SearchParametersIVF(sel=chosen, nprobe=nprobe)  # type: ignore[call-arg]
         elif self._hnsw() is not None:
             params = faiss.SearchParametersHNSW(sel=chosen, efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
         else:
             params = faiss.SearchParameters(sel=chosen)  # type: ignore[call-arg]
         D, I = self._index.search(np.ascontiguousarray(xq, dtype=np.float32), k, params=params)
         return (D, I) if self.exact else _as_cosine(D, I)
-
-    def _ivf_worth_halving(self, nprobe: int) -> faiss.IndexIVF | None:
-        """This index, if one query's scan of `nprobe` of its lists is long enough to split.
-        Only an index that is itself the IVF: one behind a transform needs its query
-        transformed first."""
-        ivf = self._index
-        long_scan = nprobe * self.ntotal >= _SPLIT_FROM_CODES * max(1, self.nlist)
-        return ivf if isinstance(ivf, faiss.IndexIVF) and long_scan else None
 
     def write(self, path: Path) -> None:
         """Write the FAISS index to a file (streamed: no in-memory copy)."""
@@ -163,7 +162,10 @@ def _search_lists_in_halves(
         coarse, assign = ivf.quantizer.search(xq, nprobe)
 
     def scan(lists: slice) -> tuple[np.ndarray, np.ndarray]:
-        part, part_coarse = np.ascontiguousarray(assign[:, lists]), coarse[:, lists].copy()
+        part, part_coarse = (
+            np.ascontiguousarray(assign[:, lists]),
+            np.ascontiguousarray(coarse[:, lists]),
+        )
         params = faiss.SearchParametersIVF(sel=chosen, nprobe=part.shape[1])  # type: ignore[call-arg]
         D = np.empty((1, k), np.float32)
         I = np.empty((1, k), np.int64)

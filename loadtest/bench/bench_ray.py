@@ -147,11 +147,11 @@ def ray_application(
 
     from service.cluster.deployments import INDEX, INGRESS, MODEL, application
 
-    data_dir = tempfile.mkdtemp(prefix="resnet-serve-ray-")  # unless env names one
+    data_dir = env.get("RESNET_SERVE_DATA_DIR") or tempfile.mkdtemp(prefix="resnet-serve-ray-")
     from service.cluster.deployments import RAY_PROCESS_ENV
 
     # As deploy/ray/serve.yaml gives them: Ray's settings for the replicas, then the service's.
-    runtime_env = {"env_vars": RAY_PROCESS_ENV | {"RESNET_SERVE_DATA_DIR": data_dir} | env}
+    runtime_env = {"env_vars": RAY_PROCESS_ENV | env | {"RESNET_SERVE_DATA_DIR": data_dir}}
     cluster = None
     if workers:
         cluster = Cluster(
