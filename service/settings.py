@@ -258,6 +258,16 @@ class Settings(BaseSettings):
             "keeps each one's next batch waiting there)"
         ),
     )
+    ray_by_value_bytes: int = Field(
+        524288,
+        ge=0,
+        le=1 << 30,
+        description=(
+            "on Ray: a call between deployments carrying up to this many bytes (images, "
+            "vectors) goes by value over Serve's gRPC transport, a larger one through Ray's "
+            "actor calls and object store; 0: always the latter"
+        ),
+    )
     ray_metrics_every_s: float = Field(
         5.0,
         gt=0,

@@ -5,6 +5,7 @@
     python -m loadtest.bench.bench_ray batching           # the service's batcher vs @serve.batch
     python -m loadtest.bench.bench_ray hops               # CPU per image in each process
     python -m loadtest.bench.bench_ray latency            # where one client's time goes
+    python -m loadtest.bench.bench_ray background         # what an idle Ray costs serve
     python -m loadtest.bench.bench_ray floor              # one Serve handle call, no work
 
 compare: the same model and backend (RESNET_SERVE_* from the environment over ResNet50 with
@@ -30,20 +31,30 @@ application's total less `resnet-serve serve`'s at the same load (the same model
 no hop). The Ingress's count of calls to the Model replicas tells how many images a call
 carried (model_hop_images_total / model_hop_calls_total).
 
-latency: one client's requests one after another (unique JPEGs), `resnet-serve serve` then
-the Ray application, each answer's X-Inference-Time (the forward pass) and X-Total-Time (the
-app's whole answer) beside the client's wall time: medians of the forward, of the rest of
-the app's answer (decode, the hop to the model and back), and of HTTP in front of the app.
+latency: one client's requests one after another (unique JPEGs), `resnet-serve serve` and
+the Ray application both running, measured in alternate rounds (--rounds); each answer's
+X-Inference-Time (the forward pass) and X-Total-Time (the app's whole answer) beside the
+client's wall time: medians of the forward, of the rest of the app's answer (decode, the hop
+to the model and back), and of HTTP in front of the app; over the rounds, the median of the
+rounds' medians.
+
+background: `resnet-serve serve` with the Ray application idle beside it, one client, in
+rounds with Ray's processes running and frozen (SIGSTOP): what Ray's own activity (its
+processes' timers and pollers) costs a forward pass on the same cores, whoever runs it.
 
 floor: what Ray Serve itself costs a call on this machine: one deployment calling another
-that returns at once, with a payload of one image's pixels and of 1 kB; the median round
-trip. No part of this project runs in it.
+that returns at once, with payloads of 1 kB and of 1 to 8 images' pixels, by reference (Ray's
+actor call) and by value (Serve's gRPC transport); the median round trip. No part of this
+project runs in it.
 """
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import itertools
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -72,6 +83,7 @@ HEAVY_ENV = RESNET_ENV | {
     "RESNET_SERVE_MAX_BATCH_SIZE": "1",
 }
 HEAD = "head_node"
+_NOT_RAY = ("other", "gone", "resnet-serve serve")
 
 
 def process_group(process: psutil.Process) -> str:
@@ -387,19 +399,81 @@ def preempted_per_s(pid: int, run: Callable[[], dict[str, float]]) -> dict[str, 
 
 def latency(args: argparse.Namespace) -> None:
     env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
-    with service_at(None, env) as (url, pid):
-        assert pid is not None
-        native = preempted_per_s(pid, lambda: one_client(url, args.requests, "native"))
-    with ray_application(
-        env, model_options={"ray_actor_options": {"num_cpus": 1}}, direct_ingress=args.direct
-    ) as url:
+    # Both up at once and measured in alternate rounds: this VM drifts 20% within minutes, so
+    # one run of each, one after the other, compares two different machines.
+    with (
+        service_at(None, env) as (native_url, native_pid),
+        ray_application(
+            env, model_options={"ray_actor_options": {"num_cpus": 1}}, direct_ingress=args.direct
+        ) as ray_url,
+    ):
+        assert native_pid is not None
         (model,) = [p.pid for p in psutil.process_iter() if process_group(p) == "replica Model"]
-        on_ray = preempted_per_s(model, lambda: one_client(url, args.requests, "ray"))
-    print("| one client, medians | resnet-serve serve | Ray application | added |")
+        setups = {"native": (native_url, native_pid), "ray": (ray_url, model)}
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
+        for number in range(args.rounds):
+            for name, (url, pid) in setups.items():
+                tag = f"{name}-{number}"  # unique JPEGs each round: no cache hits
+                run = functools.partial(one_client, url, args.requests, tag)
+                figures = preempted_per_s(pid, run)
+                rounds[name].append(figures)
+                print(f"round {number + 1} {name}: wall {figures['wall']:.1f} ms", flush=True)
+    native, on_ray = (
+        {part: statistics.median(r[part] for r in rounds[name]) for part in rounds[name][0]}
+        for name in setups
+    )
+    print(f"| one client, medians of {args.rounds} rounds | resnet-serve serve | Ray | added |")
     print("|---|---|---|---|")
     for part in native:
         added = on_ray[part] - native[part]
         print(f"| {part} | {native[part]:.1f} | {on_ray[part]:.1f} | {added:+.1f} |")
+
+
+@contextmanager
+def frozen(pids: list[int]) -> Iterator[None]:
+    """These processes stopped (SIGSTOP) meanwhile, then let go on."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def background(args: argparse.Namespace) -> None:
+    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    # `resnet-serve serve` alone against the same beside an idle Ray application: rounds
+    # alternate with Ray's processes running and frozen, so the one service is measured on
+    # one machine with and without what Ray does when it serves nothing.
+    with (
+        service_at(None, env) as (url, pid),
+        ray_application(env, model_options={"ray_actor_options": {"num_cpus": 1}}),
+    ):
+        assert pid is not None
+        ray_pids = [p.pid for p in psutil.process_iter() if process_group(p) not in _NOT_RAY]
+        rounds: dict[str, list[dict[str, float]]] = {"Ray running": [], "Ray frozen": []}
+        for number in range(args.rounds):
+            time.sleep(15)  # Ray catches up on its timers after a freeze: not measured
+            for state, figures in rounds.items():
+                run = functools.partial(one_client, url, args.requests, f"{state}-{number}")
+                with frozen(ray_pids) if state == "Ray frozen" else contextlib.nullcontext():
+                    figures.append(preempted_per_s(pid, run))
+                print(f"round {number + 1}, {state}: wall {figures[-1]['wall']:.1f} ms", flush=True)
+    running, alone = (
+        {part: statistics.median(r[part] for r in figures) for part in figures[0]}
+        for figures in rounds.values()
+    )
+    print(
+        f"| resnet-serve serve, one client, medians of {args.rounds} rounds | Ray frozen "
+        "| Ray running idle beside it | added |"
+    )
+    print("|---|---|---|---|")
+    for part in alone:
+        print(
+            f"| {part} | {alone[part]:.1f} | {running[part]:.1f} | "
+            f"{running[part] - alone[part]:+.1f} |"
+        )
 
 
 def floor(args: argparse.Namespace) -> None:
@@ -416,12 +490,13 @@ def floor(args: argparse.Namespace) -> None:
         def __init__(self, echo: Any) -> None:
             self._echo = echo
 
-        async def round_trip_ms(self, calls: int, payload_bytes: int) -> float:
+        async def round_trip_ms(self, calls: int, payload_bytes: int, by_value: bool) -> float:
             payload = np.zeros(payload_bytes, np.uint8)
+            echo = self._echo.options(_by_reference=not by_value)
             times = []
             for _ in range(calls + 5):
                 sent = time.perf_counter()
-                await self._echo.call.remote(payload)
+                await echo.call.remote(payload)
                 times.append(1000 * (time.perf_counter() - sent))
             return statistics.median(times[5:])  # the first calls connect
 
@@ -430,9 +505,12 @@ def floor(args: argparse.Namespace) -> None:
         handle = serve.run(Caller.bind(Echo.bind()), name="floor", route_prefix=None)  # type: ignore[attr-defined]
 
         async def measure() -> None:
-            for name, size in (("1 kB", 1000), ("one image's pixels", 224 * 224 * 3)):
-                ms = await handle.round_trip_ms.remote(args.requests, size)
-                print(f"one Serve handle call, {name}: median {ms:.2f} ms", flush=True)
+            image = 224 * 224 * 3
+            sizes = [("1 kB", 1000)] + [(f"{n} images", n * image) for n in (1, 2, 4, 8)]
+            for name, size in sizes:
+                for way, by_value in (("actor call", False), ("gRPC", True)):
+                    ms = await handle.round_trip_ms.remote(args.requests, size, by_value)
+                    print(f"one Serve handle call, {name}, {way}: median {ms:.2f} ms", flush=True)
 
         asyncio.run(measure())
     finally:
@@ -445,11 +523,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "what", choices=["compare", "scale", "batching", "hops", "latency", "floor"]
+        "what",
+        choices=["compare", "scale", "batching", "hops", "latency", "background", "floor"],
     )
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--rounds", type=int, default=2, help="scale: rounds of 1 and 2")
+    parser.add_argument("--rounds", type=int, default=2, help="scale: rounds of 1 and 2; latency")
     parser.add_argument("--clients-list", default="1,16,64", help="hops: the loads")
     parser.add_argument(
         "--direct",
@@ -461,7 +540,8 @@ def main() -> None:
     if args.clients is None:
         args.clients = 16 if args.what == "scale" else 32
     modes = {"compare": compare, "scale": scale, "batching": batching, "hops": hops}
-    (modes | {"latency": latency, "floor": floor})[args.what](args)
+    modes |= {"latency": latency, "background": background, "floor": floor}
+    modes[args.what](args)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,16 @@ def on_ray(model: DeploymentHandle[Any], index: DeploymentHandle[Any]) -> Compon
     async def components(
         name: str, settings: Settings, registry: CollectorRegistry
     ) -> AsyncIterator[ServiceParts]:
+        by_value = settings.ray_by_value_bytes
         yield ServiceParts(
             RemoteModel.over_ray(
-                model, settings.ray_hop_window_ms / 1000, settings.ray_hop_calls, registry
+                RayLink(model, "Model", by_value),
+                settings.ray_hop_window_ms / 1000,
+                settings.ray_hop_calls,
+                registry,
             ),
-            RemoteIndex(RayLink(index, "Index")),
-            RemoteInspector(RayLink(model, "Model")),
+            RemoteIndex(RayLink(index, "Index", by_value)),
+            RemoteInspector(RayLink(model, "Model", by_value)),
         )
 
     return components

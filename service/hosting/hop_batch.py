@@ -2,10 +2,13 @@
 hop_gather) and a host answers image by image (HostedModel.infer_many).
 
 What is copied where: the pixel images of a call are stacked into one contiguous uint8 array
-by the caller (one copy); Ray puts that array in its object store as one buffer (pickle
-protocol 5, out of band: no per-image pickling) and the replica reads it in place, each image
-a view of its row, until the model's batch copies it into its input tensor. JPEGs for a
-device decoder travel as they are (bytes, pickled in the call).
+by the caller (one copy). A large call goes by reference (service.transport.ray_link): Ray
+carries that array as one out-of-band buffer (pickle protocol 5: no per-image pickling),
+inside the call or through its object store, and the replica reads it in place, each image a
+view of its row, until the model's batch copies it into its input tensor. A small call (one
+client's image or two) goes by value: the array is pickled into one gRPC message (one copy
+in) and read out of it at the replica (one copy out). JPEGs for a device decoder travel as
+they are (bytes, pickled in the call).
 """
 
 from dataclasses import dataclass

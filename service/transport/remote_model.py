@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import prometheus_client
@@ -122,15 +121,12 @@ class RemoteModel:
 
     @classmethod
     def over_ray(
-        cls, handle: Any, window_s: float, calls_out: int, registry: CollectorRegistry
+        cls, link: Link, window_s: float, calls_out: int, registry: CollectorRegistry
     ) -> "RemoteModel":
-        """The Model deployment (a Ray Serve handle); Ray routes each call to a replica.
-        Images go in batched calls (service.transport.hop_gather: gathered for up to
+        """The Model deployment (a link to its Serve handle); Ray routes each call to a
+        replica. Images go in batched calls (service.transport.hop_gather: gathered for up to
         `window_s` while a call is out, held while `calls_out` are); the calls and the
         images they carried are counted on `registry`."""
-        from service.transport.ray_link import RayLink  # ray: only on Ray
-
-        link = RayLink(handle, "Model")
         counter = prometheus_client.Counter
         calls = family(registry, counter, "model_hop_calls", "Calls that carried images", [])
         images = family(registry, counter, "model_hop_images", "Images those calls carried", [])
