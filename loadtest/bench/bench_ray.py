@@ -86,6 +86,11 @@ HEAD = "head_node"
 _NOT_RAY = ("other", "gone", "resnet-serve serve")
 
 
+def service_env() -> dict[str, str]:
+    """ResNet50 with random weights on torch fp32, under this environment's RESNET_SERVE_*."""
+    return RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+
+
 def process_group(process: psutil.Process) -> str:
     """Which part of the system a process is: a replica by deployment, Ray's own, or other."""
     try:
@@ -159,10 +164,9 @@ def ray_application(
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from service.cluster.deployments import INDEX, INGRESS, MODEL, application
+    from service.cluster.deployments import INDEX, INGRESS, MODEL, RAY_PROCESS_ENV, application
 
     data_dir = env.get("RESNET_SERVE_DATA_DIR") or tempfile.mkdtemp(prefix="resnet-serve-ray-")
-    from service.cluster.deployments import RAY_PROCESS_ENV
 
     # As deploy/ray/serve.yaml gives them: Ray's settings for the replicas, then the service's.
     runtime_env = {"env_vars": RAY_PROCESS_ENV | env | {"RESNET_SERVE_DATA_DIR": data_dir}}
@@ -222,7 +226,7 @@ HEADER = (
 
 
 def compare(args: argparse.Namespace) -> None:
-    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    env = service_env()
     print(HEADER, flush=True)
     with service_at(None, env) as (url, _):
         served, cores = loaded(url, args.clients, args.seconds)
@@ -285,7 +289,7 @@ def scale(args: argparse.Namespace) -> None:
 def batching(args: argparse.Namespace) -> None:
     from loadtest.bench.ray_batched_model import RayBatchedModel
 
-    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    env = service_env()
     print(HEADER, flush=True)
     for name, model in (("service batcher", None), ("@serve.batch", RayBatchedModel)):
         with ray_application(
@@ -310,7 +314,7 @@ def hop_calls(url: str) -> tuple[float, float]:
 
 
 def hops(args: argparse.Namespace) -> None:
-    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    env = service_env()
     clients = [int(c) for c in args.clients_list.split(",")]
     totals: dict[tuple[str, int], float] = {}
     print("| setup | clients | ok rps | p50 ms | CPU ms per image, by process group |")
@@ -399,8 +403,13 @@ def preempted_per_s(pid: int, run: Callable[[], dict[str, float]]) -> dict[str, 
     return figures | {"forward threads preempted /s": statistics.mean(switches or [0.0])}
 
 
+def medians_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {part: statistics.median(r[part] for r in rounds) for part in rounds[0]}
+
+
 def latency(args: argparse.Namespace) -> None:
-    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    env = service_env()
     # Both up at once and measured in alternate rounds: this VM drifts 20% within minutes, so
     # one run of each, one after the other, compares two different machines.
     with (
@@ -420,10 +429,7 @@ def latency(args: argparse.Namespace) -> None:
                 figures = preempted_per_s(pid, run)
                 rounds[name].append(figures)
                 print(f"round {number + 1} {name}: wall {figures['wall']:.1f} ms", flush=True)
-    native, on_ray = (
-        {part: statistics.median(r[part] for r in rounds[name]) for part in rounds[name][0]}
-        for name in setups
-    )
+    native, on_ray = (medians_of(rounds[name]) for name in setups)
     print(f"| one client, medians of {args.rounds} rounds | resnet-serve serve | Ray | added |")
     print("|---|---|---|---|")
     for part in native:
@@ -444,7 +450,7 @@ def frozen(pids: list[int]) -> Iterator[None]:
 
 
 def background(args: argparse.Namespace) -> None:
-    env = RESNET_ENV | {k: v for k, v in os.environ.items() if k.startswith("RESNET_SERVE_")}
+    env = service_env()
     # `resnet-serve serve` alone against the same beside an idle Ray application: rounds
     # alternate with Ray's processes running and frozen, so the one service is measured on
     # one machine with and without what Ray does when it serves nothing.
@@ -462,10 +468,7 @@ def background(args: argparse.Namespace) -> None:
                 with frozen(ray_pids) if state == "Ray frozen" else contextlib.nullcontext():
                     figures.append(preempted_per_s(pid, run))
                 print(f"round {number + 1}, {state}: wall {figures[-1]['wall']:.1f} ms", flush=True)
-    running, alone = (
-        {part: statistics.median(r[part] for r in figures) for part in figures[0]}
-        for figures in rounds.values()
-    )
+    running, alone = (medians_of(figures) for figures in rounds.values())
     print(
         f"| resnet-serve serve, one client, medians of {args.rounds} rounds | Ray frozen "
         "| Ray running idle beside it | added |"
